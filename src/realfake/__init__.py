@@ -1,0 +1,31 @@
+"""realfake: tell AI-generated images from real photographs.
+
+The public API is small on purpose: train a run, evaluate it, load it as a Detector.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Detector", "train", "evaluate", "__version__"]
+
+if TYPE_CHECKING:
+    from realfake.detector import Detector
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import realfake` (and `realfake --help`) does not pay for importing torch.
+    if name == "Detector":
+        from realfake.detector import Detector
+
+        return Detector
+    if name == "train":
+        from realfake.run import train
+
+        return train
+    if name == "evaluate":
+        from realfake.run import evaluate
+
+        return evaluate
+    raise AttributeError(name)

@@ -1,0 +1,51 @@
+"""Test-set metrics, with FAKE as the positive class. Every figure comes from scikit-learn."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from realfake.config import CLASS_NAMES
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def compute_metrics(labels: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """The metrics.json figures. ROC AUC and AP are null when the set holds only one class."""
+    labels = np.asarray(labels).astype(int)
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    pred = (p_fake >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    prec, rec, f1, support = skm.precision_recall_fscore_support(
+        labels, pred, labels=[0, 1], zero_division=0
+    )
+    return {
+        "accuracy": round(float(skm.accuracy_score(labels, pred)), 6),
+        "precision": round(float(prec[1]), 6),
+        "recall": round(float(rec[1]), 6),
+        "f1": round(float(f1[1]), 6),
+        "roc_auc": _finite_or_none(skm.roc_auc_score(labels, p_fake)) if both else None,
+        "average_precision": _finite_or_none(skm.average_precision_score(labels, p_fake)) if both else None,
+        # rows = true class, columns = predicted class, in CLASS_NAMES order (REAL, FAKE)
+        "confusion_matrix": skm.confusion_matrix(labels, pred, labels=[0, 1]).tolist(),
+        "n": int(len(labels)),
+        "threshold": float(threshold),
+        "per_class": {
+            name: {
+                "precision": round(float(prec[i]), 6),
+                "recall": round(float(rec[i]), 6),
+                "f1": round(float(f1[i]), 6),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(CLASS_NAMES)
+        },
+    }
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))

@@ -1,0 +1,266 @@
+"""The training loop: Adam, BCE on the logit, LR reduced on plateau, early stopping that restores the
+best weights, and an atomic checkpoint after every epoch so that `--resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from realfake.atomic import atomic_dir, atomic_write_text, existing_dir
+from realfake.config import RunConfig
+from realfake.data.batches import eval_batches, to_device_uint8, train_batches
+from realfake.device import amp_dtype, autocast
+
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after `patience` epochs without a lower validation loss; remember the best epoch."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def step(self, val_loss: float, epoch: int) -> bool:
+        """Record an epoch; True when this epoch is the new best."""
+        if val_loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    stopped_early: bool
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors, written to a temp name and renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024
+) -> np.ndarray:
+    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode."""
+    model.eval()
+    if isinstance(images, np.ndarray):
+        images = to_device_uint8(images, device)
+    out = []
+    for x in eval_batches(images, batch_size):
+        with autocast(device):
+            out.append(model(x.to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+def _bce_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    t_logits, t_labels = torch.from_numpy(logits), torch.from_numpy(labels.astype(np.float32))
+    loss = nn.functional.binary_cross_entropy_with_logits(t_logits, t_labels).item()
+    return loss, float(((logits > 0) == (labels == 1)).mean())
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(
+    ckpt_dir: Path,
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    early: EarlyStopping,
+    gen: torch.Generator,
+    epoch: int,
+    history: list[dict[str, float]],
+) -> None:
+    """Everything needed to continue after `epoch`, swapped in as one folder (see atomic_dir)."""
+    with atomic_dir(ckpt_dir) as tmp:
+        save_file(state_to_cpu(model), str(tmp / "model.safetensors"))
+        save_file(best_state, str(tmp / "best.safetensors"))
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "epoch": epoch,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "early_stopping": asdict(early),
+                "rng": _rng_state(gen),
+                "history": history,
+            },
+            buf,
+        )
+        (tmp / "state.pt").write_bytes(buf.getvalue())
+
+
+def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=HISTORY_FIELDS)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(run_dir / "history.csv", out.getvalue())
+
+
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: dict[str, np.ndarray],
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    model.to(device).to(memory_format=torch.channels_last)
+    x_train = to_device_uint8(images[split["train"]], device)
+    y_train = torch.from_numpy(labels[split["train"]]).to(device)
+    x_val = to_device_uint8(images[split["val"]], device)
+    y_val = labels[split["val"]]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+    )
+    early = EarlyStopping(cfg.patience)
+    history: list[dict[str, float]] = []
+    best_state = state_to_cpu(model)
+    start_epoch = 0
+    ckpt_dir = run_dir / "checkpoint"
+    if resume and (found := existing_dir(ckpt_dir)) is not None:
+        state = torch.load(found / "state.pt", map_location="cpu", weights_only=False)
+        model.load_state_dict(load_file(str(found / "model.safetensors")))
+        best_state = load_file(str(found / "best.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        early = EarlyStopping(**state["early_stopping"])
+        early.patience = cfg.patience
+        _set_rng_state(gen, state["rng"])
+        history = list(state["history"])
+        start_epoch = state["epoch"] + 1
+
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
+    writer = _tensorboard(run_dir)
+    t_start = time.perf_counter()
+    stopped_early = early.should_stop
+    for epoch in range(start_epoch, cfg.epochs):
+        if early.should_stop:
+            stopped_early = True
+            break
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        bar = tqdm(
+            total=len(y_train), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+            disable=not progress, file=sys.stderr, leave=True,
+        )
+        for step, (x, y) in enumerate(train_batches(x_train, y_train, cfg.batch_size, gen)):
+            with autocast(device):
+                logits = model(x)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += ((logits.detach() > 0) == (y > 0.5)).sum()
+            seen += len(y)
+            bar.update(len(y))
+            if step % 10 == 0:  # reading the loss syncs the device: not every step
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
+        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size)
+        val_loss, val_acc = _bce_and_accuracy(val_logits, y_val)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": round(loss_sum.item() / max(seen, 1), 6),
+            "train_accuracy": round(correct.item() / max(seen, 1), 6),
+            "val_loss": round(val_loss, 6),
+            "val_accuracy": round(val_acc, 6),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
+                        val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
+        bar.close()
+        scheduler.step(val_loss)
+        if early.step(val_loss, epoch + 1):
+            best_state = state_to_cpu(model)
+        history.append(row)
+        if writer is not None:
+            for k in HISTORY_FIELDS[1:]:
+                writer.add_scalar(k, row[k], epoch + 1)
+            writer.flush()
+        write_history(run_dir, history)
+        write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+        if early.should_stop:
+            stopped_early = epoch + 1 < cfg.epochs
+            break
+    if writer is not None:
+        writer.close()
+    model.load_state_dict(best_state)
+    return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """TensorBoard event files in run_dir/tb; training goes on without them if the writer cannot start."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(run_dir / "tb"))
+    except Exception as e:  # noqa: BLE001 - optional output, never worth failing a run for
+        print(f"warning: no TensorBoard logs ({e.__class__.__name__}: {e})", file=sys.stderr)
+        return None

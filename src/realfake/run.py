@@ -1,0 +1,246 @@
+"""A run from start to end: data -> split -> model -> fit -> evaluate -> report, all in one run directory.
+
+This is the library behind `realfake train/evaluate/report`; the CLI only parses options and prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import re
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realfake import __version__
+from realfake.atomic import atomic_write_text
+from realfake.config import CLASS_NAMES, RunConfig, load_yaml, validated
+from realfake.data.cache import Dataset, check_two_classes, load_dataset
+from realfake.data.splits import make_split, split_from_json, split_to_json
+from realfake.detector import Detector
+from realfake.device import select_device
+from realfake.errors import RealfakeError
+from realfake.evaluate import compute_metrics
+from realfake.fit import fit, save_weights, state_to_cpu
+from realfake.models import build
+
+Log = Callable[[str], None]
+GRID_SIZE = 16  # images in the report's prediction grid: up to half wrong ones, the rest right ones
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def default_run_dir(model: str) -> Path:
+    return Path("runs") / f"{model}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: RunConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Log = _stderr,
+    on_epoch_end: Callable[[int], None] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Train a new run from a config (or keyword overrides of the defaults); returns the run directory."""
+    cfg = cfg or RunConfig()
+    if overrides:
+        cfg = validated(RunConfig, {**cfg.model_dump(), **overrides})
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.model)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RealfakeError(f"{run_dir} already holds files: continue it with --resume {run_dir}, or pick --out")
+    device = select_device(cfg.device)
+    ds = _load_data(cfg, progress, log)
+    split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed)
+    built = build(cfg.model, cfg.weights)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(run_dir)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    _json(run_dir / "split.json", split_to_json(split, protocol=cfg.protocol, seed=cfg.seed, data_key=ds.key))
+    _json(run_dir / "data_report.json", {**ds.report(), "split": _split_summary(ds, split, cfg.protocol)})
+    _json(
+        run_dir / "run.json",
+        {
+            "model": cfg.model,
+            "weights_used": built.weights_used,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "training",
+            "threshold": cfg.threshold,
+            "device": str(device),
+            "realfake": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+        },
+    )
+    log(f"run: {run_dir}  model: {cfg.model} ({built.weights_used})  device: {device}")
+    return _fit_and_finish(run_dir, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool = True,
+    log: Log = _stderr,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> Path:
+    """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "split.json").is_file():
+        raise RealfakeError(f"{run_dir} is not a run directory (no config.yaml / split.json)")
+    cfg = validated(RunConfig, load_yaml(run_dir / "config.yaml"))
+    if epochs is not None:
+        cfg.epochs = epochs
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    device = select_device(cfg.device)
+    ds = _load_data(cfg, progress, log)
+    split = split_from_json(_read_json(run_dir / "split.json"), len(ds))
+    model = build(cfg.model, "none").model  # the checkpoint supplies every weight
+    log(f"resuming {run_dir} on {device}")
+    return _fit_and_finish(run_dir, cfg, ds, split, model, device, True, progress, log, on_epoch_end)
+
+
+def _load_data(cfg: RunConfig, progress: bool, log: Log) -> Dataset:
+    if cfg.data is None:
+        log(
+            "no --data given: using the bundled demo sample (2,000 images; shows the pipeline, not a "
+            "detector's skill). For CIFAKE: `realfake download`, then `realfake train --data PATH`."
+        )
+    ds = load_dataset(cfg.data, cfg.limit, cfg.seed, cfg.workers, progress)
+    check_two_classes(ds)
+    origin = "cache" if ds.from_cache else "decoded"
+    log(f"data: {len(ds):,} images from {ds.source_name} ({origin}; {len(ds.skipped)} unreadable skipped)")
+    return ds
+
+
+def _split_summary(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"protocol": protocol}
+    for name, idx in split.items():
+        counts = np.bincount(ds.labels[idx], minlength=len(CLASS_NAMES))
+        out[name] = {"n": int(len(idx)), **{c: int(n) for c, n in zip(CLASS_NAMES, counts, strict=True)}}
+    return out
+
+
+def _fit_and_finish(
+    run_dir: Path,
+    cfg: RunConfig,
+    ds: Dataset,
+    split: dict[str, np.ndarray],
+    model: torch.nn.Module,
+    device: torch.device,
+    resuming: bool,
+    progress: bool,
+    log: Log,
+    on_epoch_end: Callable[[int], None] | None,
+) -> Path:
+    result = fit(model, ds.images, ds.labels, split, cfg, run_dir, device, resuming, on_epoch_end, progress)
+    save_weights(state_to_cpu(model), run_dir / "model.safetensors")
+    info = _read_json(run_dir / "run.json")
+    info.update(
+        status="trained",
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
+        train_seconds=round(sum(r["seconds"] for r in result.history), 2),
+    )
+    _json(run_dir / "run.json", info)
+    log(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}")
+    metrics = evaluate_split(run_dir, ds, split["test"], device=str(device))
+    log(_metrics_line(metrics))
+    report_path = report(run_dir)
+    log(f"report: {report_path}")
+    return run_dir
+
+
+def _metrics_line(m: dict[str, Any]) -> str:
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+    return f"test: accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}  n {m['n']}"
+
+
+def evaluate_split(
+    out_dir: Path, ds: Dataset, idx: np.ndarray, device: str = "auto", detector: Detector | None = None,
+    run_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Predict ds[idx] with the run's detector; write metrics.json, predictions.csv and samples.npz."""
+    det = detector or Detector.load(run_dir or out_dir, device=device)
+    images, labels = ds.images[idx], ds.labels[idx]
+    p_fake = det.predict_proba(np.asarray(images))
+    metrics = compute_metrics(labels, p_fake, det.threshold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _json(out_dir / "metrics.json", metrics)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "p_fake"])
+    w.writerows((ds.paths[i], int(y), f"{p:.6f}") for i, y, p in zip(idx, labels, p_fake, strict=True))
+    atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
+    _write_samples(out_dir, images, labels, p_fake, det.threshold)
+    return metrics
+
+
+def _write_samples(out_dir: Path, images: np.ndarray, labels: np.ndarray, p: np.ndarray, t: float) -> None:
+    """A fixed pick of test images for the report's grid: wrong ones first (up to half), then right ones."""
+    wrong = np.flatnonzero((p >= t) != (labels == 1))
+    right = np.flatnonzero((p >= t) == (labels == 1))
+    rng = np.random.default_rng(0)
+    pick_wrong = rng.permutation(wrong)[: GRID_SIZE // 2]
+    pick = np.concatenate([pick_wrong, rng.permutation(right)[: GRID_SIZE - len(pick_wrong)]]).astype(int)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.asarray(images[pick]), labels=labels[pick], p_fake=p[pick])
+    tmp = out_dir / ".samples.npz.tmp"
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(out_dir / "samples.npz")
+
+
+def evaluate(
+    run_dir: str | Path, data: str | Path | None = None, *, device: str = "auto", progress: bool = True,
+    log: Log = _stderr,
+) -> dict[str, Any]:
+    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`)."""
+    run_dir = Path(run_dir)
+    det = Detector.load(run_dir, device=device)
+    cfg = validated(RunConfig, load_yaml(run_dir / "config.yaml"))
+    if data is None:
+        ds = _load_data(cfg, progress, log)
+        idx = split_from_json(_read_json(run_dir / "split.json"), len(ds))["test"]
+        metrics = evaluate_split(run_dir, ds, idx, detector=det)
+        report(run_dir)
+        return metrics
+    ds = load_dataset(data, None, cfg.seed, cfg.workers, progress)
+    out_dir = run_dir / "evaluations" / _slug(str(data))
+    metrics = evaluate_split(out_dir, ds, np.arange(len(ds)), detector=det)
+    _json(out_dir / "data_report.json", ds.report())
+    log(f"wrote {out_dir / 'metrics.json'}")
+    return metrics
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(text).name or text).strip("-") or "data"
+
+
+def report(run_dir: str | Path) -> Path:
+    """(Re)draw every figure and the self-contained report.html from the files in the run directory."""
+    from realfake.report.html import build_report
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        raise RealfakeError(f"{run_dir} has no metrics.json yet: run `realfake evaluate {run_dir}` first")
+    return build_report(run_dir)

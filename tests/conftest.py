@@ -1,0 +1,27 @@
+"""Shared fixtures: every test gets its own cache folder, and the stand-in data is found beside the repo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+MINI_ZIP = SHARED_DATA / "standin-cifake-mini.zip"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Caches go to a temporary folder: never the user's cache, never ../shared (read-only in CI)."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("REALFAKE_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mini_zip() -> Path:
+    if not MINI_ZIP.is_file():
+        pytest.skip(f"stand-in data not found at {MINI_ZIP} (set REALFAKE_SHARED_DATA)")
+    return MINI_ZIP

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn import metrics as skm
 
 from realfake.config import CLASS_NAMES
@@ -48,4 +49,5 @@ def compute_metrics(labels: np.ndarray, p_fake: np.ndarray, threshold: float = 0
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    """p_fake from logits, without overflow warnings at extreme logits."""
+    return expit(np.asarray(logits, dtype=np.float64))

@@ -1,0 +1,236 @@
+"""One self-contained HTML page per run: data, run info, metrics, figures and config.
+
+Images are embedded as base64 data URIs and the CSS is inline, so the page can be mailed, attached or
+opened offline and makes no outside requests. Every string read from a run file is HTML-escaped: file
+names in a data set are user input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from realfake.atomic import atomic_write_text
+from realfake.config import CLASS_NAMES
+from realfake.errors import RealfakeError
+from realfake.report.plots import draw_all, read_json
+
+MAX_SKIPPED_SHOWN = 20
+
+_METRIC_ROWS = [  # key in metrics.json -> label shown
+    ("accuracy", "Accuracy"),
+    ("precision", "Precision (FAKE)"),
+    ("recall", "Recall (FAKE)"),
+    ("f1", "F1 (FAKE)"),
+    ("roc_auc", "ROC AUC"),
+    ("average_precision", "Average precision"),
+    ("n", "Test images (n)"),
+    ("threshold", "Decision threshold on p(FAKE)"),
+]
+_NOT_SCALAR = {"confusion_matrix", "per_class"}
+
+_CAPTIONS = {
+    "training_curves": "Loss and accuracy per epoch on the training and validation splits.",
+    "confusion_matrix": "Test images by true class (rows) and predicted class (columns).",
+    "roc_curve": "ROC curve on the test split, FAKE as the positive class.",
+    "pr_curve": "Precision-recall curve on the test split, FAKE as the positive class.",
+    "predictions_grid": "A sample of test images: green titles are right, red ones wrong; "
+    "p is the model's probability for the class it predicted.",
+}
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 1000px; margin: 2em auto; padding: 0 1em; background: #fff; }
+h1 { font-size: 1.6em; margin-bottom: .2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; margin-top: 2em; }
+.sub { color: #59636e; margin-top: 0; }
+table { border-collapse: collapse; margin: .6em 0; }
+th, td { border: 1px solid #d0d7de; padding: .3em .7em; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td table { margin: 0; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
+figcaption { color: #59636e; font-size: .92em; }
+pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .8em; overflow-x: auto; font-size: .9em; }
+.muted { color: #59636e; }
+.note { background: #fff8c5; border: 1px solid #d4a72c; padding: .7em 1em; margin-top: 2.5em; }
+"""
+
+
+def _fmt(v: Any) -> str:
+    """A value as escaped text: null as n/a, floats to 4 decimals, ints as they are."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:.4f}" if abs(v) < 1e6 else f"{v:.4g}"
+    return escape(str(v))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _value(v: Any) -> str:
+    """Any JSON value as escaped HTML; nested mappings become nested tables."""
+    if isinstance(v, dict):
+        return _kv_table(v) if v else '<span class="muted">none</span>'
+    if isinstance(v, list):
+        if all(not isinstance(x, (dict, list)) for x in v):
+            return ", ".join(_fmt(x) for x in v) or '<span class="muted">none</span>'
+        return escape(json.dumps(v))
+    return _fmt(v)
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{escape(str(k))}</th><td{' class=num' if _is_number(v) else ''}>{_value(v)}</td></tr>"
+        for k, v in d.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _read_optional_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    loaded = read_json(path)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _data_section(data: dict[str, Any]) -> str:
+    if not data:
+        return '<p class="muted">No data_report.json in this run.</p>'
+    summary = {k: v for k, v in data.items() if k != "skipped"}
+    parts = [_kv_table(summary)]
+    skipped = data.get("skipped") or []
+    n_skipped = data.get("n_skipped", len(skipped))
+    if skipped:
+        shown = skipped[:MAX_SKIPPED_SHOWN]
+        rows = "".join(
+            f"<tr><td>{escape(str(s.get('path', '')))}</td><td>{escape(str(s.get('reason', '')))}</td></tr>"
+            if isinstance(s, dict)
+            else f"<tr><td colspan=2>{escape(str(s))}</td></tr>"
+            for s in shown
+        )
+        more = f" (first {len(shown)} of {_fmt(n_skipped)})" if _is_number(n_skipped) and n_skipped > len(shown) else ""
+        parts.append(f"<h3>Skipped files{more}</h3><table><tr><th>path</th><th>reason</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _metrics_section(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return '<p class="muted">No metrics.json in this run.</p>'
+    known = {k for k, _ in _METRIC_ROWS}
+    rows = [(label, metrics.get(key)) for key, label in _METRIC_ROWS if key in metrics]
+    rows += [  # figures added later (ece, brier, ...) show up without a change here
+        (k, v) for k, v in metrics.items() if k not in known and k not in _NOT_SCALAR and (_is_number(v) or v is None)
+    ]
+    body = "".join(f"<tr><th>{escape(label)}</th><td class=num>{_fmt(v)}</td></tr>" for label, v in rows)
+    parts = [f"<table>{body}</table>"]
+
+    per_class = metrics.get("per_class")
+    if isinstance(per_class, dict) and per_class:
+        cols = ["precision", "recall", "f1", "support"]
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{escape(str(name))}</th>"
+            + "".join(f"<td class=num>{_fmt(m.get(c) if isinstance(m, dict) else None)}</td>" for c in cols)
+            + "</tr>"
+            for name, m in per_class.items()
+        )
+        parts.append(f"<h3>Per class</h3><table><tr><th>class</th>{head}</tr>{body}</table>")
+
+    cm = metrics.get("confusion_matrix")
+    if isinstance(cm, list) and len(cm) == len(CLASS_NAMES):
+        head = "".join(f"<th>pred {n}</th>" for n in CLASS_NAMES)
+        body = "".join(
+            f"<tr><th>true {n}</th>" + "".join(f"<td class=num>{_fmt(c)}</td>" for c in row) + "</tr>"
+            for n, row in zip(CLASS_NAMES, cm, strict=False)
+        )
+        parts.append(f"<h3>Confusion matrix</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    return "".join(parts)
+
+
+def _figures_section(plots: dict[str, Path]) -> str:
+    if not plots:
+        return '<p class="muted">No figures could be drawn from this run.</p>'
+    out = []
+    for name, path in plots.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        caption = _CAPTIONS.get(name, name.replace("_", " "))
+        out.append(
+            f'<figure><img src="data:image/png;base64,{data}" alt="{escape(name)}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+        )
+    return "".join(out)
+
+
+def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
+    """Write run_dir/report.html from the run's files and the given PNGs; returns its path."""
+    run_dir = Path(run_dir)
+    run = _read_optional_json(run_dir / "run.json")
+    metrics = _read_optional_json(run_dir / "metrics.json")
+    data = _read_optional_json(run_dir / "data_report.json")
+    config_file = run_dir / "config.yaml"
+    config = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
+
+    name = run_dir.resolve().name
+    model = run.get("model")
+    title = f"realfake run {name}" + (f" — {model}" if model else "")
+    source = data.get("data")
+    note = (
+        "These metrics are measured on this run's test split of the data named above"
+        + (f" ({escape(str(source))})" if source else "")
+        + ". They describe images like those: they say nothing about images from other generators, "
+        "other cameras or other processing, where a detector can fail without warning."
+    )
+    none = '<p class="muted">No {} in this run.</p>'
+    run_html = _kv_table(run) if run else none.format("run.json")
+    config_html = f"<pre>{escape(config)}</pre>" if config is not None else none.format("config.yaml")
+    labels = " / ".join(CLASS_NAMES)
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+<p class="sub">Real vs AI-generated image detector; labels: {labels} (FAKE is positive).</p>
+<h2>Data</h2>
+{_data_section(data)}
+<h2>Run</h2>
+{run_html}
+<h2>Test metrics</h2>
+{_metrics_section(metrics)}
+<h2>Figures</h2>
+{_figures_section(plots)}
+<h2>Config</h2>
+{config_html}
+<p class="note">{note}</p>
+</body>
+</html>
+"""
+    out = run_dir / "report.html"
+    atomic_write_text(out, page)
+    return out
+
+
+def build_report(run_dir: Path) -> Path:
+    """Draw every figure the run folder allows, then write report.html; returns its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RealfakeError(f"run folder not found: {run_dir}")
+    return write_report(run_dir, draw_all(run_dir))

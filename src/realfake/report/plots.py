@@ -1,0 +1,272 @@
+"""The run's figures as PNG files: learning curves, confusion matrix, ROC and PR curves, a prediction grid.
+
+Figures are built with matplotlib's object API (`Figure`, never pyplot): no display, no global backend
+switch and no pyplot figure registry, so drawing is safe inside a notebook, a CLI or a server thread.
+Each PNG is rendered in memory and written atomically, so a reader never sees half an image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+from realfake.atomic import atomic_write_bytes
+from realfake.config import CLASS_NAMES
+from realfake.errors import RealfakeError
+
+PLOT_FILES = {
+    "training_curves": "training_curves.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "roc_curve": "roc_curve.png",
+    "pr_curve": "pr_curve.png",
+    "predictions_grid": "predictions_grid.png",
+}
+MAX_GRID_IMAGES = 64  # beyond this the thumbnails get too small to read
+_RIGHT, _WRONG = "#1a7f37", "#cf222e"
+_DPI = 110
+
+
+def _save(fig: Figure, out: Path) -> Path:
+    """Render in memory, then swap the file in whole."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    finally:
+        fig.clear()  # the object API has no pyplot registry to close; free the artists now
+    out = Path(out)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def _floats(history: Sequence[dict[str, Any]], key: str) -> list[float]:
+    """One history column as floats; blanks (a field a writer left empty) become NaN, so lines break."""
+    values = []
+    for row in history:
+        v = row.get(key)
+        try:
+            values.append(float(v) if v not in (None, "") else math.nan)
+        except (TypeError, ValueError):
+            values.append(math.nan)
+    return values
+
+
+def training_curves(history: list[dict[str, Any]], out: Path) -> Path | None:
+    """Loss and accuracy per epoch, train against validation: shows over- or under-fitting at a glance."""
+    if not history:
+        return None
+    epochs = _floats(history, "epoch")
+    if any(math.isnan(e) for e in epochs):
+        epochs = [float(i + 1) for i in range(len(history))]
+    fig = Figure(figsize=(10, 3.8))
+    marker = "o" if len(history) <= 30 else None  # a single epoch still shows as a point
+    for ax, metric, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            ax.plot(epochs, _floats(history, f"{split}_{metric}"), style, marker=marker, label=split)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if len(epochs) <= 20:
+            ax.set_xticks(epochs)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def confusion_matrix(cm: list[list[int]], out: Path) -> Path:
+    """Counts per (true, predicted) class, so the reader sees which mistake the model makes, not just how many."""
+    arr = np.asarray(cm, dtype=np.int64)
+    if arr.shape != (len(CLASS_NAMES), len(CLASS_NAMES)):
+        raise RealfakeError(f"confusion matrix must be {len(CLASS_NAMES)}x{len(CLASS_NAMES)}, got {arr.shape}")
+    fig = Figure(figsize=(4.2, 3.8))
+    ax = fig.subplots()
+    im = ax.imshow(arr, cmap="Blues", vmin=0, vmax=max(int(arr.max()), 1))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    total = max(int(arr.sum()), 1)
+    half = arr.max() / 2
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{arr[i, j]}\n({arr[i, j] / total:.1%})",
+                ha="center",
+                va="center",
+                color="white" if arr[i, j] > half else "black",
+                fontsize=11,
+            )
+    ticks = range(len(CLASS_NAMES))
+    ax.set_xticks(ticks, CLASS_NAMES)
+    ax.set_yticks(ticks, CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (test)")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _two_classes(labels: Any, p_fake: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(p_fake, dtype=np.float64).ravel()
+    if len(y) != len(p):
+        raise RealfakeError(f"{len(y)} labels but {len(p)} scores")
+    return (y, p) if len(np.unique(y)) == 2 else None
+
+
+def roc_curve(labels: Any, p_fake: Any, out: Path) -> Path | None:
+    """ROC with FAKE as positive; None when one class is missing (the curve is undefined)."""
+    both = _two_classes(labels, p_fake)
+    if both is None:
+        return None
+    y, p = both
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    auc = skm.roc_auc_score(y, p)
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, lw=2, label=f"model (AUC = {auc:.4f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance (AUC = 0.5)")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="false positive rate (REAL called FAKE)",
+        ylabel="true positive rate (FAKE caught)",
+        title="ROC curve (test, positive = FAKE)",
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def pr_curve(labels: Any, p_fake: Any, out: Path) -> Path | None:
+    """Precision-recall with FAKE as positive; None when one class is missing."""
+    both = _two_classes(labels, p_fake)
+    if both is None:
+        return None
+    y, p = both
+    precision, recall, _ = skm.precision_recall_curve(y, p)
+    ap = skm.average_precision_score(y, p)
+    base = float(y.mean())
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
+    ax.step(recall, precision, where="post", lw=2, label=f"model (AP = {ap:.4f})")
+    ax.axhline(base, ls=":", color="grey", label=f"chance (AP = {base:.2f})")
+    ax.set(
+        xlim=(-0.01, 1.01),
+        ylim=(-0.01, 1.01),
+        xlabel="recall (FAKE)",
+        ylabel="precision (FAKE)",
+        title="Precision-recall curve (test)",
+    )
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out: Path) -> Path | None:
+    """Test images with prediction and truth; green titles when right, red when wrong.
+
+    p is the model's probability for the class it predicted, so a confident mistake reads as a high p in red.
+    """
+    imgs = np.asarray(images)
+    y = np.asarray(labels).astype(int).ravel()
+    p = np.asarray(p_fake, dtype=np.float64).ravel()
+    if imgs.ndim not in (3, 4) or len(imgs) == 0:
+        return None
+    if not len(imgs) == len(y) == len(p):
+        raise RealfakeError(f"samples disagree: {len(imgs)} images, {len(y)} labels, {len(p)} scores")
+    k = min(len(imgs), MAX_GRID_IMAGES)
+    ncols = min(k, max(4, math.ceil(math.sqrt(k))))
+    nrows = math.ceil(k / ncols)
+    fig = Figure(figsize=(1.9 * ncols, 2.2 * nrows))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= k:
+            continue
+        pred = int(p[i] >= threshold)
+        p_pred = p[i] if pred == 1 else 1.0 - p[i]
+        gray = imgs[i].ndim == 2 or imgs[i].shape[-1] == 1
+        ax.imshow(
+            imgs[i].squeeze() if gray else imgs[i], cmap="gray" if gray else None, interpolation="nearest"
+        )  # nearest: 32 px stay crisp pixels instead of a blur
+        ax.set_title(
+            f"pred {CLASS_NAMES[pred]} (p={p_pred:.2f})\ntrue {CLASS_NAMES[y[i]]}",
+            fontsize=8,
+            color=_RIGHT if pred == y[i] else _WRONG,
+        )
+    shown = f"{k} of {len(imgs)}" if k < len(imgs) else f"{k}"
+    fig.suptitle(f"Test images ({shown}); green = right, red = wrong, threshold {threshold:g}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file from a run folder, with a readable error instead of a traceback when it is damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RealfakeError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, p_fake) from predictions.csv."""
+    rows = read_history(path)
+    try:
+        labels = np.array([int(float(r["label"])) for r in rows], dtype=int)
+        p_fake = np.array([float(r["p_fake"]) for r in rows], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RealfakeError(f"{path} needs numeric label and p_fake columns ({e})") from None
+    return labels, p_fake
+
+
+def draw_all(run_dir: Path) -> dict[str, Path]:
+    """Every figure whose inputs the run folder holds, written to run_dir/plots; name -> path of those written."""
+    run_dir = Path(run_dir)
+    plots_dir = run_dir / "plots"
+    written: dict[str, Path | None] = {}
+    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    threshold = float(metrics.get("threshold") or 0.5)
+
+    if (run_dir / "history.csv").is_file():
+        written["training_curves"] = training_curves(
+            read_history(run_dir / "history.csv"), plots_dir / PLOT_FILES["training_curves"]
+        )
+    if metrics.get("confusion_matrix") is not None:
+        written["confusion_matrix"] = confusion_matrix(
+            metrics["confusion_matrix"], plots_dir / PLOT_FILES["confusion_matrix"]
+        )
+    if (run_dir / "predictions.csv").is_file():
+        labels, p_fake = read_predictions(run_dir / "predictions.csv")
+        written["roc_curve"] = roc_curve(labels, p_fake, plots_dir / PLOT_FILES["roc_curve"])
+        written["pr_curve"] = pr_curve(labels, p_fake, plots_dir / PLOT_FILES["pr_curve"])
+    if (run_dir / "samples.npz").is_file():
+        with np.load(run_dir / "samples.npz", allow_pickle=False) as s:
+            missing = {"images", "labels", "p_fake"} - set(s.files)
+            if missing:
+                raise RealfakeError(f"{run_dir / 'samples.npz'} lacks {', '.join(sorted(missing))}")
+            written["predictions_grid"] = prediction_grid(
+                s["images"], s["labels"], s["p_fake"], threshold, plots_dir / PLOT_FILES["predictions_grid"]
+            )
+    done = {name: path for name, path in written.items() if path is not None}
+    for name, file in PLOT_FILES.items():  # a figure from an earlier draw whose inputs are gone would mislead
+        if name not in done:
+            (plots_dir / file).unlink(missing_ok=True)
+    return done

@@ -69,6 +69,7 @@ def train(
     device = select_device(cfg.device)
     ds = _load_data(cfg, progress, log)
     split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed)
+    torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
     built = build(cfg.model, cfg.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.out = str(run_dir)

@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from realfake import run
+from realfake.config import RunConfig
+from realfake.data.batches import random_flips, to_device_uint8, train_batches
+from realfake.errors import RealfakeError
+from realfake.fit import EarlyStopping
+
+
+def small_cfg(mini_zip, out, **kw):
+    base = dict(data=str(mini_zip), limit=120, epochs=3, batch_size=32, weights="none", device="cpu", seed=7,
+                out=str(out))
+    return RunConfig(**{**base, **kw})
+
+
+def test_early_stopping_counts_epochs_without_progress():
+    es = EarlyStopping(patience=2)
+    assert es.step(1.0, 1) and not es.should_stop
+    assert es.step(0.8, 2)
+    assert not es.step(0.8, 3)  # equal is not better
+    assert not es.should_stop
+    assert not es.step(0.9, 4)
+    assert es.should_stop and es.best_epoch == 2 and es.best_loss == 0.8
+
+
+def test_flips_are_per_image_and_batch_level():
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2).repeat(50, 1, 1, 1)
+    out = random_flips(x, torch.Generator().manual_seed(0))
+    kinds = set()
+    for a, b in zip(x, out, strict=True):
+        for name, f in {"none": b, "h": b.flip(2), "v": b.flip(1), "hv": b.flip(1).flip(2)}.items():
+            if torch.equal(a, f):
+                kinds.add(name)
+                break
+        else:
+            pytest.fail("an output image is not a flip of its input")
+    assert kinds == {"none", "h", "v", "hv"}
+
+
+def test_train_batches_cover_the_epoch_once_and_drop_a_lone_last_image():
+    imgs = to_device_uint8(np.zeros((65, 32, 32, 3), np.uint8), torch.device("cpu"))
+    labels = torch.arange(65)
+    seen = [y for _, y in train_batches(imgs, labels, 32, torch.Generator().manual_seed(1), augment=False)]
+    assert [len(y) for y in seen] == [32, 32]  # a batch of 1 would break BatchNorm in training
+    got = torch.cat(seen).long()
+    assert len(set(got.tolist())) == 64
+    first = next(iter(train_batches(imgs, labels, 64, torch.Generator().manual_seed(1))))[0]
+    assert first.dtype == torch.float32 and first.shape == (64, 3, 32, 32) and float(first.max()) <= 1.0
+
+
+def test_early_stop_restores_the_best_weights(mini_zip, tmp_path, monkeypatch):
+    scripted = iter([0.50, 0.40, 0.45, 0.46, 0.47, 0.10])  # best at epoch 2, patience 3 stops after epoch 5
+    monkeypatch.setattr("realfake.fit._bce_and_accuracy", lambda logits, labels: (next(scripted), 0.5))
+    weights_after = {}
+
+    def snapshot(epoch):
+        ck = load_file(str(tmp_path / "r" / "checkpoint" / "model.safetensors"))
+        weights_after[epoch] = ck
+
+    out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=10, patience=3), on_epoch_end=snapshot,
+                    progress=False, log=lambda m: None)
+    info = (out / "run.json").read_text()
+    assert '"best_epoch": 2' in info and '"stopped_early": true' in info and '"epochs_run": 5' in info
+    final = load_file(str(out / "model.safetensors"))
+    assert sorted(weights_after) == [1, 2, 3, 4, 5]
+    for k in final:
+        assert torch.equal(final[k], weights_after[2][k]), k
+    assert not all(torch.equal(final[k], weights_after[5][k]) for k in final)
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(mini_zip, tmp_path):
+    quiet = dict(progress=False, log=lambda m: None)
+    straight = run.train(small_cfg(mini_zip, tmp_path / "straight"), **quiet)
+
+    def interrupt(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.train(small_cfg(mini_zip, tmp_path / "resumed"), on_epoch_end=interrupt, **quiet)
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = run.resume(tmp_path / "resumed", **quiet)
+
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (straight / "history.csv").read_text() .count("\n") == (resumed / "history.csv").read_text().count("\n")
+    # seconds differ; every other column of the history must be identical
+    strip = lambda p: [line.rsplit(",", 1)[0] for line in (p / "history.csv").read_text().splitlines()]  # noqa: E731
+    assert strip(straight) == strip(resumed)
+
+
+def test_same_seed_same_cpu_run(mini_zip, tmp_path):
+    quiet = dict(progress=False, log=lambda m: None)
+    a = run.train(small_cfg(mini_zip, tmp_path / "a", epochs=1), **quiet)
+    b = run.train(small_cfg(mini_zip, tmp_path / "b", epochs=1), **quiet)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert (a / "split.json").read_text().replace("/a", "") == (b / "split.json").read_text().replace("/b", "")
+
+
+def test_existing_run_dir_is_refused(mini_zip, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "x").write_text("")
+    with pytest.raises(RealfakeError, match="--resume"):
+        run.train(small_cfg(mini_zip, tmp_path / "r"), progress=False, log=lambda m: None)

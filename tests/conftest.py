@@ -25,3 +25,26 @@ def mini_zip() -> Path:
     if not MINI_ZIP.is_file():
         pytest.skip(f"stand-in data not found at {MINI_ZIP} (set REALFAKE_SHARED_DATA)")
     return MINI_ZIP
+
+
+@pytest.fixture(scope="session")
+def trained_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One small trained run (seed-resnet50, 1 epoch on 200 images), shared read-only by the tests.
+
+    Tests that change a run must copy it first (shutil.copytree). Its data cache lives in its own folder.
+    """
+    from realfake import run
+    from realfake.config import RunConfig
+
+    old = os.environ.get("REALFAKE_CACHE_DIR")
+    os.environ["REALFAKE_CACHE_DIR"] = str(tmp_path_factory.mktemp("trained-run-cache"))
+    try:
+        out = tmp_path_factory.mktemp("trained") / "run"
+        cfg = RunConfig(data=str(mini_zip), limit=200, epochs=1, batch_size=32, weights="none", device="cpu",
+                        seed=3, out=str(out))
+        return run.train(cfg, progress=False, log=lambda m: None)
+    finally:
+        if old is None:
+            os.environ.pop("REALFAKE_CACHE_DIR", None)
+        else:
+            os.environ["REALFAKE_CACHE_DIR"] = old

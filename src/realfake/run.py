@@ -73,6 +73,8 @@ def train(
     built = build(cfg.model, cfg.weights)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.out = str(run_dir)
+    if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
+        cfg.data = str(Path(cfg.data).expanduser().resolve())
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     _json(run_dir / "split.json", split_to_json(split, protocol=cfg.protocol, seed=cfg.seed, data_key=ds.key))
     _json(run_dir / "data_report.json", {**ds.report(), "split": _split_summary(ds, split, cfg.protocol)})

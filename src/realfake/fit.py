@@ -9,6 +9,7 @@ import io
 import math
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from realfake.atomic import atomic_dir, atomic_write_text, existing_dir
 from realfake.config import RunConfig
-from realfake.data.batches import eval_batches, to_device_uint8, train_batches
+from realfake.data.batches import RobustAugment, eval_batches, to_device_uint8, train_batches
 from realfake.device import amp_dtype, autocast
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -70,18 +71,31 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp.replace(path)
 
 
+TTA_MODES = ("none", "flip")
+
+
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024
+    model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024,
+    tta: str = "none",
 ) -> np.ndarray:
-    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode."""
+    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode.
+
+    tta="flip" averages the logits of each image and its mirror image (training saw both orientations).
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     model.eval()
     if isinstance(images, np.ndarray):
         images = to_device_uint8(images, device)
     out = []
     for x in eval_batches(images, batch_size):
+        x = x.to(device)
         with autocast(device):
-            out.append(model(x.to(device)).float().cpu())
+            logits = model(x).float()
+            if tta == "flip":
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
@@ -165,9 +179,8 @@ def fit(
     y_val = labels[split["val"]]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-    )
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(y_train) / cfg.batch_size))
+    per_step = cfg.schedule == "onecycle"  # stepped after every batch; plateau steps on each epoch's val loss
     early = EarlyStopping(cfg.patience)
     history: list[dict[str, float]] = []
     best_state = state_to_cpu(model)
@@ -185,6 +198,7 @@ def fit(
         history = list(state["history"])
         start_epoch = state["epoch"] + 1
 
+    robust = robust_augment(cfg)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
     writer = _tensorboard(run_dir)
     t_start = time.perf_counter()
@@ -202,10 +216,11 @@ def fit(
             total=len(y_train), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
             disable=not progress, file=sys.stderr, leave=True,
         )
-        for step, (x, y) in enumerate(train_batches(x_train, y_train, cfg.batch_size, gen)):
+        for step, (x, y) in enumerate(train_batches(x_train, y_train, cfg.batch_size, gen, robust=robust)):
             with autocast(device):
                 logits = model(x)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
+            target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -214,13 +229,15 @@ def fit(
             else:
                 loss.backward()
                 optimizer.step()
+            if per_step:
+                scheduler.step()
             loss_sum += loss.detach() * len(y)
             correct += ((logits.detach() > 0) == (y > 0.5)).sum()
             seen += len(y)
             bar.update(len(y))
             if step % 10 == 0:  # reading the loss syncs the device: not every step
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size)
+        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size, tta=cfg.tta)
         val_loss, val_acc = _bce_and_accuracy(val_logits, y_val)
         row = {
             "epoch": epoch + 1,
@@ -234,7 +251,8 @@ def fit(
         bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                         val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
         bar.close()
-        scheduler.step(val_loss)
+        if not per_step:
+            scheduler.step(val_loss)
         if early.step(val_loss, epoch + 1):
             best_state = state_to_cpu(model)
         history.append(row)
@@ -255,9 +273,42 @@ def fit(
     return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> Any:
+    """The learning-rate schedule `cfg.schedule` names.
+
+    plateau (the notebook's): x lr_factor after lr_patience epochs without val-loss progress.
+    onecycle (fast models' recipe, after airbench): per step, linear warm-up from 0.1x to 1x over the first
+    20% of the run, then linear decay to 0 at the last step of `cfg.epochs`. Its state is the step count, so
+    a resumed run continues on the same curve (stretched if --epochs changed).
+    """
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+        )
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = max(1, round(0.2 * total))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def robust_augment(cfg: RunConfig) -> RobustAugment | None:
+    """The JPEG + blur training augmentation when the config asks for it (`augment: robust`)."""
+    if cfg.augment != "robust":
+        return None
+    return RobustAugment(cfg.aug_jpeg_p, tuple(cfg.aug_jpeg_quality), cfg.aug_blur_p, tuple(cfg.aug_blur_sigma))
+
+
 def _tensorboard(run_dir: Path) -> Any:
     """TensorBoard event files in run_dir/tb; training goes on without them if the writer cannot start."""
     try:
+        # tensorboard imports all of TensorFlow (seconds, gigabytes) when it is installed, unless this marker
+        # module exists; event files need only its stub.
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(log_dir=str(run_dir / "tb"))

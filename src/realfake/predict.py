@@ -1,0 +1,102 @@
+"""Batch prediction over many files: decoding runs in worker processes while the model works on the
+previous batch, and results stream out in input order, one per input, unreadable ones included.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+from realfake.data.images import BadImage, decode_bytes
+from realfake.data.inputs import InputReader, InputRef, expand_inputs
+from realfake.detector import Detector, Prediction
+
+Decoded = list[tuple[np.ndarray | None, str | None]]
+
+
+def decode_refs(refs: list[InputRef]) -> Decoded:
+    """Decode a batch of inputs; a failure is a reason string in place of the image."""
+    out: Decoded = []
+    with InputReader() as reader:
+        for ref in refs:
+            try:
+                out.append((decode_bytes(reader.read(ref)), None))
+            except BadImage as e:
+                out.append((None, str(e)))
+            except (OSError, KeyError, ValueError) as e:  # missing file, bad zip member, permissions
+                out.append((None, f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")))
+    return out
+
+
+def _batched(refs: Iterable[InputRef], size: int) -> Iterator[list[InputRef]]:
+    batch: list[InputRef] = []
+    for r in refs:
+        batch.append(r)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_paths(
+    detector: Detector,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    batch_size: int = 256,
+    threshold: float | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Iterator[Prediction]:
+    """Predictions for every image under `paths` (files, folders, globs, zips), streamed in order."""
+    refs = list(expand_inputs(paths))
+    batches = list(_batched(refs, batch_size))
+    workers = min(workers or os.cpu_count() or 1, len(batches))
+    bar = tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not progress or len(batches) < 2)
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
+        pending: deque[tuple[list[InputRef], Future[Decoded] | Decoded]] = deque()
+        queue = iter(batches)
+
+        def submit() -> None:
+            batch = next(queue, None)
+            if batch is not None:
+                pending.append((batch, pool.submit(decode_refs, batch) if pool else decode_refs(batch)))
+
+        for _ in range(workers + 1):  # keep the workers busy while the model runs
+            submit()
+        while pending:
+            batch, job = pending.popleft()
+            decoded = job.result() if isinstance(job, Future) else job
+            submit()
+            yield from _predict_decoded(detector, batch, decoded, threshold)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _predict_decoded(
+    detector: Detector, refs: list[InputRef], decoded: Decoded, threshold: float | None
+) -> Iterator[Prediction]:
+    t = detector.threshold if threshold is None else threshold
+    good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
+    p = detector.predict_proba(np.stack([decoded[i][0] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
+    p_by_index = dict(zip(good, p, strict=True))
+    for i, (ref, (_, err)) in enumerate(zip(refs, decoded, strict=True)):
+        if err is not None:
+            yield Prediction(ref.name, None, None, t, error=err)
+        else:
+            pf = float(p_by_index[i])
+            yield Prediction(ref.name, round(pf, 6), detector.label_for(pf, t), t)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test lint clean
+.PHONY: install install-test demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The bench extra (TensorFlow + Keras) is part of the test install: the benchmark smoke test runs the Keras reference.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,bench]"
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -27,7 +28,11 @@ test: install-test lint
 	$(BIN)/python -m pytest
 
 lint: install-test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+
+# realfake vs the Keras re-implementation of the notebook; BENCH_ARGS="--limit 6000 --epochs 5" for more.
+bench: install-test
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

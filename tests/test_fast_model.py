@@ -1,0 +1,120 @@
+"""The `fast` model: shape contract, FLOP budget, its training recipe, and that it learns on the mini stand-in."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
+
+from realfake import run
+from realfake.config import RunConfig
+from realfake.errors import RealfakeError
+from realfake.fit import make_scheduler
+from realfake.models import apply_recipe, available, build
+from realfake.models.fast import RECIPE, FastNet
+
+
+def test_fast_is_registered_and_returns_one_logit_per_image():
+    assert "fast" in available()
+    built = build("fast", "none")
+    m = built.model.eval()
+    x = torch.rand(5, 3, 32, 32)
+    out = m(x)
+    assert out.shape == (5,) and out.dtype == torch.float32
+    # channels_last (what fit and batches use) computes the same function
+    cl = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, cl, atol=1e-5)
+    assert built.recipe == RECIPE and built.recipe is not RECIPE  # a copy: callers may not change the defaults
+
+
+def test_fast_stays_within_its_flop_budget():
+    m = FastNet()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m.eval()(torch.rand(1, 3, 32, 32))
+    forward = fc.get_total_flops()
+    m.train()
+    with FlopCounterMode(display=False) as fc:
+        m(torch.rand(2, 3, 32, 32)).sum().backward()
+    train = fc.get_total_flops() / 2
+    assert 5e6 < forward < 25e6  # ~17 MFLOP; ResNet50 at 32x32 is ~168
+    assert train < 80e6  # "a few tens of MFLOP per training image"; ResNet50 is ~500
+
+
+def test_stem_keeps_full_resolution_and_grad_cam_reads_an_8x8_map():
+    m = FastNet()
+    assert m.stem(torch.rand(1, 3, 32, 32)).shape[-2:] == (32, 32)
+    seen = {}
+
+    def grab(mod, inp, out):  # returns None: a forward hook's return value would replace the output
+        seen["shape"] = out.shape
+
+    m.cam_layer().register_forward_hook(grab)
+    m(torch.rand(1, 3, 32, 32))
+    assert seen["shape"][-2:] == (8, 8)
+
+
+def test_recipe_fills_only_what_the_user_left_unset():
+    cfg = apply_recipe(RunConfig(model="fast", lr=1e-4), RECIPE)
+    assert cfg.lr == 1e-4  # explicit wins
+    assert cfg.batch_size == RECIPE["batch_size"] and cfg.schedule == "onecycle"
+    assert cfg.label_smoothing == RECIPE["label_smoothing"] and cfg.tta == "flip"
+    assert {"batch_size", "schedule", "lr"} <= cfg.model_fields_set  # saved config replays it
+    # explicitly set to the global default still wins over the recipe
+    assert apply_recipe(RunConfig(batch_size=128), RECIPE).batch_size == 128
+
+
+def test_seed_model_has_no_recipe_so_it_trains_with_the_notebook_defaults():
+    built = build("seed-resnet50", "none")
+    assert built.recipe == {}
+    cfg = apply_recipe(RunConfig(), built.recipe)
+    assert cfg.model_dump() == RunConfig().model_dump()
+    assert (cfg.schedule, cfg.label_smoothing, cfg.batch_size, cfg.lr) == ("plateau", 0.0, 128, 1e-3)
+
+
+def test_onecycle_warms_up_peaks_and_decays_to_zero():
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(opt, RunConfig(schedule="onecycle", epochs=2), steps_per_epoch=50)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1)
+    assert max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 20
+    assert lrs[-1] < 0.02 and all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))
+    plateau = make_scheduler(opt, RunConfig(), steps_per_epoch=50)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_weights_file_and_bad_specs(tmp_path):
+    src = FastNet()
+    f = tmp_path / "fast.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(f))
+    m = build("fast", str(f)).model
+    assert torch.equal(m.head.weight, src.head.weight)
+    with pytest.raises(RealfakeError, match="no ImageNet weights"):
+        build("fast", "imagenet")
+    with pytest.raises(RealfakeError, match="--weights must be"):
+        build("fast", str(tmp_path / "missing.safetensors"))
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"stem.0.weight": torch.zeros(1)}, str(wrong))
+    with pytest.raises(RealfakeError, match="does not fit the fast model"):
+        build("fast", str(wrong))
+
+
+@pytest.mark.slow
+def test_fast_trains_with_its_recipe_and_learns(mini_zip, tmp_path):
+    cfg = RunConfig(data=str(mini_zip), model="fast", limit=1200, epochs=4, device="cpu", seed=1,
+                    out=str(tmp_path / "r"))
+    out = run.train(cfg, progress=False, log=lambda m: None)
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["batch_size"] == RECIPE["batch_size"] and saved["schedule"] == "onecycle"
+    assert saved["label_smoothing"] == RECIPE["label_smoothing"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.65  # chance is 0.5; 0.72 with seed 1 (840 training images, 4 epochs)
+    # resume replays the saved (recipe-filled) config and continues the one-cycle schedule
+    resumed = run.resume(out, epochs=5, progress=False, log=lambda m: None)
+    assert json.loads((resumed / "run.json").read_text())["epochs_run"] == 5

@@ -46,6 +46,15 @@ class SeedResNet50(nn.Module):
         x = (x - self.mean) / self.std
         return self.head(self.backbone(x)).squeeze(1)
 
+    def cam_layer(self) -> nn.Module:
+        """Grad-CAM's layer (see realfake.explain): layer1, an 8x8 map at 32x32.
+
+        layer4 is 1x1 and layer3 2x2 here, too coarse to say where. Measured on 342 stand-in test images
+        judged FAKE: flattening the 4 of 16 8x8 patches a map ranks highest cut the median logit by 0.85
+        with layer1, 0.63 with layer2, 0.54 with layer3 (random patches 0.33-0.43, lowest-ranked 0.17-0.24).
+        """
+        return self.backbone[4]
+
 
 def _backbone_keys_from_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map torchvision resnet50 keys (conv1.weight, layer1.0...) onto our Sequential backbone."""

@@ -1,0 +1,235 @@
+"""MODEL_CARD.md: what a run's detector is, what it was trained and tested on, and where it should not be trusted.
+
+Written from the run's own files (config.yaml, run.json, data_report.json, metrics.json, evaluations/), so it
+can be re-made at any time (`realfake report`) and never states a figure the run did not measure.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from realfake import __version__
+from realfake.atomic import atomic_write_text
+from realfake.config import CLASS_NAMES, IMAGE_SIZE
+from realfake.errors import RealfakeError
+
+CARD_FILE = "MODEL_CARD.md"
+STANDIN_WARNING = (
+    "**This run was trained and tested on the stand-in data set, not on CIFAKE: accuracy on the stand-in is "
+    "not CIFAKE accuracy.** Its FAKE half comes from a small GAN trained on CIFAR-10, not from Stable Diffusion."
+)
+_METRICS = [
+    ("accuracy", "Accuracy"),
+    ("precision", "Precision (FAKE)"),
+    ("recall", "Recall (FAKE)"),
+    ("f1", "F1 (FAKE)"),
+    ("roc_auc", "ROC AUC"),
+    ("average_precision", "Average precision"),
+    ("ece", "Expected calibration error"),
+    ("brier", "Brier score"),
+    ("n", "Test images"),
+]
+_PROTOCOLS = {
+    "seed": "all images pooled, then a stratified 70/20/10 train/validation/test split (the original notebook's)",
+    "official": "90/10 stratified train/validation split of the data's train/ folder; its test/ folder is the test set",
+}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A run file as a mapping; a missing or unreadable one counts as empty (the card says 'not recorded')."""
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) if path.suffix == ".yaml" else json.loads(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _cell(v: Any) -> str:
+    """A value for a Markdown table: numbers rounded, missing ones marked, pipes and newlines made harmless."""
+    if v is None:
+        text = "not recorded"
+    elif isinstance(v, bool):
+        text = "yes" if v else "no"
+    elif isinstance(v, float):
+        text = f"{v:.4f}"
+    elif isinstance(v, int):
+        text = f"{v:,}"
+    else:
+        text = str(v)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _is_standin(*names: Any) -> bool:
+    return any("standin" in str(n).lower().replace("-", "").replace("_", "") for n in names if n)
+
+
+def _data_section(cfg: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    name = data.get("data") or cfg.get("data") or "the bundled demo sample"
+    protocol = cfg.get("protocol") or data.get("split", {}).get("protocol")
+    limit = cfg.get("limit")
+    out = [
+        f"- **Data**: {_cell(name)}" + (" (no --data given: the bundled demo sample)" if not cfg.get("data") else ""),
+        f"- **Protocol**: `{_cell(protocol)}` — {_PROTOCOLS.get(str(protocol), 'see config.yaml')}",
+        f"- **Subset**: {f'a stratified subset of {limit:,} images (--limit)' if limit else 'all usable images'}"
+        + (f", seed {cfg['seed']}" if limit and cfg.get("seed") is not None else ""),
+        f"- **Unreadable files skipped**: {_cell(data.get('n_skipped', 'not recorded'))}",
+    ]
+    split = data.get("split") or {}
+    rows = [
+        [name, *(part.get(c) for c in CLASS_NAMES), part.get("n")]
+        for name in ("train", "val", "test")
+        if isinstance(part := split.get(name), dict)
+    ]
+    if rows:
+        out += ["", "Images per class in each split:", "", _table(["split", *CLASS_NAMES, "total"], rows)]
+    sources = data.get("sources") or {}
+    if sources:
+        out += ["", "Image sources (first folder below REAL/ or FAKE/): " + ", ".join(
+            f"{_cell(k)} ({_cell(v)})" for k, v in sources.items())]
+    return out
+
+
+def _metrics_section(metrics: dict[str, Any]) -> list[str]:
+    if not metrics:
+        return ["No metrics.json in this run yet: run `realfake evaluate RUN`."]
+    rows = [[label, metrics[key]] for key, label in _METRICS if key in metrics]
+    out = [_table(["metric", "value"], rows)]
+    cm = metrics.get("confusion_matrix")
+    if isinstance(cm, list) and len(cm) == len(CLASS_NAMES):
+        out += ["", "Confusion matrix (rows: true class, columns: predicted class):", "",
+                _table(["", *(f"pred {c}" for c in CLASS_NAMES)],
+                       [[f"true {c}", *row] for c, row in zip(CLASS_NAMES, cm, strict=False)])]
+    return out
+
+
+def _other_data(run_dir: Path) -> list[str]:
+    """Results of `realfake evaluate RUN --data OTHER`, the only evidence about data unlike the training set."""
+    rows = []
+    for m in sorted((run_dir / "evaluations").glob("*/metrics.json")):
+        metrics, data = _read(m), _read(m.parent / "data_report.json")
+        rows.append([data.get("data") or m.parent.name, metrics.get("accuracy"), metrics.get("roc_auc"),
+                     metrics.get("n")])
+    if not rows:
+        return ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
+                "measure it with `realfake evaluate RUN --data OTHER`."]
+    return [_table(["data", "accuracy", "ROC AUC", "images"], rows)]
+
+
+def _decision_extras(run: dict[str, Any]) -> list[str]:
+    out = []
+    band = run.get("uncertain_band")
+    if isinstance(band, list) and len(band) == 2:
+        out.append(f"- **Uncertain**: p_fake from {_cell(band[0])} to {_cell(band[1])} is labelled `uncertain`.")
+    if run.get("tta") not in (None, "none"):
+        out.append(f"- **Test-time augmentation**: `{_cell(run['tta'])}` (flip: the logit is averaged with the "
+                   "mirror image's).")
+    return out
+
+
+def model_card(run_dir: str | Path) -> str:
+    """The card's Markdown text for a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RealfakeError(f"run folder not found: {run_dir}")
+    cfg, run = _read(run_dir / "config.yaml"), _read(run_dir / "run.json")
+    data, metrics = _read(run_dir / "data_report.json"), _read(run_dir / "metrics.json")
+    name = run_dir.resolve().name
+    model = run.get("model") or cfg.get("model") or "not recorded"
+    threshold = run.get("threshold", metrics.get("threshold", cfg.get("threshold")))
+    temperature = run.get("temperature")
+    policy = run.get("threshold_policy")
+    standin = _is_standin(data.get("data"), cfg.get("data"))
+
+    lines = [f"# Model card: realfake run `{name}`", ""]
+    if standin:
+        lines += [f"> {STANDIN_WARNING}", ""]
+    lines += [
+        "A binary classifier that estimates whether a small image is AI-generated (**FAKE**) or a real photograph "
+        "(**REAL**). It outputs `p_fake`, a probability for FAKE, and a label from a decision threshold.",
+        "",
+        "## Model",
+        "",
+        _table(["", ""], [
+            ["Architecture", f"`{model}` (see the realfake README's model table)"],
+            ["Starting weights", run.get("weights_used") or cfg.get("weights")],
+            ["Epochs run (best epoch kept)", f"{_cell(run.get('epochs_run'))} ({_cell(run.get('best_epoch'))})"],
+            ["Trained on", f"{_cell(run.get('device'))}, {_cell(run.get('created'))}"],
+            ["Software", f"realfake {_cell(run.get('realfake'))}, torch {_cell(run.get('torch'))}"],
+            ["Weights file", "model.safetensors" + (" (and model.onnx, exported)"
+                                                    if (run_dir / "model.onnx").is_file() else "")],
+        ]),
+        "",
+        "## Decision",
+        "",
+        f"- **Threshold**: label = FAKE when p_fake ≥ {_cell(None if threshold is None else f'{float(threshold):.4g}')}"
+        + (f" (policy `{_cell(policy)}`)" if policy else "") + ".",
+        f"- **Calibration**: p_fake = sigmoid(logit / T), T = {_cell(float(temperature))}."
+        if temperature is not None else "- **Calibration**: none recorded; p_fake = sigmoid(logit).",
+        *_decision_extras(run),
+        "",
+        "## Training data",
+        "",
+        *_data_section(cfg, data),
+        "",
+        "## Test metrics",
+        "",
+        f"On this run's test split, FAKE as the positive class, at the threshold above"
+        f"{' (figures on the stand-in data, not CIFAKE)' if standin else ''}:",
+        "",
+        *_metrics_section(metrics),
+        "",
+        "## Measured on other data",
+        "",
+        *_other_data(run_dir),
+        "",
+        "## Intended use",
+        "",
+        "- Research, teaching and triage: flagging images for a closer look by a person, and studying how well "
+        "generated images can be told apart from photographs of the kind it was trained on.",
+        "- Inputs like its training data: small natural images, resized exactly as realfake resizes them "
+        f"(`realfake.data.images`: centre-crop to a square, Lanczos to {IMAGE_SIZE}x{IMAGE_SIZE}).",
+        "- Not for decisions about people (accusing someone of faking an image, moderation without review, "
+        "legal or journalistic proof). A score is evidence, not proof.",
+        "",
+        "## Limits",
+        "",
+        f"- **{IMAGE_SIZE}x{IMAGE_SIZE} input.** Every image is reduced to {IMAGE_SIZE}x{IMAGE_SIZE} pixels "
+        "first; detail a larger image carries (and most traces generators leave in it) is gone before the "
+        "model sees it.",
+        "- **One generator family.** The FAKE images it learned from come from one generator "
+        f"({'a small CIFAR-10 GAN' if standin else 'the one behind this data set; CIFAKE uses Stable Diffusion 1.4'}"
+        "). Accuracy on images from other generators is unknown unless measured (see *Measured on other data*); "
+        "detectors often fail there without warning.",
+        "- **One kind of real image.** REAL images are what the data set holds (CIFAKE: CIFAR-10 photographs); "
+        "other cameras, compression, screenshots, edits or resizing pipelines can shift p_fake.",
+        "- **Test figures hold for the test split only**: images drawn from the same source as the training set.",
+        "- **Explanations** (`realfake predict --explain`) are Grad-CAM maps of the evidence for FAKE, also for "
+        "images judged REAL; they show where the model looked, not why, and are coarse at this size.",
+    ]
+    if standin:
+        lines += [f"- {STANDIN_WARNING}"]
+    lines += ["", "---", "",
+              f"*Written by realfake {__version__} on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
+              "from the files in this run directory; `realfake report RUN` writes it again.*", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """Write RUN/MODEL_CARD.md atomically; returns its path."""
+    text = model_card(run_dir)
+    out = Path(run_dir) / CARD_FILE
+    atomic_write_text(out, text)
+    return out

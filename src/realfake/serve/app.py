@@ -1,0 +1,296 @@
+"""A FastAPI app around one trained Detector: `POST /v1/predict`, `GET /v1/model`, `GET /healthz`, `GET /`.
+
+The model is loaded once and shared by every request; its work runs in a worker thread so the event loop keeps
+serving. Every upload goes through `Detector.predict_many` (the trainer's own preprocessing), so the API answers
+exactly what `realfake predict` and `Detector.predict` answer. Limits hold from the first byte: a body over
+`max_upload_bytes` is refused from its Content-Length and, in case a client lies, while it is being read.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from realfake import __version__
+from realfake.detector import Detector, Prediction
+
+# decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
+# rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
+NOT_AN_IMAGE = "not an image"
+HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
+
+
+class ImageResult(BaseModel):
+    """The verdict on one uploaded file; `error` is set (and p_fake/label are null) when it could not be read."""
+
+    filename: str
+    p_fake: float | None = Field(description="probability that the image is AI-generated, 0..1")
+    label: Literal["REAL", "FAKE", "uncertain"] | None = Field(
+        description="FAKE when p_fake >= threshold, else REAL; 'uncertain' inside the run's uncertain band, if any"
+    )
+    threshold: float
+    error: str | None = None
+    heatmap_png: str | None = Field(None, description="base64 PNG of where the model looked (explain=true only)")
+
+
+class TrainingData(BaseModel):
+    source: str | None = Field(description="file or folder name the run was trained on")
+    n_images: int | None
+    per_class: dict[str, int]
+    split: dict[str, Any] | None = Field(description="protocol and images per class in train/val/test")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int
+    max_images: int
+
+
+class ModelInfo(BaseModel):
+    model: str
+    threshold: float
+    uncertain_band: list[float] | None = Field(description="p_fake range labelled 'uncertain', if the run has one")
+    created: str | None
+    weights_used: str | None
+    training_data: TrainingData | None
+    test_metrics: dict[str, Any] | None = Field(description="the run's metrics.json (FAKE is the positive class)")
+    explain: bool = Field(description="whether this server can return heatmaps")
+    limits: Limits
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside `receive` once the body passes the limit; FastAPI re-raises HTTPExceptions as they are."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large (limit {limit:,} bytes)")
+
+
+class BodyLimit:
+    """Pure ASGI middleware: refuse bodies over `limit` bytes, by Content-Length first, then by counting.
+
+    Counting matters because Content-Length can be absent (chunked) or false; the handler never sees more than
+    `limit` bytes either way.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await _send_json(send, 413, BodyTooLarge(self.limit).detail)
+            return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except BodyTooLarge as e:  # raised where no exception handler turned it into a response
+            if started:
+                raise
+            await _send_json(send, 413, e.detail)
+
+
+async def _send_json(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Service:
+    """What the handlers call: the shared Detector and the run's facts, with model calls made one at a time."""
+
+    def __init__(self, detector: Detector, run_dir: Path | None, max_upload_bytes: int, max_images: int):
+        self.detector = detector
+        self.run_dir = run_dir
+        self.limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images)
+        # torch already uses every core for one batch; serialising calls keeps memory flat under load.
+        self._lock = threading.Lock()
+
+    @property
+    def can_explain(self) -> bool:
+        # Grad-CAM needs the PyTorch model: an ONNX-backed detector has the method but cannot use it.
+        return callable(getattr(self.detector, "explain", None)) and getattr(self.detector, "model", None) is not None
+
+    def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
+        """Blocking: decode and judge every upload in one batch; unreadable ones become per-item errors.
+
+        With `explain`, `Detector.explain` gives the prediction and its Grad-CAM overlay in one pass.
+        """
+        data = [d for _, d in uploads]
+        with self._lock:
+            if explain:
+                explained = self.detector.explain(data)  # type: ignore[attr-defined]  # a list in, a list out
+                preds: list[Prediction] = [e.prediction for e in explained]
+                heatmaps = [
+                    base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
+                    for e in explained
+                ]
+            else:
+                preds = self.detector.predict_many(data)
+                heatmaps = [None] * len(preds)
+        return [
+            ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, error=p.error,
+                        heatmap_png=h)
+            for (name, _), p, h in zip(uploads, preds, heatmaps, strict=True)
+        ]
+
+    def model_info(self) -> ModelInfo:
+        info = self.detector.info
+        report = _read_json(self.run_dir / "data_report.json") if self.run_dir else {}
+        metrics = _read_json(self.run_dir / "metrics.json") if self.run_dir else {}
+        data = report.get("data")
+        training = (
+            TrainingData(
+                # Only the name: the server's own paths are nobody else's business.
+                source=Path(data).name if data else None,
+                n_images=report.get("n_images"),
+                per_class={k: int(v) for k, v in (report.get("per_class") or {}).items()},
+                split=report.get("split"),
+            )
+            if report
+            else None
+        )
+        return ModelInfo(
+            model=str(info.get("model", "unknown")),
+            threshold=self.detector.threshold,
+            uncertain_band=info.get("uncertain_band"),
+            created=info.get("created"),
+            weights_used=info.get("weights_used"),
+            training_data=training,
+            test_metrics=metrics or None,
+            explain=self.can_explain,
+            limits=self.limits,
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def unreadable_status(results: list[ImageResult]) -> int:
+    """415 when no upload was an image at all, 422 when some were images we could not read."""
+    return 415 if all(r.error == NOT_AN_IMAGE for r in results) else 422
+
+
+def create_app(
+    run_dir_or_detector: str | Path | Detector,
+    *,
+    max_upload_bytes: int = 10_000_000,
+    max_images: int = 32,
+    device: str = "auto",
+) -> FastAPI:
+    """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
+
+    Raises RealfakeError when the path is not a trained run, so a bad path fails before the server starts.
+    """
+    run_dir: Path | None
+    if isinstance(run_dir_or_detector, str | Path):
+        path = Path(run_dir_or_detector)
+        detector = Detector.load(path, device=device)
+        run_dir = path if path.is_dir() else None  # an .onnx file carries its facts in detector.info
+    else:
+        detector = run_dir_or_detector
+        run_dir = getattr(detector, "run_dir", None)
+    service = Service(detector, Path(run_dir) if run_dir else None, max_upload_bytes, max_images)
+    page = resources.files("realfake.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    errors: dict[int | str, dict[str, Any]] = {
+        413: {"model": ErrorBody, "description": "body over the size limit, or too many files"},
+        415: {"model": ErrorBody, "description": "no upload was an image"},
+        422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
+        501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
+    }
+
+    app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes)
+    app.state.service = service
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: the app is up and its model is loaded."""
+        return Health()
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    async def model() -> ModelInfo:
+        """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
+        return service.model_info()
+
+    @app.post("/v1/predict", response_model=list[ImageResult], responses=errors)
+    async def predict(
+        files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
+        explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
+        explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
+    ) -> list[ImageResult]:
+        """Judge each uploaded image (multipart field `files`); results come back in upload order.
+
+        A file that cannot be read does not sink the others: when at least one upload is readable the answer is
+        200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
+        readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
+        could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
+        `max_images` files or a body over `max_upload_bytes` is 413; `explain=true` on a detector without
+        `explain` is 501.
+        """
+        explain = explain or bool(explain_form)
+        if explain and not service.can_explain:
+            raise HTTPException(501, "this detector cannot explain its predictions (no Detector.explain)")
+        if not files:
+            raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
+        if len(files) > max_images:
+            raise HTTPException(413, f"too many files ({len(files)}; at most {max_images} per request)")
+        uploads = [(f.filename or f"upload-{i + 1}", await f.read()) for i, f in enumerate(files)]
+        results = await run_in_threadpool(service.predict, uploads, explain)
+        if all(r.error is not None for r in results):
+            detail = "; ".join(f"{r.filename}: {r.error}" for r in results)
+            raise HTTPException(unreadable_status(results), detail)
+        return results
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        """The drag-and-drop page (self-contained: no external requests)."""
+        return HTMLResponse(page)
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_request: Any, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=413, headers={"connection": "close"})
+
+    return app

@@ -1,0 +1,151 @@
+"""The web page in a real browser (system Chromium via Playwright) against a real server on localhost."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from realfake.serve.app import create_app
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000  # generous: the test machine may be busy; nothing here asserts on speed
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path) -> Iterator[str]:
+    """uvicorn serving the app from a background thread, on a port the OS picked and we already hold."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(trained_run, device="cpu"), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium found: install Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    """A fresh page on the app that records every request it makes, to prove it fetches nothing from outside."""
+    pg = browser.new_page(viewport={"width": 1000, "height": 760})
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.requested = []
+    pg.on("request", lambda req: pg.requested.append(req.url))
+    pg.goto(server + "/")
+    pg.wait_for_selector("#model-info b")  # the model line is filled in from /v1/model
+    yield pg
+    pg.close()
+
+
+def write_image(path: Path, size: tuple[int, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def api_predict(server: str, path: Path) -> dict:
+    r = httpx.post(server + "/v1/predict", files=[("files", (path.name, path.read_bytes()))], timeout=60)
+    r.raise_for_status()
+    return r.json()[0]
+
+
+def assert_only_local(page: Any, server: str) -> None:
+    outside = [u for u in page.requested if not u.startswith((server, "blob:", "data:"))]
+    assert not outside, f"the page fetched from outside: {outside}"
+
+
+def test_pick_an_image_and_see_its_verdict(page: Any, server: str, tmp_path: Path) -> None:
+    img = write_image(tmp_path / "photo.png", (48, 48), 1)
+    page.set_input_files("#file-input", str(img))
+    verdict = page.wait_for_selector(".result .verdict")
+    expected = api_predict(server, img)
+    assert verdict.inner_text() in ("REAL", "FAKE")
+    assert verdict.inner_text() == expected["label"]
+    shown = float(page.inner_text(".result .p-fake"))
+    assert abs(shown - expected["p_fake"]) <= 0.0005 + 1e-9  # displayed to 3 decimals
+    assert page.inner_text(".result .filename") == "photo.png"
+    assert page.is_visible(".result img.thumb")
+    assert page.is_hidden("#error")
+    page.screenshot(path=str(tmp_path / "verdict.png"), full_page=True)
+    assert (tmp_path / "verdict.png").stat().st_size > 0
+    assert_only_local(page, server)
+
+
+def test_text_file_shows_an_error(page: Any, server: str, tmp_path: Path) -> None:
+    txt = tmp_path / "notes.txt"
+    txt.write_text("not an image\n")
+    page.set_input_files("#file-input", str(txt))
+    error = page.wait_for_selector("#error:not([hidden])")
+    assert "Unsupported file" in error.inner_text()  # the page's words for a 415
+    assert "notes.txt: not an image" in error.inner_text()  # and the server's reason
+    assert page.query_selector(".result") is None
+    page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+
+def test_drop_two_images_with_explain(page: Any, server: str, tmp_path: Path) -> None:
+    """Drag-and-drop of several files, with explain ticked: one card per file, in order, each with a heatmap."""
+    can_explain = httpx.get(server + "/v1/model", timeout=60).json()["explain"]
+    if can_explain:
+        page.check("#explain")
+    files = []
+    for name, size, seed in [("one.png", (32, 32), 2), ("two.png", (64, 40), 3)]:
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+            buf, "PNG"
+        )
+        files.append({"name": name, "b64": base64.b64encode(buf.getvalue()).decode()})
+    transfer = page.evaluate_handle(
+        """files => {
+            const dt = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.b64), c => c.charCodeAt(0));
+                dt.items.add(new File([bytes], f.name, { type: "image/png" }));
+            }
+            return dt;
+        }""",
+        files,
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.querySelectorAll('.result .verdict').length === 2")
+    names = page.eval_on_selector_all(".result .filename", "els => els.map(e => e.textContent)")
+    assert names == ["one.png", "two.png"]
+    if can_explain:
+        page.wait_for_selector(".result img.heatmap")
+        assert len(page.query_selector_all(".result img.heatmap")) == 2
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+    assert_only_local(page, server)

@@ -1,0 +1,298 @@
+"""Trust in p_fake: temperature scaling, ECE/Brier, the decision threshold and an optional uncertainty band.
+
+A network's sigmoid is usually over-confident. One scalar temperature T, fitted on the validation split
+(p_fake = sigmoid(logit / T)), fixes most of that without changing the ranking (AUC is unchanged). The
+decision threshold is then chosen on the same validation split, on the calibrated p, by a named policy,
+and stored in run.json so that every consumer (evaluate, predict, serve) gives the same verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, log_expit
+
+from realfake.config import CLASS_NAMES
+from realfake.errors import RealfakeError
+
+ECE_BINS = 15
+UNCERTAIN = "uncertain"
+T_MIN, T_MAX = 0.05, 20.0  # beyond these a "temperature" means the logits carry no usable scale at all
+POLICY_HELP = "balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P (e.g. fixed:0.5)"
+
+
+# --- measuring calibration ---------------------------------------------------------------------------------
+
+
+def _check(labels: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(int).ravel()
+    q = np.asarray(p, dtype=np.float64).ravel()
+    if len(y) != len(q):
+        raise RealfakeError(f"{len(y)} labels but {len(q)} scores")
+    return y, q
+
+
+def reliability_bins(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Equal-width bins over p_fake in [0, 1]: count, mean p_fake and fraction truly FAKE per bin.
+
+    Binning p_fake (not max(p, 1-p)) keeps both classes' mistakes visible on one diagonal plot.
+    """
+    y, p = _check(labels, p_fake)
+    which = np.clip((p * n_bins).astype(int), 0, n_bins - 1)  # p == 1.0 belongs to the last bin
+    count = np.bincount(which, minlength=n_bins).astype(float)
+    sum_p = np.bincount(which, weights=p, minlength=n_bins)
+    sum_y = np.bincount(which, weights=y.astype(float), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p, frac_fake = sum_p / count, sum_y / count
+    return {
+        "edges": np.linspace(0, 1, n_bins + 1).tolist(),
+        "count": count.tolist(),
+        "mean_p": [None if math.isnan(v) else float(v) for v in mean_p],
+        "frac_fake": [None if math.isnan(v) else float(v) for v in frac_fake],
+    }
+
+
+def ece(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error: the count-weighted gap |mean p - fraction FAKE| over equal-width bins."""
+    y, p = _check(labels, p_fake)
+    if len(y) == 0:
+        return math.nan
+    b = reliability_bins(y, p, n_bins)
+    gaps = [c * abs(mp - fy) for c, mp, fy in zip(b["count"], b["mean_p"], b["frac_fake"], strict=True) if c]
+    return float(sum(gaps) / len(y))
+
+
+def brier(labels: np.ndarray, p_fake: np.ndarray) -> float:
+    """Mean squared error of p_fake against the 0/1 truth (lower is better; 0.25 is a coin)."""
+    y, p = _check(labels, p_fake)
+    return float(np.mean((p - y) ** 2)) if len(y) else math.nan
+
+
+# --- temperature scaling -----------------------------------------------------------------------------------
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
+    z = logits / t
+    return float(-np.mean(labels * log_expit(z) + (1 - labels) * log_expit(-z)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 that minimises the log-loss of sigmoid(logit / T) on (validation) data.
+
+    One class only, or too few images, gives T = 1 (no evidence to rescale on).
+    """
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if len(z) != len(y):
+        raise RealfakeError(f"{len(y)} labels but {len(z)} logits")
+    if len(z) < 2 or len(np.unique(y)) < 2 or not np.all(np.isfinite(z)):
+        return 1.0
+    # Searching log T makes the problem well scaled for both over- and under-confident models.
+    res = minimize_scalar(
+        lambda s: _nll(z, y, math.exp(s)), bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
+        options={"xatol": 1e-6},
+    )
+    return float(math.exp(res.x))
+
+
+def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated p_fake = sigmoid(logit / T)."""
+    return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
+
+
+# --- the decision threshold --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """How the threshold is chosen on validation data: `balanced`, `fpr` (a target rate) or `fixed`."""
+
+    kind: str
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+
+def parse_policy(text: str) -> ThresholdPolicy:
+    """'balanced', 'fpr:0.01' or 'fixed:0.5' to a ThresholdPolicy; anything else is a one-line error."""
+    kind, _, arg = str(text).strip().lower().partition(":")
+    if kind in ("balanced", "balanced-accuracy") and not arg:
+        return ThresholdPolicy("balanced")
+    if kind in ("fpr", "fixed") and arg:
+        try:
+            value = float(arg)
+        except ValueError:
+            value = math.nan
+        if kind == "fpr" and 0 <= value < 1 or kind == "fixed" and 0 < value < 1:
+            return ThresholdPolicy(kind, value)
+    raise RealfakeError(f"threshold policy must be {POLICY_HELP}; got {text!r}")
+
+
+def balanced_accuracy_threshold(labels: np.ndarray, p_fake: np.ndarray) -> float:
+    """The threshold maximising (TPR + TNR) / 2; ties go to the candidate nearest 0.5.
+
+    Candidates are midpoints between consecutive distinct scores (plus the two ends), so the chosen cut
+    never sits exactly on a validation score.
+    """
+    y, p = _check(labels, p_fake)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    s = np.unique(p)
+    cands = np.concatenate([[s[0] / 2], (s[:-1] + s[1:]) / 2, [(s[-1] + 1) / 2]])
+    pos, neg = p[y == 1], p[y == 0]
+    tpr = 1 - np.searchsorted(np.sort(pos), cands, side="left") / len(pos)  # share of FAKE with p >= t
+    tnr = np.searchsorted(np.sort(neg), cands, side="left") / len(neg)  # share of REAL with p < t
+    bacc = (tpr + tnr) / 2
+    best = np.flatnonzero(np.isclose(bacc, bacc.max(), rtol=0, atol=1e-12))
+    return float(cands[best[np.argmin(np.abs(cands[best] - 0.5))]])
+
+
+def fpr_threshold(labels: np.ndarray, p_fake: np.ndarray, target: float) -> float:
+    """The lowest threshold whose false-positive rate on REAL (p >= t) is at most `target`."""
+    y, p = _check(labels, p_fake)
+    real = np.sort(p[y == 0])[::-1]
+    if len(real) == 0:
+        return 0.5
+    allowed = int(math.floor(target * len(real) + 1e-9))  # false positives we may keep
+    if allowed >= len(real):
+        return float(real[-1])  # every REAL may be flagged: the lowest REAL score itself
+    # Above the (allowed+1)-th highest REAL score, so at most `allowed` REAL images reach it; halfway to the
+    # next higher score of either class, so the validation verdicts are those of the lowest such threshold
+    # while a logit recomputed a rounding error higher does not cross it.
+    cut = real[allowed]
+    above = p[p > cut]
+    return float((cut + above.min()) / 2) if len(above) else float(min(np.nextafter(cut, np.inf), 1.0))
+
+
+def choose_threshold(labels: np.ndarray, p_fake: np.ndarray, policy: str | ThresholdPolicy) -> float:
+    """The decision threshold on calibrated p_fake, chosen on validation data by `policy`."""
+    pol = policy if isinstance(policy, ThresholdPolicy) else parse_policy(policy)
+    if pol.kind == "fixed":
+        return float(pol.value)  # type: ignore[arg-type]
+    if pol.kind == "fpr":
+        return fpr_threshold(labels, p_fake, float(pol.value))  # type: ignore[arg-type]
+    return balanced_accuracy_threshold(labels, p_fake)
+
+
+# --- the uncertainty band ----------------------------------------------------------------------------------
+
+
+def parse_band(text: str | None) -> tuple[float, float] | None:
+    """'0.35:0.65' to (0.35, 0.65); None or '' or 'none' means no band."""
+    if text is None or str(text).strip().lower() in ("", "none", "off"):
+        return None
+    lo_s, sep, hi_s = str(text).partition(":")
+    try:
+        lo, hi = float(lo_s), float(hi_s)
+    except ValueError:
+        lo = hi = math.nan
+    if not sep or not 0 <= lo < hi <= 1:
+        raise RealfakeError(
+            f"uncertainty band must be LOW:HIGH with 0 <= LOW < HIGH <= 1 (e.g. 0.35:0.65); got {text!r}"
+        )
+    return lo, hi
+
+
+def in_band(p_fake: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
+    """True where calibrated p_fake lies inside the band (both ends included)."""
+    p = np.asarray(p_fake, dtype=np.float64)
+    if band is None:
+        return np.zeros(p.shape, dtype=bool)
+    return (p >= band[0]) & (p <= band[1])
+
+
+def label_of(p_fake: float, threshold: float, band: tuple[float, float] | None = None) -> str:
+    """REAL / FAKE by the threshold, or 'uncertain' inside the band."""
+    if band is not None and band[0] <= p_fake <= band[1]:
+        return UNCERTAIN
+    return CLASS_NAMES[int(p_fake >= threshold)]
+
+
+def labels_of(p_fake: np.ndarray, threshold: float, band: tuple[float, float] | None = None) -> list[str]:
+    return [label_of(float(p), threshold, band) for p in np.asarray(p_fake, dtype=np.float64).ravel()]
+
+
+# --- what a run stores, and the figures evaluation reports ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The trust settings a run stores in run.json and every consumer applies."""
+
+    temperature: float = 1.0
+    threshold: float = 0.5
+    threshold_policy: str = "fixed:0.5"
+    uncertain_band: tuple[float, float] | None = None
+    tta: str = "none"
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any], default_threshold: float = 0.5) -> Calibration:
+        """From run.json; runs made before calibration existed get T = 1 and their stored threshold."""
+        band = info.get("uncertain_band")
+        return cls(
+            temperature=float(info.get("temperature") or 1.0),
+            threshold=float(info.get("threshold", default_threshold)),
+            threshold_policy=str(info.get("threshold_policy") or f"fixed:{info.get('threshold', default_threshold):g}"),
+            uncertain_band=(float(band[0]), float(band[1])) if band else None,
+            tta=str(info.get("tta") or "none"),
+        )
+
+    def to_info(self) -> dict[str, Any]:
+        return {
+            "temperature": round(self.temperature, 6),
+            "threshold": self.threshold,
+            "threshold_policy": self.threshold_policy,
+            "uncertain_band": list(self.uncertain_band) if self.uncertain_band else None,
+            "tta": self.tta,
+        }
+
+    def p_fake(self, logits: np.ndarray) -> np.ndarray:
+        return apply_temperature(logits, self.temperature)
+
+
+def calibrate(
+    val_logits: np.ndarray, val_labels: np.ndarray, policy: str, band: str | None = None, tta: str = "none"
+) -> Calibration:
+    """Fit T on validation logits, then pick the threshold on the calibrated validation p_fake."""
+    pol = parse_policy(policy)
+    t = fit_temperature(val_logits, val_labels)
+    threshold = choose_threshold(val_labels, apply_temperature(val_logits, t), pol)
+    return Calibration(t, threshold, str(pol), parse_band(band), tta)
+
+
+def _r(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def calibration_metrics(labels: np.ndarray, logits: np.ndarray, cal: Calibration) -> dict[str, Any]:
+    """ECE and Brier before and after temperature scaling, and the uncertainty band's effect."""
+    y = np.asarray(labels).astype(int).ravel()
+    raw, p = apply_temperature(logits), cal.p_fake(logits)
+    out: dict[str, Any] = {
+        "ece": _r(ece(y, p)),
+        "brier": _r(brier(y, p)),
+        "ece_uncalibrated": _r(ece(y, raw)),
+        "brier_uncalibrated": _r(brier(y, raw)),
+        "temperature": round(cal.temperature, 6),
+        "threshold_policy": cal.threshold_policy,
+    }
+    if cal.tta != "none":
+        out["tta"] = cal.tta
+    if cal.uncertain_band is not None:
+        inside = in_band(p, cal.uncertain_band)
+        outside = ~inside
+        right = (p >= cal.threshold) == (y == 1)
+        out["uncertain"] = {
+            "band": list(cal.uncertain_band),
+            "n_uncertain": int(inside.sum()),
+            "fraction_uncertain": _r(inside.mean()) if len(y) else None,
+            "n_decided": int(outside.sum()),
+            "accuracy_decided": _r(right[outside].mean()) if outside.any() else None,
+            "accuracy_all": _r(right.mean()) if len(y) else None,
+        }
+    return out

@@ -84,7 +84,8 @@ def test_predict_files_folders_and_bad_files(trained, tmp_path):
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["a.png", "b.jpg", "bad.jpg"]
     for line in lines[:2]:
-        assert 0 <= line["p_fake"] <= 1 and line["label"] == ("FAKE" if line["p_fake"] >= 0.5 else "REAL")
+        want = "FAKE" if line["p_fake"] >= line["threshold"] else "REAL"  # the run's stored threshold
+        assert 0 <= line["p_fake"] <= 1 and line["label"] == want
     assert lines[2]["p_fake"] is None and "empty" in lines[2]["error"]
 
     forced = cli("predict", trained, tmp_path / "a.png", "--threshold", "0.999999", "--device", "cpu")

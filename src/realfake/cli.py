@@ -54,6 +54,12 @@ def train(
     out: Path | None = typer.Option(None, help="run directory [default: runs/<model>-<time>]"),
     config: Path | None = typer.Option(None, help="YAML file of options; flags given here win"),
     resume: Path | None = typer.Option(None, help="continue this run from its last checkpoint"),
+    threshold_policy: str | None = typer.Option(
+        None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P [default: balanced]"
+    ),
+    uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
+    augment: str | None = typer.Option(None, help="flips | robust (flips + random JPEG and blur) [default: flips]"),
+    tta: str | None = typer.Option(None, help="none | flip (average with the mirror image) [default: none]"),
 ) -> None:
     """Train a detector; writes a run directory with weights, metrics, plots and report.html."""
     from realfake import run
@@ -66,7 +72,8 @@ def train(
             cfg = RunConfig.from_sources(
                 config, data=data, protocol=protocol, model=model, weights=weights, epochs=epochs,
                 patience=patience, batch_size=batch_size, lr=lr, seed=seed, device=device, limit=limit,
-                out=str(out) if out else None,
+                out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
+                augment=augment, tta=tta,
             )
             run_dir = run.train(cfg)
     except KeyboardInterrupt:
@@ -92,20 +99,46 @@ def evaluate(
 
 @app.command()
 @friendly
-def predict(
+def robustness(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
+    data: str | None = typer.Option(None, help="sweep every image of this data set instead of the test split"),
+    seed: int = typer.Option(0, help="seed of the noise degradations"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Evaluate under JPEG, blur, resampling and noise (all / REAL only / FAKE only); writes robustness.json."""
+    from realfake.robustness import run_robustness, table_text
+
+    result = run_robustness(run_dir, data, device=device, seed=seed)
+    typer.echo(table_text(result))
+
+
+@app.command()
+@friendly
+def predict(
+    run_dir: Path = typer.Argument(..., help="a trained run directory, or a .onnx file from `realfake export`"),
     paths: list[Path] = typer.Argument(..., help="image files and folders (searched recursively)"),
     threshold: float | None = typer.Option(None, help="override the run's decision threshold"),
     batch_size: int = typer.Option(256, help="images per model call"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    backend: str | None = typer.Option(
+        None, help="torch, or onnxruntime (uses RUN/model.onnx); default: torch for a run, onnxruntime for a .onnx file"
+    ),
+    explain: Path | None = typer.Option(
+        None, help="write a Grad-CAM overlay OUTDIR/<stem>.cam.png per image (evidence for FAKE)", metavar="OUTDIR"
+    ),
 ) -> None:
     """One JSON line per image: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.detector import Detector
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")
-    det = Detector.load(run_dir, device=device)
+    if backend not in (None, "torch", "onnxruntime"):
+        raise RealfakeError(f"--backend must be torch or onnxruntime; got {backend!r}")
+    det = Detector.load(run_dir, device=device, backend=backend or "auto")
     files = list(_expand(paths))
+    if explain is not None:
+        _predict_explained(det, files, threshold, batch_size, explain)
+        return
     read = 0
     for start in range(0, len(files), batch_size):
         for pred in det.predict_many(files[start : start + batch_size], threshold):
@@ -113,6 +146,28 @@ def predict(
             d["path"] = d.pop("source")
             typer.echo(json.dumps(d))
             read += pred.error is None
+    if read == 0:
+        raise RealfakeError(f"no readable image among {len(files)} file(s)")
+
+
+def _predict_explained(det: Any, files: list[Path], threshold: float | None, batch_size: int, out_dir: Path) -> None:
+    """`predict --explain`: the same JSON lines, each readable image's with "heatmap": the overlay PNG it wrote."""
+    from realfake.explain import save_overlay
+
+    if det.backend != "torch":
+        raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RealfakeError(f"--explain {out_dir} is a file; give a folder")
+    taken: set[str] = set()
+    read = 0
+    for start in range(0, len(files), batch_size):
+        for ex in det.explain_many(files[start : start + batch_size], threshold):
+            d = ex.prediction.to_dict()
+            d["path"] = d.pop("source")
+            if ex.ok:
+                d["heatmap"] = str(save_overlay(ex, out_dir, taken))
+                read += 1
+            typer.echo(json.dumps(d))
     if read == 0:
         raise RealfakeError(f"no readable image among {len(files)} file(s)")
 
@@ -136,6 +191,43 @@ def report(run_dir: Path = typer.Argument(..., help="a trained run directory")) 
     from realfake import run
 
     typer.echo(str(run.report(run_dir)))
+
+
+@app.command()
+@friendly
+def serve(
+    run_dir: Path = typer.Argument(..., help="a trained run directory (or an exported .onnx file)"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind; 0.0.0.0 exposes the server to the network"),
+    port: int = typer.Option(8000, help="TCP port"),
+    max_upload_mb: float = typer.Option(10.0, help="largest request body accepted, in MB"),
+    max_images: int = typer.Option(32, help="most images accepted in one request"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
+    import uvicorn
+
+    from realfake.serve import create_app
+
+    if max_upload_mb <= 0 or max_images < 1:
+        raise RealfakeError("--max-upload-mb must be above 0 and --max-images at least 1")
+    api = create_app(run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device)
+    typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
+    uvicorn.run(api, host=host, port=port)
+
+
+@app.command()
+@friendly
+def export(
+    run_dir: Path = typer.Argument(..., help="a trained run directory"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (the only format so far)"),
+    out: Path | None = typer.Option(None, help="file to write (default: RUN/model.onnx)"),
+) -> None:
+    """Export the detector as one ONNX file (uint8 [N,32,32,3] images in, p_fake out); prints its path."""
+    from realfake.export import FORMATS, export_onnx
+
+    if fmt not in FORMATS:
+        raise RealfakeError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    typer.echo(str(export_onnx(run_dir, out)))
 
 
 @app.command()

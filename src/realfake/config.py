@@ -33,11 +33,25 @@ class RunConfig(BaseModel):
     lr_factor: float = Field(0.2, gt=0, lt=1, description="ReduceLROnPlateau factor")
     lr_patience: int = Field(2, ge=0, description="ReduceLROnPlateau patience")
     min_lr: float = Field(1e-6, ge=0)
+    schedule: Literal["plateau", "onecycle"] = Field(
+        "plateau", description="plateau = ReduceLROnPlateau per epoch; onecycle = warm-up then linear decay per step"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="BCE targets become y*(1-e) + e/2")
     seed: int = 42
     device: str = "auto"
     limit: int | None = Field(None, ge=10, description="stratified subset of this many images")
     out: str | None = None
-    threshold: float = Field(0.5, gt=0, lt=1)
+    threshold: float = Field(0.5, gt=0, lt=1, description="the threshold when threshold_policy is 'fixed'")
+    threshold_policy: str = Field(
+        "balanced", description="how the threshold is chosen on validation: balanced | fpr:RATE | fixed:P | fixed"
+    )
+    uncertain: str | None = Field(None, description="LOW:HIGH band of calibrated p_fake labelled 'uncertain'")
+    augment: Literal["flips", "robust"] = Field("flips", description="robust = flips + random JPEG and blur")
+    aug_jpeg_p: float = Field(0.3, ge=0, le=1, description="robust: share of images JPEG re-compressed")
+    aug_jpeg_quality: tuple[int, int] = Field((30, 95), description="robust: JPEG quality range (inclusive)")
+    aug_blur_p: float = Field(0.1, ge=0, le=1, description="robust: share of images blurred")
+    aug_blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="robust: blur sigma range, pixels")
+    tta: Literal["none", "flip"] = Field("none", description="flip = average the logits of image and mirror")
     eval_batch_size: int = Field(1024, ge=1)
     workers: int | None = Field(None, ge=1, description="processes that decode images; None = all cores")
 
@@ -47,6 +61,43 @@ class RunConfig(BaseModel):
         if v not in ("auto", "cpu", "mps") and not (v == "cuda" or v.startswith("cuda:")):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from realfake.calibration import parse_policy  # calibration imports this module
+
+        if v.strip().lower() == "fixed":
+            return "fixed"
+        try:
+            return str(parse_policy(v))
+        except RealfakeError as e:
+            raise ValueError(str(e)) from None
+
+    @field_validator("uncertain")
+    @classmethod
+    def _known_band(cls, v: str | None) -> str | None:
+        from realfake.calibration import parse_band
+
+        try:
+            band = parse_band(v)
+        except RealfakeError as e:
+            raise ValueError(str(e)) from None
+        return None if band is None else f"{band[0]:g}:{band[1]:g}"
+
+    @field_validator("aug_jpeg_quality", "aug_blur_sigma")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        lo, hi = v
+        top = 100 if info.field_name == "aug_jpeg_quality" else 10
+        if not (0 < lo <= hi <= top):
+            raise ValueError(f"must be LOW, HIGH with 0 < LOW <= HIGH <= {top}")
+        return v
+
+    @property
+    def policy(self) -> str:
+        """The threshold policy with a bare 'fixed' resolved to this config's `threshold`."""
+        return f"fixed:{self.threshold:g}" if self.threshold_policy == "fixed" else self.threshold_policy
 
     @classmethod
     def from_sources(cls, config_file: str | Path | None = None, **overrides: Any) -> RunConfig:

@@ -6,10 +6,14 @@ so it lives on the training device, and each step is one gather, one cast and tw
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 
 def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -32,20 +36,108 @@ def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(coins[1], x.flip(2), x)
 
 
+def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 images JPEG-encoded and decoded again with Pillow, at one or per-image qualities.
+
+    JPEG has no tensor form, so this runs on the CPU; at 32x32 one image costs tens of microseconds.
+    """
+    qs = np.broadcast_to(np.asarray(quality, dtype=int), (len(images),))
+    out = np.empty_like(images)
+    for i, (img, q) in enumerate(zip(images, qs, strict=True)):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(q))
+        buf.seek(0)
+        with Image.open(buf, formats=["JPEG"]) as decoded:  # naming the format skips Pillow's sniffing (~2x)
+            out[i] = np.asarray(decoded)  # an RGB JPEG decodes to RGB
+    return out
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each (3, H, W) float image with its own sigma (pixels; 0 = unchanged), as two separable convs."""
+    n, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = min(radius, (min(h, w) - 1))  # reflect padding needs the image to be wider than the kernel
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    s = sigma.to(x.device, torch.float32).clamp_min(1e-6).view(n, 1)
+    k = torch.exp(-0.5 * (taps.view(1, -1) / s) ** 2)
+    k = k / k.sum(1, keepdim=True)  # sigma ~ 0 makes a delta: the image passes through
+    k = k.repeat_interleave(c, 0)  # one kernel per (image, channel)
+    y = x.float().reshape(1, n * c, h, w)
+    y = torch.nn.functional.pad(y, (radius, radius, 0, 0), mode="reflect")
+    y = torch.nn.functional.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = torch.nn.functional.pad(y, (0, 0, radius, radius), mode="reflect")
+    y = torch.nn.functional.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w).to(x.dtype).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class RobustAugment:
+    """CNNDetection-style training degradations: random JPEG re-compression and Gaussian blur.
+
+    Each image is JPEG-compressed with probability `jpeg_p` at a quality drawn uniformly from
+    `jpeg_quality`, and blurred with probability `blur_p` with a sigma drawn from `blur_sigma`.
+    """
+
+    # Defaults measured on the stand-in (fast, 6,000 images, 3 epochs): at 0.5/0.2 clean accuracy fell 3.5
+    # points below the plain model's; at 0.3/0.1 it fell 0.8 while JPEG-30, blur and resampling gained 7-8.
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 95)
+    blur_p: float = 0.1
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+
+    def jpeg(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(N, 3, H, W) uint8 batch -> the same with a random subset JPEG round-tripped on the CPU."""
+        n = x.shape[0]
+        pick = torch.rand(n, generator=generator, device=generator.device) < self.jpeg_p
+        lo, hi = self.jpeg_quality
+        q = torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device)
+        idx = torch.nonzero(pick).flatten().cpu()
+        if len(idx) == 0:
+            return x
+        chosen = x[idx.to(x.device)].permute(0, 2, 3, 1).cpu().numpy()  # NHWC for Pillow
+        done = torch.from_numpy(jpeg_roundtrip(chosen, q[pick].cpu().numpy())).to(x.device).permute(0, 3, 1, 2)
+        x = x.clone()
+        x[idx.to(x.device)] = done
+        return x
+
+    def blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(N, 3, H, W) float batch -> a random subset blurred on the batch's device."""
+        n = x.shape[0]
+        pick = torch.rand(n, generator=generator, device=generator.device) < self.blur_p
+        lo, hi = self.blur_sigma
+        sigma = lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device)
+        idx = torch.nonzero(pick).flatten().to(x.device)
+        if len(idx) == 0:
+            return x
+        x = x.clone()
+        x[idx] = gaussian_blur(x[idx], sigma[pick].to(x.device))
+        return x
+
+
 def train_batches(
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
     augment: bool = True,
+    robust: RobustAugment | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch of (float images, float labels); the last, smaller batch is kept (unless of one)."""
+    """One shuffled epoch of (float images, float labels); the last, smaller batch is kept (unless of one).
+
+    With `robust`, a random share of each batch is JPEG re-compressed (on the CPU, before the cast) and
+    blurred (on the device, after it), so the model cannot lean on compression or sharpness alone.
+    """
     order = torch.randperm(len(labels), generator=generator, device=generator.device).to(images.device)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a batch of one; that image is seen next epoch
             break
-        x = to_float(images[idx])
+        xb = images[idx]
+        if robust is not None:
+            xb = robust.jpeg(xb, generator)
+        x = to_float(xb)
+        if robust is not None:
+            x = robust.blur(x, generator)
         if augment:
             x = random_flips(x, generator)
         yield x, labels[idx].float()

@@ -30,8 +30,15 @@ _METRIC_ROWS = [  # key in metrics.json -> label shown
     ("average_precision", "Average precision"),
     ("n", "Test images (n)"),
     ("threshold", "Decision threshold on p(FAKE)"),
+    ("threshold_policy", "Threshold policy (chosen on validation)"),
+    ("temperature", "Temperature T (p = sigmoid(logit / T), fitted on validation)"),
+    ("ece", "ECE, 15 bins (calibrated)"),
+    ("ece_uncalibrated", "ECE, 15 bins (before calibration)"),
+    ("brier", "Brier score (calibrated)"),
+    ("brier_uncalibrated", "Brier score (before calibration)"),
+    ("tta", "Test-time augmentation"),
 ]
-_NOT_SCALAR = {"confusion_matrix", "per_class"}
+_NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training"}
 
 _CAPTIONS = {
     "training_curves": "Loss and accuracy per epoch on the training and validation splits.",
@@ -40,6 +47,10 @@ _CAPTIONS = {
     "pr_curve": "Precision-recall curve on the test split, FAKE as the positive class.",
     "predictions_grid": "A sample of test images: green titles are right, red ones wrong; "
     "p is the model's probability for the class it predicted.",
+    "reliability_diagram": "Share of test images truly FAKE against the predicted p(FAKE), per bin, before and "
+    "after temperature scaling: the closer to the diagonal, the more p(FAKE) can be taken at its word.",
+    "robustness": "Accuracy and ROC AUC on degraded test images (see Robustness above): each degradation "
+    "applied to all images, to REAL only and to FAKE only.",
 }
 
 _CSS = """
@@ -161,6 +172,100 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _uncertain_html(metrics: dict[str, Any]) -> str:
+    u = metrics.get("uncertain")
+    if not isinstance(u, dict) or not isinstance(u.get("band"), list) or len(u["band"]) != 2:
+        return ""
+    lo, hi = u["band"]
+    frac = u.get("fraction_uncertain")
+    share = f" ({frac:.1%})" if _is_number(frac) else ""
+    return (
+        f"<p>Uncertainty band {_fmt(lo)}–{_fmt(hi)} on calibrated p(FAKE): {_fmt(u.get('n_uncertain'))} of "
+        f"{_fmt(metrics.get('n'))} images{share} are labelled <em>uncertain</em>. Accuracy on the "
+        f"{_fmt(u.get('n_decided'))} decided images: {_fmt(u.get('accuracy_decided'))} "
+        f"(on all images: {_fmt(u.get('accuracy_all'))}).</p>"
+    )
+
+
+_SOURCE_COLS = [("n", "n"), ("classes", "classes"), ("accuracy", "accuracy"), ("recall", "recall (FAKE)"),
+                ("roc_auc", "ROC AUC"), ("roc_auc_vs_other_class", "AUC vs other class")]
+
+
+def _per_source_html(metrics: dict[str, Any], seen: set[str] | None) -> str:
+    """A row per source, and one plain sentence naming the sources the model never saw in training."""
+    per = metrics.get("per_source")
+    if not isinstance(per, dict) or not per:
+        return ""
+    head = "".join(f"<th>{escape(label)}</th>" for _, label in _SOURCE_COLS)
+    body = "".join(
+        f"<tr><th>{escape(str(name))}</th>"
+        + "".join(f"<td{' class=num' if _is_number(m.get(k)) else ''}>{_value(m.get(k))}</td>" for k, _ in _SOURCE_COLS)
+        + "</tr>"
+        for name, m in per.items()
+        if isinstance(m, dict)
+    )
+    parts = [f"<h3>Per source</h3><table><tr><th>source</th>{head}</tr>{body}</table>"]
+    unseen = metrics.get("sources_unseen_in_training")
+    if not isinstance(unseen, list) and seen is not None:
+        unseen = [s for s in per if s != "(none)" and s not in seen]
+    if isinstance(unseen, list):
+        if unseen:
+            names = ", ".join(escape(str(s)) for s in unseen)
+            parts.append(
+                f"<p><strong>Never seen in training:</strong> {names}. Figures for "
+                f"{'this source' if len(unseen) == 1 else 'these sources'} measure how the detector generalises "
+                "to a generator or camera it was not trained on.</p>"
+            )
+        else:
+            parts.append("<p>Every source evaluated here also appears in the training split.</p>")
+    return "".join(parts)
+
+
+def _training_sources(data: dict[str, Any]) -> set[str] | None:
+    split_sources = data.get("split_sources")
+    if isinstance(split_sources, dict) and isinstance(split_sources.get("train"), dict):
+        return set(split_sources["train"])
+    return set(data["sources"]) if isinstance(data.get("sources"), dict) else None
+
+
+def _robustness_html(rob: dict[str, Any]) -> str:
+    rows = [r for r in rob.get("conditions", []) if isinstance(r, dict)]
+    if not rows:
+        return '<p class="muted">No robustness.json in this run: <code>realfake robustness RUN</code> makes one.</p>'
+    cols = [("accuracy", "accuracy"), ("roc_auc", "ROC AUC"), ("ece", "ECE"), ("accuracy_real", "acc. REAL"),
+            ("accuracy_fake", "acc. FAKE")]
+    head = "".join(f"<th>{c}</th>" for _, c in cols)
+    body = "".join(
+        f"<tr><th>{escape(str(r.get('condition')))}</th>"
+        + "".join(f"<td class=num>{_fmt(r.get(k))}</td>" for k, _ in cols)
+        + "</tr>"
+        for r in rows
+    )
+    intro = (
+        f"<p>The {escape(str(rob.get('split', 'test')))} images (n = {_fmt(rob.get('n'))}) degraded once, "
+        f"deterministically (noise seed {_fmt(rob.get('seed'))}): JPEG re-compression, Gaussian blur, down-and-up "
+        "resampling, additive noise (sigma on the 0–255 scale). <em>/REAL-only</em> and <em>/FAKE-only</em> degrade "
+        "one class and leave the other clean: a model that learnt a format shortcut (say, JPEG artefacts = REAL) "
+        "fails on one of them while the other looks fine.</p>"
+    )
+    return intro + f"<table><tr><th>condition</th>{head}</tr>{body}</table>"
+
+
+def _evaluations_html(run_dir: Path, seen: set[str] | None) -> str:
+    """Evaluations on other data sets (`realfake evaluate RUN --data OTHER`), newest files as they are."""
+    parts = []
+    for mfile in sorted((run_dir / "evaluations").glob("*/metrics.json")):
+        m = _read_optional_json(mfile)
+        if not m:
+            continue
+        d = _read_optional_json(mfile.parent / "data_report.json")
+        name = d.get("data") or mfile.parent.name
+        keys = ["n", "accuracy", "roc_auc", "ece", "brier"]
+        summary = {k: m.get(k) for k in keys if k in m}
+        parts.append(f"<h3>{escape(str(name))}</h3>{_kv_table(summary)}{_uncertain_html(m)}{_per_source_html(m, seen)}")
+    return "".join(parts)
+
+
 def _figures_section(plots: dict[str, Path]) -> str:
     if not plots:
         return '<p class="muted">No figures could be drawn from this run.</p>'
@@ -181,6 +286,9 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
     run = _read_optional_json(run_dir / "run.json")
     metrics = _read_optional_json(run_dir / "metrics.json")
     data = _read_optional_json(run_dir / "data_report.json")
+    seen = _training_sources(data)
+    robustness = _read_optional_json(run_dir / "robustness.json")
+    evaluations = _evaluations_html(run_dir, seen)
     config_file = run_dir / "config.yaml"
     config = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
 
@@ -215,6 +323,11 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
 {run_html}
 <h2>Test metrics</h2>
 {_metrics_section(metrics)}
+{_uncertain_html(metrics)}
+{_per_source_html(metrics, seen)}
+<h2>Robustness</h2>
+{_robustness_html(robustness)}
+{f"<h2>Evaluations on other data</h2>{evaluations}" if evaluations else ""}
 <h2>Figures</h2>
 {_figures_section(plots)}
 <h2>Config</h2>

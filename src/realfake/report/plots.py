@@ -29,6 +29,8 @@ PLOT_FILES = {
     "roc_curve": "roc_curve.png",
     "pr_curve": "pr_curve.png",
     "predictions_grid": "predictions_grid.png",
+    "reliability_diagram": "reliability_diagram.png",
+    "robustness": "robustness.png",
 }
 MAX_GRID_IMAGES = 64  # beyond this the thumbnails get too small to read
 _RIGHT, _WRONG = "#1a7f37", "#cf222e"
@@ -213,6 +215,61 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
     return _save(fig, out)
 
 
+def reliability_diagram(labels: Any, logits: Any, temperature: float, out: Path) -> Path | None:
+    """Fraction truly FAKE against mean p_fake per bin, before and after temperature scaling: on the
+    diagonal, p_fake means what it says."""
+    from realfake.calibration import apply_temperature, ece, reliability_bins
+
+    y = np.asarray(labels).astype(int).ravel()
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    if len(y) == 0 or len(y) != len(z):
+        return None
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for t, style, name in ((1.0, "s--", "uncalibrated"), (temperature, "o-", f"calibrated (T = {temperature:.3g})")):
+        p = apply_temperature(z, t)
+        b = reliability_bins(y, p)
+        pts = [(mp, fy) for mp, fy, c in zip(b["mean_p"], b["frac_fake"], b["count"], strict=True) if c]
+        ax.plot([a for a, _ in pts], [f for _, f in pts], style, lw=1.5, ms=4, label=f"{name}, ECE {ece(y, p):.3f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="mean predicted p(FAKE) in bin",
+           ylabel="fraction FAKE in bin", title="Reliability diagram (test, 15 bins)")
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def robustness_plot(result: dict[str, Any], out: Path) -> Path | None:
+    """Accuracy and ROC AUC per degradation, applied to all images, REAL only and FAKE only; the clean
+    figure as a line. A large gap between REAL-only and FAKE-only exposes a format shortcut."""
+    rows = [r for r in result.get("conditions", []) if isinstance(r, dict)]
+    clean = next((r for r in rows if r.get("condition") == "clean"), None)
+    names = list(dict.fromkeys(r["condition"] for r in rows if r.get("applied_to") == "all" and r is not clean))
+    if clean is None or not names:
+        return None
+    by = {(r["condition"].split("/")[0], r.get("applied_to")): r for r in rows}
+    x = np.arange(len(names))
+    fig = Figure(figsize=(11, 6.4))
+    axes = fig.subplots(2, 1, sharex=True)
+    for ax, key, label in zip(axes, ("accuracy", "roc_auc"), ("accuracy", "ROC AUC"), strict=True):
+        for k, (target, color) in enumerate((("all", "#0969da"), ("REAL", "#1a7f37"), ("FAKE", "#cf222e"))):
+            vals = [by.get((n, target), {}).get(key) for n in names]
+            ax.bar(x + (k - 1) * 0.27, [np.nan if v is None else v for v in vals], 0.27, color=color,
+                   label="all images" if target == "all" else f"{target} only")
+        if clean.get(key) is not None:
+            ax.axhline(clean[key], color="black", ls="--", lw=1, label=f"clean ({clean[key]:.3f})")
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(ncol=4, fontsize=8, loc="lower left")
+    axes[0].set_title(f"Robustness ({result.get('split', 'test')}, n = {result.get('n', '?')})")
+    axes[1].set_xticks(x, names, rotation=45, ha="right")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def read_json(path: Path) -> Any:
     """A JSON file from a run folder, with a readable error instead of a traceback when it is damaged."""
     try:
@@ -237,6 +294,17 @@ def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return labels, p_fake
 
 
+def read_logits(path: Path) -> np.ndarray | None:
+    """The raw logit column of predictions.csv; None for runs written before it existed."""
+    rows = read_history(path)
+    if not rows or "logit" not in rows[0]:
+        return None
+    try:
+        return np.array([float(r["logit"]) for r in rows], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
 def draw_all(run_dir: Path) -> dict[str, Path]:
     """Every figure whose inputs the run folder holds, written to run_dir/plots; name -> path of those written."""
     run_dir = Path(run_dir)
@@ -257,6 +325,15 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
         labels, p_fake = read_predictions(run_dir / "predictions.csv")
         written["roc_curve"] = roc_curve(labels, p_fake, plots_dir / PLOT_FILES["roc_curve"])
         written["pr_curve"] = pr_curve(labels, p_fake, plots_dir / PLOT_FILES["pr_curve"])
+        logits = read_logits(run_dir / "predictions.csv")
+        if logits is not None:
+            written["reliability_diagram"] = reliability_diagram(
+                labels, logits, float(metrics.get("temperature") or 1.0), plots_dir / PLOT_FILES["reliability_diagram"]
+            )
+    if (run_dir / "robustness.json").is_file():
+        written["robustness"] = robustness_plot(
+            read_json(run_dir / "robustness.json"), plots_dir / PLOT_FILES["robustness"]
+        )
     if (run_dir / "samples.npz").is_file():
         with np.load(run_dir / "samples.npz", allow_pickle=False) as s:
             missing = {"images", "labels", "p_fake"} - set(s.files)

@@ -96,6 +96,24 @@ def test_predict_files_folders_and_bad_files(trained, tmp_path):
     assert json.loads(nothing.stdout)["error"]
 
 
+def test_predict_zip_glob_and_csv(trained, tmp_path):
+    import csv
+    import io
+    import zipfile
+
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "b.png")
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
+        zf.write(tmp_path / "a.png", "x/a.png")
+        zf.writestr("x/bad.png", b"nope")
+    proc = cli("predict", trained, str(tmp_path / "*.png"), tmp_path / "z.zip", "--format", "csv", "--device", "cpu")
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.png", "z.zip::x/a.png", "z.zip::x/bad.png"]
+    assert rows[0]["p_fake"] == rows[2]["p_fake"] != ""
+    assert rows[3]["p_fake"] == "" and rows[3]["error"] == "not an image"
+    assert_one_line_error(cli("predict", trained, tmp_path / "a.png", "--format", "xml", check=False), "--format")
+
+
 def test_report_redraws(trained):
     (trained / "report.html").unlink()
     (trained / "plots" / "roc_curve.png").unlink()

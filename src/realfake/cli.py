@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -116,9 +117,11 @@ def robustness(
 @friendly
 def predict(
     run_dir: Path = typer.Argument(..., help="a trained run directory, or a .onnx file from `realfake export`"),
-    paths: list[Path] = typer.Argument(..., help="image files and folders (searched recursively)"),
+    paths: list[str] = typer.Argument(..., help="image files, folders (recursive), globs (quoted) and zips"),
     threshold: float | None = typer.Option(None, help="override the run's decision threshold"),
-    batch_size: int = typer.Option(256, help="images per model call"),
+    output_format: str = typer.Option("jsonl", "--format", help="jsonl (one JSON object per line) or csv"),
+    batch_size: int = typer.Option(256, min=1, help="images per model call"),
+    workers: int | None = typer.Option(None, min=1, help="decoding processes [default: all cores]"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
     backend: str | None = typer.Option(
         None, help="torch, or onnxruntime (uses RUN/model.onnx); default: torch for a run, onnxruntime for a .onnx file"
@@ -127,61 +130,44 @@ def predict(
         None, help="write a Grad-CAM overlay OUTDIR/<stem>.cam.png per image (evidence for FAKE)", metavar="OUTDIR"
     ),
 ) -> None:
-    """One JSON line per image: path, p_fake, label (or error). Exits 1 if no image could be read."""
+    """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.detector import Detector
+    from realfake.predict import explain_paths, predict_paths
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")
     if backend not in (None, "torch", "onnxruntime"):
         raise RealfakeError(f"--backend must be torch or onnxruntime; got {backend!r}")
+    if output_format not in ("jsonl", "csv"):
+        raise RealfakeError(f"--format must be jsonl or csv; got {output_format!r}")
     det = Detector.load(run_dir, device=device, backend=backend or "auto")
-    files = list(_expand(paths))
     if explain is not None:
-        _predict_explained(det, files, threshold, batch_size, explain)
-        return
-    read = 0
-    for start in range(0, len(files), batch_size):
-        for pred in det.predict_many(files[start : start + batch_size], threshold):
-            d = pred.to_dict()
-            d["path"] = d.pop("source")
-            typer.echo(json.dumps(d))
-            read += pred.error is None
-    if read == 0:
-        raise RealfakeError(f"no readable image among {len(files)} file(s)")
-
-
-def _predict_explained(det: Any, files: list[Path], threshold: float | None, batch_size: int, out_dir: Path) -> None:
-    """`predict --explain`: the same JSON lines, each readable image's with "heatmap": the overlay PNG it wrote."""
-    from realfake.explain import save_overlay
-
-    if det.backend != "torch":
-        raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RealfakeError(f"--explain {out_dir} is a file; give a folder")
-    taken: set[str] = set()
-    read = 0
-    for start in range(0, len(files), batch_size):
-        for ex in det.explain_many(files[start : start + batch_size], threshold):
-            d = ex.prediction.to_dict()
-            d["path"] = d.pop("source")
-            if ex.ok:
-                d["heatmap"] = str(save_overlay(ex, out_dir, taken))
-                read += 1
-            typer.echo(json.dumps(d))
-    if read == 0:
-        raise RealfakeError(f"no readable image among {len(files)} file(s)")
-
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
-
-
-def _expand(paths: list[Path]) -> Iterator[Path]:
-    """Files as given; folders walked for image files (by extension) in sorted order."""
-    for p in paths:
-        if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if det.backend != "torch":
+            raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
+        if explain.exists() and not explain.is_dir():
+            raise RealfakeError(f"--explain {explain} is a file; give a folder")
+        results = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
+    else:
+        results = predict_paths(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
+    seen = read = 0
+    writer = None
+    for pred, heatmap in ((r, None) if not isinstance(r, tuple) else r for r in results):
+        row = {"path": pred.source, **{k: v for k, v in pred.to_dict().items() if k != "source"}}
+        if heatmap is not None:
+            row["heatmap"] = str(heatmap)
+        seen += 1
+        read += pred.error is None
+        if output_format == "jsonl":
+            typer.echo(json.dumps(row))
         else:
-            yield p
+            if writer is None:
+                fields = ["path", "p_fake", "label", "threshold", "error"] + (["heatmap"] if explain else [])
+                writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+                writer.writeheader()
+            writer.writerow(row)
+            sys.stdout.flush()
+    if read == 0:
+        raise RealfakeError(f"no readable image among {seen} input(s)")
 
 
 @app.command()

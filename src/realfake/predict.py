@@ -10,6 +10,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -100,3 +101,37 @@ def _predict_decoded(
         else:
             pf = float(p_by_index[i])
             yield Prediction(ref.name, round(pf, 6), detector.label_for(pf, t), t)
+
+
+def explain_paths(
+    detector: Detector,
+    paths: Iterable[str | os.PathLike[str]],
+    out_dir: str | Path,
+    *,
+    batch_size: int = 256,
+    threshold: float | None = None,
+) -> Iterator[tuple[Prediction, Path | None]]:
+    """Like predict_paths, plus a Grad-CAM overlay PNG written to out_dir for each readable image."""
+    from realfake.explain import save_overlay
+
+    taken: set[str] = set()
+    with InputReader() as reader:
+        for batch in _batched(expand_inputs(paths), batch_size):
+            data: list[bytes | None] = []
+            errors: dict[int, str] = {}
+            for i, ref in enumerate(batch):
+                try:
+                    data.append(reader.read(ref))
+                except (OSError, KeyError, ValueError) as e:
+                    data.append(None)
+                    errors[i] = f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")
+            readable = [i for i, d in enumerate(data) if d is not None]
+            explained = dict(zip(readable, detector.explain_many([data[i] for i in readable], threshold), strict=True))
+            t = detector.threshold if threshold is None else threshold
+            for i, ref in enumerate(batch):
+                if i in errors:
+                    yield Prediction(ref.name, None, None, t, error=errors[i]), None
+                    continue
+                ex = explained[i]
+                ex.prediction.source = ref.name
+                yield ex.prediction, (save_overlay(ex, out_dir, taken) if ex.ok else None)

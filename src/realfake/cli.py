@@ -43,12 +43,12 @@ def friendly(fn: F) -> F:
 def train(
     data: str | None = typer.Option(None, help="CIFAKE zip or folder, or any folder with REAL/ and FAKE/"),
     protocol: str | None = typer.Option(None, help="seed (70/20/10 split) or official (CIFAKE's test/)"),
-    model: str | None = typer.Option(None, help="model name, e.g. seed-resnet50"),
+    model: str | None = typer.Option(None, help="seed-resnet50 (the notebook's model, default) or fast"),
     weights: str | None = typer.Option(None, help="auto | imagenet | none | path to weights"),
     epochs: int | None = typer.Option(None, help="maximum epochs [default: 10]"),
     patience: int | None = typer.Option(None, help="early-stopping patience [default: 3]"),
-    batch_size: int | None = typer.Option(None, help="training batch size [default: 128]"),
-    lr: float | None = typer.Option(None, help="Adam learning rate [default: 1e-3]"),
+    batch_size: int | None = typer.Option(None, help="training batch size [default: 128, or the model's recipe]"),
+    lr: float | None = typer.Option(None, help="learning rate [default: 1e-3, or the model's recipe]"),
     seed: int | None = typer.Option(None, help="seed for split, subset and training [default: 42]"),
     device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps"),
     limit: int | None = typer.Option(None, help="train on a stratified subset of this many images"),
@@ -60,7 +60,9 @@ def train(
     ),
     uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
     augment: str | None = typer.Option(None, help="flips | robust (flips + random JPEG and blur) [default: flips]"),
-    tta: str | None = typer.Option(None, help="none | flip (average with the mirror image) [default: none]"),
+    tta: str | None = typer.Option(
+        None, help="none | flip (average with the mirror image) [default: none, or the model's recipe]"
+    ),
 ) -> None:
     """Train a detector; writes a run directory with weights, metrics, plots and report.html."""
     from realfake import run

@@ -317,19 +317,19 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
 <body>
 <h1>{escape(title)}</h1>
 <p class="sub">Real vs AI-generated image detector; labels: {labels} (FAKE is positive).</p>
-<h2>Data</h2>
-{_data_section(data)}
-<h2>Run</h2>
-{run_html}
 <h2>Test metrics</h2>
 {_metrics_section(metrics)}
 {_uncertain_html(metrics)}
 {_per_source_html(metrics, seen)}
+<h2>Figures</h2>
+{_figures_section(plots)}
 <h2>Robustness</h2>
 {_robustness_html(robustness)}
 {f"<h2>Evaluations on other data</h2>{evaluations}" if evaluations else ""}
-<h2>Figures</h2>
-{_figures_section(plots)}
+<h2>Data</h2>
+{_data_section(data)}
+<h2>Run</h2>
+{run_html}
 <h2>Config</h2>
 {config_html}
 <p class="note">{note}</p>

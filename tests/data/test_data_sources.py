@@ -173,7 +173,7 @@ def test_missing_path(tmp_path):
 def test_non_zip_file(tmp_path):
     p = tmp_path / "data.zip"
     p.write_text("I am not a zip")
-    with pytest.raises(RealfakeError, match="neither a folder nor a zip"):
+    with pytest.raises(RealfakeError, match="neither a folder, a zip nor a CSV"):
         open_source(p)
 
 

@@ -9,10 +9,11 @@ A file's label is its deepest REAL/FAKE ancestor; its split, a train/test folder
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
@@ -60,7 +61,7 @@ class Reader(Protocol):
 
 @dataclass
 class Source:
-    """A folder or a zip of labelled images. Cheap to create; lists files on first use."""
+    """A folder, a zip, or a CSV list of labelled images. Cheap to create; lists files on first use."""
 
     root: Path
     display: str  # what to call it in messages and reports
@@ -68,14 +69,20 @@ class Source:
     _stats: list[tuple[str, int, int]] | None = field(default=None, repr=False)
 
     @property
+    def is_csv(self) -> bool:
+        return self.root.suffix.lower() == ".csv" and self.root.is_file()
+
+    @property
     def is_zip(self) -> bool:
-        return self.root.is_file()
+        return self.root.is_file() and not self.is_csv
 
     def items(self) -> list[Item]:
         """Every labelled file, sorted by path so that order (and hence splits) never depends on the OS."""
         if self._items is None:
-            names = self._zip_names() if self.is_zip else self._walk()
-            found = (parse_item(n) for n in names)
+            if self.is_csv:
+                found: Iterable[Item | None] = read_csv_items(self.root)
+            else:
+                found = (parse_item(n) for n in (self._zip_names() if self.is_zip else self._walk()))
             self._items = sorted((it for it in found if it is not None), key=lambda it: it.path)
             if not self._items:
                 raise RealfakeError(f"no images found in {self.display}: {CIFAKE_HINT}")
@@ -84,7 +91,16 @@ class Source:
     def fingerprint(self) -> str:
         """Identity of the data: archive size+mtime for a zip, every file's size+mtime for a folder."""
         h = hashlib.sha256()
-        if self.is_zip:
+        if self.is_csv:  # the list itself, and every file it names
+            st = self.root.stat()
+            h.update(f"csv\0{self.root.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+            for it in self.items():
+                try:
+                    fst = (self.root.parent / it.path).stat()
+                    h.update(f"\0{it.path}\0{fst.st_size}\0{fst.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(f"\0{it.path}\0missing".encode())
+        elif self.is_zip:
             st = self.root.stat()
             h.update(f"zip\0{self.root.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
         else:
@@ -101,7 +117,7 @@ class Source:
             with zipfile.ZipFile(self.root) as zf:
                 yield zf.read
         else:
-            root = self.root
+            root = self.root.parent if self.is_csv else self.root
 
             def read(rel_path: str) -> bytes:
                 return (root / rel_path).read_bytes()
@@ -132,6 +148,35 @@ class Source:
         return [s[0] for s in stats]
 
 
+def read_csv_items(csv_path: Path) -> list[Item]:
+    """Items from a CSV with columns path,label[,source][,split]; paths relative to the CSV's folder.
+
+    Labels may be REAL/FAKE (any case) or 0/1. This is how a data set with sources that do not live in
+    REAL/<source>/ folders (say, several generators' outputs side by side) is described.
+    """
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            header = [h.strip().lower() for h in (rows[0].keys() if rows else [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RealfakeError(f"cannot read {csv_path}: {e}") from None
+    if not {"path", "label"} <= set(header):
+        raise RealfakeError(f"{csv_path} needs a header with at least the columns path,label (and optionally source)")
+    labels = {**LABEL_FOLDERS, **{str(i): i for i in LABEL_FOLDERS.values()}}
+    items = []
+    for line, raw in enumerate(rows, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
+        label = labels.get(row["label"].lower())
+        if label is None:
+            raise RealfakeError(f"{csv_path}, line {line}: label must be REAL, FAKE, 0 or 1; got {row['label']!r}")
+        split = row.get("split", "").lower() or None
+        if split not in (None, *SPLIT_FOLDERS):
+            raise RealfakeError(f"{csv_path}, line {line}: split must be train or test; got {row['split']!r}")
+        items.append(Item(PurePosixPath(row["path"].replace("\\", "/")).as_posix(), label, split,
+                          row.get("source") or None))
+    return items
+
+
 def bundled_sample() -> Path:
     """The 2,000-image demo sample shipped inside the package (see README for provenance)."""
     return Path(str(resources.files("realfake") / "assets" / "demo-sample.zip"))
@@ -144,6 +189,6 @@ def open_source(data: str | Path | None) -> Source:
     path = Path(data).expanduser()
     if not path.exists():
         raise RealfakeError(f"data not found: {path}")
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise RealfakeError(f"{path} is neither a folder nor a zip file: {CIFAKE_HINT}")
+    if path.is_file() and path.suffix.lower() != ".csv" and not zipfile.is_zipfile(path):
+        raise RealfakeError(f"{path} is neither a folder, a zip nor a CSV file: {CIFAKE_HINT}")
     return Source(path, str(path))

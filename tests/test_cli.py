@@ -1,11 +1,10 @@
 """End to end through the real command: train, evaluate, predict, report, and the one-line errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
+from tests.clitools import assert_one_line_error, cli
 from typer.testing import CliRunner
 
 from realfake.cli import app
@@ -14,18 +13,8 @@ METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "average_prec
                "threshold"}
 
 
-def cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "realfake", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        pytest.fail(f"realfake {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
-def assert_one_line_error(proc, text):
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    assert text in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")

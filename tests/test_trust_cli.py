@@ -3,28 +3,17 @@ uncertainty band, evaluation per source on another data set, the robustness comm
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from tests.clitools import assert_one_line_error, cli
 
 TINY = ["--limit", 120, "--epochs", 1, "--batch-size", 32, "--weights", "none", "--device", "cpu"]
 
 
-def cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "realfake", *map(str, args)], capture_output=True, text=True,
-                          timeout=900)
-    if check and proc.returncode != 0:
-        pytest.fail(f"realfake {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
 
 
-def one_line_error(proc, text):
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert text in proc.stderr, proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +135,12 @@ def test_robustness_on_other_data_writes_beside_the_evaluation(trained_run, tmp_
 
 
 def test_trust_options_fail_in_one_line(mini_zip, tmp_path):
-    one_line_error(cli("train", "--data", mini_zip, *TINY, "--threshold-policy", "fpr:2", check=False),
+    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--threshold-policy", "fpr:2", check=False),
                    "threshold policy")
-    one_line_error(cli("train", "--data", mini_zip, *TINY, "--uncertain", "0.8:0.2", check=False),
+    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--uncertain", "0.8:0.2", check=False),
                    "uncertainty band")
-    one_line_error(cli("train", "--data", mini_zip, *TINY, "--augment", "heavy", check=False), "augment")
-    one_line_error(cli("robustness", tmp_path, check=False), "not a trained run")
+    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--augment", "heavy", check=False), "augment")
+    assert_one_line_error(cli("robustness", tmp_path, check=False), "not a trained run")
 
 
 def test_fixed_policy_keeps_the_notebook_threshold_with_robust_augmentation(mini_zip, tmp_path):

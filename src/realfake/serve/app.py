@@ -272,7 +272,7 @@ def create_app(
         """
         explain = explain or bool(explain_form)
         if explain and not service.can_explain:
-            raise HTTPException(501, "explanations need the PyTorch run, not an ONNX file")
+            raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
         if not files:
             raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
         if len(files) > max_images:

@@ -24,6 +24,7 @@ from torch import nn
 
 from realfake.atomic import atomic_write_bytes
 from realfake.config import IMAGE_SIZE
+from realfake.data.batches import to_float
 from realfake.errors import RealfakeError
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def heatmaps(
     out = []
     for start in range(0, len(images), batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-        out.append(gradcam(model, layer, chunk.permute(0, 3, 1, 2).float() / 255.0))
+        out.append(gradcam(model, layer, to_float(chunk.permute(0, 3, 1, 2))))
     return np.concatenate(out) if out else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
 
 

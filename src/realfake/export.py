@@ -31,6 +31,7 @@ from torch import nn
 from realfake import __version__
 from realfake.atomic import atomic_write_bytes
 from realfake.config import CLASS_NAMES, IMAGE_SIZE
+from realfake.data.batches import to_float
 from realfake.errors import RealfakeError
 
 INPUT_NAME = "images"
@@ -67,7 +68,7 @@ class OnnxGraph(nn.Module):
         self.flip = tta == "flip"
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        x = to_float(images.permute(0, 3, 1, 2))  # the trainer's own scaling, traced into the graph
         logit = self.model(x)
         if self.flip:
             logit = (logit + self.model(x.flip(3))) / 2

@@ -33,6 +33,7 @@ from realfake.atomic import atomic_write_bytes
 from realfake.config import CLASS_NAMES, IMAGE_SIZE
 from realfake.data.batches import to_float
 from realfake.errors import RealfakeError
+from realfake.fit import tta_logits
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_fake"
@@ -65,13 +66,11 @@ class OnnxGraph(nn.Module):
             raise RealfakeError(f"cannot export test-time augmentation {tta!r} (known: none, flip)")
         self.model = model
         self.temperature = float(temperature)
-        self.flip = tta == "flip"
+        self.tta = tta
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_float(images.permute(0, 3, 1, 2))  # the trainer's own scaling, traced into the graph
-        logit = self.model(x)
-        if self.flip:
-            logit = (logit + self.model(x.flip(3))) / 2
+        logit = tta_logits(self.model, x, self.tta)
         return torch.sigmoid(logit / self.temperature), logit
 
 

@@ -74,6 +74,17 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 TTA_MODES = ("none", "flip")
 
 
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits for float images, averaged with the mirror image's when tta="flip".
+
+    The one definition of test-time augmentation: evaluation, prediction and the ONNX graph all call it.
+    """
+    logits = model(x).float()
+    if tta == "flip":
+        logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024,
@@ -92,10 +103,7 @@ def predict_logits(
     for x in eval_batches(images, batch_size):
         x = x.to(device)
         with autocast(device):
-            logits = model(x).float()
-            if tta == "flip":
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits.cpu())
+            out.append(tta_logits(model, x, tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

@@ -21,7 +21,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# The demo's run folder is remade each time (train refuses to overwrite a run).
 demo: install
+	rm -rf runs/demo
 	$(BIN)/realfake train --out runs/demo
 
 test: install-test lint

@@ -11,6 +11,25 @@ from sklearn import metrics as skm
 
 from realfake.config import CLASS_NAMES
 
+# How each metrics.json figure is named for people, in the order reports show them: one list for the HTML
+# report and the model card alike.
+METRIC_LABELS: dict[str, str] = {
+    "accuracy": "Accuracy",
+    "precision": "Precision (FAKE)",
+    "recall": "Recall (FAKE)",
+    "f1": "F1 (FAKE)",
+    "roc_auc": "ROC AUC",
+    "average_precision": "Average precision",
+    "n": "Test images (n)",
+    "threshold": "Decision threshold on p(FAKE)",
+    "threshold_policy": "Threshold policy (chosen on validation)",
+    "temperature": "Temperature T (p = sigmoid(logit / T), fitted on validation)",
+    "ece": "ECE, 15 bins (calibrated)",
+    "ece_uncalibrated": "ECE, 15 bins (before calibration)",
+    "brier": "Brier score (calibrated)",
+    "brier_uncalibrated": "Brier score (before calibration)",
+    "tta": "Test-time augmentation",
+}
 
 def _finite_or_none(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)

@@ -17,27 +17,12 @@ from typing import Any
 from realfake.atomic import atomic_write_text
 from realfake.config import CLASS_NAMES
 from realfake.errors import RealfakeError
+from realfake.evaluate import METRIC_LABELS
 from realfake.report.plots import draw_all, read_json
 
 MAX_SKIPPED_SHOWN = 20
 
-_METRIC_ROWS = [  # key in metrics.json -> label shown
-    ("accuracy", "Accuracy"),
-    ("precision", "Precision (FAKE)"),
-    ("recall", "Recall (FAKE)"),
-    ("f1", "F1 (FAKE)"),
-    ("roc_auc", "ROC AUC"),
-    ("average_precision", "Average precision"),
-    ("n", "Test images (n)"),
-    ("threshold", "Decision threshold on p(FAKE)"),
-    ("threshold_policy", "Threshold policy (chosen on validation)"),
-    ("temperature", "Temperature T (p = sigmoid(logit / T), fitted on validation)"),
-    ("ece", "ECE, 15 bins (calibrated)"),
-    ("ece_uncalibrated", "ECE, 15 bins (before calibration)"),
-    ("brier", "Brier score (calibrated)"),
-    ("brier_uncalibrated", "Brier score (before calibration)"),
-    ("tta", "Test-time augmentation"),
-]
+_METRIC_ROWS = list(METRIC_LABELS.items())  # key in metrics.json -> label shown
 _NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training"}
 
 _CAPTIONS = {

@@ -17,22 +17,16 @@ from realfake import __version__
 from realfake.atomic import atomic_write_text
 from realfake.config import CLASS_NAMES, IMAGE_SIZE
 from realfake.errors import RealfakeError
+from realfake.evaluate import METRIC_LABELS
 
 CARD_FILE = "MODEL_CARD.md"
 STANDIN_WARNING = (
     "**This run was trained and tested on the stand-in data set, not on CIFAKE: accuracy on the stand-in is "
     "not CIFAKE accuracy.** Its FAKE half comes from a small GAN trained on CIFAR-10, not from Stable Diffusion."
 )
-_METRICS = [
-    ("accuracy", "Accuracy"),
-    ("precision", "Precision (FAKE)"),
-    ("recall", "Recall (FAKE)"),
-    ("f1", "F1 (FAKE)"),
-    ("roc_auc", "ROC AUC"),
-    ("average_precision", "Average precision"),
-    ("ece", "Expected calibration error"),
-    ("brier", "Brier score"),
-    ("n", "Test images"),
+_METRICS = [  # the headline figures; names from the one list the HTML report uses too
+    (key, METRIC_LABELS[key])
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier", "n")
 ]
 _PROTOCOLS = {
     "seed": "all images pooled, then a stratified 70/20/10 train/validation/test split (the original notebook's)",

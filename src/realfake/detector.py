@@ -151,7 +151,6 @@ class Detector:
         self, xs: Sequence[Any], threshold: float | None
     ) -> list[tuple[Prediction, np.ndarray | None]]:
         """Each input's Prediction and decoded image (None, with the error in the Prediction, if unreadable)."""
-        t = self.threshold if threshold is None else threshold
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for x in xs:
@@ -161,16 +160,29 @@ class Detector:
             except (BadImage, OSError) as e:
                 decoded.append(None)
                 errors.append(str(e))
+        preds = self.predictions([_name(x) for x in xs], decoded, errors, threshold)
+        return list(zip(preds, decoded, strict=True))
+
+    def predictions(
+        self,
+        names: Sequence[str],
+        decoded: Sequence[np.ndarray | None],
+        errors: Sequence[str | None],
+        threshold: float | None = None,
+    ) -> list[Prediction]:
+        """Predictions for already-decoded images (None where decoding failed, with the reason in `errors`),
+        in one model call; the batch predictor decodes in worker processes and hands its results here."""
+        t = self.threshold if threshold is None else threshold
         good = [i for i, a in enumerate(decoded) if a is not None]
-        p = self.predict_proba(np.stack([decoded[i] for i in good])) if good else np.zeros(0)
+        p = self.predict_proba(np.stack([decoded[i] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
         p_by_index = dict(zip(good, p, strict=True))
-        out: list[tuple[Prediction, np.ndarray | None]] = []
-        for i, x in enumerate(xs):
+        out: list[Prediction] = []
+        for i, name in enumerate(names):
             if i in p_by_index:
                 pf = float(p_by_index[i])
-                out.append((Prediction(_name(x), round(pf, 6), self.label_for(pf, t), t), decoded[i]))
+                out.append(Prediction(name, round(pf, 6), self.label_for(pf, t), t))
             else:
-                out.append((Prediction(_name(x), None, None, t, error=errors[i]), None))
+                out.append(Prediction(name, None, None, t, error=errors[i] or "unreadable"))
         return out
 
     # --- explaining -------------------------------------------------------------------------------------

@@ -90,17 +90,9 @@ def predict_paths(
 
 def _predict_decoded(
     detector: Detector, refs: list[InputRef], decoded: Decoded, threshold: float | None
-) -> Iterator[Prediction]:
-    t = detector.threshold if threshold is None else threshold
-    good = [i for i, (arr, _) in enumerate(decoded) if arr is not None]
-    p = detector.predict_proba(np.stack([decoded[i][0] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
-    p_by_index = dict(zip(good, p, strict=True))
-    for i, (ref, (_, err)) in enumerate(zip(refs, decoded, strict=True)):
-        if err is not None:
-            yield Prediction(ref.name, None, None, t, error=err)
-        else:
-            pf = float(p_by_index[i])
-            yield Prediction(ref.name, round(pf, 6), detector.label_for(pf, t), t)
+) -> list[Prediction]:
+    arrays, errors = zip(*decoded, strict=True) if decoded else ((), ())
+    return detector.predictions([r.name for r in refs], arrays, errors, threshold)
 
 
 def explain_paths(

@@ -139,7 +139,7 @@ def measure_cache(data: Path, limit: int | None, seed: int, cache_dir: Path) -> 
 
 def extract_split_tree(data: Path, ds: Any, split: dict[str, np.ndarray], out: Path) -> None:
     """The split's JPEGs, byte for byte, as out/{train,val,test}/{REAL,FAKE}/NNNNNN.jpg for the reference."""
-    from realfake.config import CLASS_NAMES
+    from realfake.contract import CLASS_NAMES
 
     with zipfile.ZipFile(data) as zf:
         for name, idx in split.items():
@@ -211,8 +211,10 @@ def run_realfake(
     from realfake.config import RunConfig
     from realfake.detector import Detector
     from realfake.device import select_device
-    from realfake.fit import fit, predict_logits, state_to_cpu
+    from realfake.fit import fit, state_to_cpu
+    from realfake.infer import predict_logits
     from realfake.models import apply_recipe, build
+    from realfake.rundir import RunDir
 
     device = select_device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -237,9 +239,10 @@ def run_realfake(
 
     # A minimal run directory, enough for Detector.load and realfake.export.
     cfg.out = str(run_dir)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    save_file(state_to_cpu(built.model), str(run_dir / "model.safetensors"))
-    (run_dir / "run.json").write_text(json.dumps({"model": name, "threshold": 0.5, "tta": cfg.tta}))
+    run = RunDir(run_dir)
+    run.write_config(cfg)
+    save_file(state_to_cpu(built.model), str(run / RunDir.WEIGHTS))
+    run.write_json(RunDir.INFO, {"model": name, "threshold": 0.5, "tta": cfg.tta})
     detector = Detector.load(run_dir, device=args.device)
     pred = time_predict(detector.predict_proba, test_images, args, sync)
     out: dict[str, Any] = {
@@ -272,7 +275,7 @@ def cpu_inference_variants(model: Any, images: np.ndarray, args: argparse.Namesp
     """
     import torch
 
-    from realfake.fit import predict_logits
+    from realfake.infer import predict_logits
 
     model = model.cpu().eval()
     with torch.inference_mode():

@@ -33,7 +33,7 @@ def trained_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     Tests that change a run must copy it first (shutil.copytree). Its data cache lives in its own folder.
     """
-    from realfake import run
+    from realfake import training as run
     from realfake.config import RunConfig
 
     old = os.environ.get("REALFAKE_CACHE_DIR")

@@ -6,20 +6,17 @@ import pytest
 from realfake.calibration import (
     Calibration,
     apply_temperature,
-    brier,
     calibrate,
-    calibration_metrics,
     choose_threshold,
-    ece,
     fit_temperature,
     label_of,
     labels_of,
     parse_band,
     parse_policy,
-    reliability_bins,
 )
 from realfake.config import RunConfig, validated
 from realfake.errors import RealfakeError
+from realfake.metrics import brier, calibration_metrics, ece, reliability_bins
 
 
 def test_ece_of_a_perfectly_calibrated_toy_is_near_zero():

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from realfake.evaluate import compute_metrics, sigmoid
+from realfake.calibration import sigmoid
+from realfake.metrics import compute_metrics
 
 
 def test_metrics_against_a_hand_made_case():

@@ -12,11 +12,13 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
+from realfake.calibration import Calibration
 from realfake.cli import app
-from realfake.detector import Detector, OnnxDetector
+from realfake.detector import Detector, Explanation
 from realfake.errors import RealfakeError
-from realfake.explain import Explanation, cam_layer, find_cam_layer, gradcam, heatmaps
+from realfake.explain import cam_layer, find_cam_layer, gradcam, heatmaps
 from realfake.models import build
+from realfake.onnxfile import OnnxBackend
 
 
 class RegionMask(nn.Module):
@@ -136,7 +138,8 @@ def test_overlay_png_opens_at_the_asked_size(detector):
 
 
 def test_onnx_detector_cannot_explain():
-    det = OnnxDetector(session=None, threshold=0.5, info={})
+    det = Detector(OnnxBackend(session=None), Calibration())
+    assert not det.can_explain
     with pytest.raises(RealfakeError, match="explanations need the PyTorch run, not an ONNX file"):
         det.explain(np.zeros((32, 32, 3), np.uint8))
 

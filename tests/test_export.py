@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from realfake.cli import app
 from realfake.data.cache import load_dataset
-from realfake.detector import Detector, OnnxDetector
+from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.export import export_onnx
+from realfake.onnxfile import OnnxBackend
 
 # not the defaults, so that parity and the round trip prove they were carried into the file
 THRESHOLD, TEMPERATURE, TTA, BAND = 0.37, 1.7, "flip", [0.3, 0.32]
@@ -65,11 +66,11 @@ def test_parity_with_pytorch_on_real_images(mini_zip, torch_det, onnx_det):
 def test_dynamic_batch_of_one_and_seven(onnx_det, torch_det):
     rng = np.random.default_rng(0)
     seven = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
-    (inp,) = onnx_det.session.get_inputs()
+    (inp,) = onnx_det.backend.session.get_inputs()
     assert inp.name == "images" and inp.type == "tensor(uint8)" and inp.shape[1:] == [32, 32, 3]
     assert not isinstance(inp.shape[0], int)  # symbolic: any batch size
-    one = onnx_det.session.run(["p_fake"], {"images": seven[:1]})[0]
-    all7 = onnx_det.session.run(["p_fake"], {"images": seven})[0]
+    one = onnx_det.backend.session.run(["p_fake"], {"images": seven[:1]})[0]
+    all7 = onnx_det.backend.session.run(["p_fake"], {"images": seven})[0]
     assert one.shape == (1,) and all7.shape == (7,)
     np.testing.assert_allclose(one, all7[:1], atol=1e-6)
     # batches smaller than the data set (7 images in 3 calls) give the same answers as one call
@@ -85,7 +86,7 @@ def test_metadata_round_trip(exported, onnx_det):
     assert props["realfake_version"]
     assert "uint8" in props["input"] and "[N, 32, 32, 3]" in props["input"] and "NHWC" in props["input"]
     assert datetime.fromisoformat(props["created"]).tzinfo is not None
-    assert isinstance(onnx_det, OnnxDetector) and onnx_det.backend == "onnxruntime"
+    assert isinstance(onnx_det.backend, OnnxBackend) and onnx_det.backend.name == "onnxruntime"
     assert onnx_det.threshold == THRESHOLD
     assert onnx_det.info["class_names"] == ["REAL", "FAKE"] and onnx_det.info["model"] == "seed-resnet50"
     assert onnx_det.info["uncertain_band"] == BAND and onnx_det.info["tta"] == TTA

@@ -7,7 +7,7 @@ import torch
 from benchmarks.run import flops_per_image
 from safetensors.torch import save_file
 
-from realfake import run
+from realfake import training as run
 from realfake.config import RunConfig
 from realfake.errors import RealfakeError
 from realfake.fit import make_scheduler

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from realfake import run
+from realfake import training as run
 from realfake.config import RunConfig
 from realfake.data.batches import random_flips, to_device_uint8, train_batches
 from realfake.errors import RealfakeError

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from realfake import run as run_module
 from realfake.errors import RealfakeError
+from realfake.report import build
 from realfake.report.model_card import write_model_card
 
 
@@ -63,7 +63,7 @@ def test_no_standin_warning_for_other_data_and_measured_data_listed(run_copy):
 
 
 def test_report_command_rewrites_the_card(run_copy):
-    run_module.report(run_copy)
+    build(run_copy)
     assert (run_copy / "MODEL_CARD.md").is_file()
 
 

@@ -8,7 +8,8 @@ import torch
 from realfake.calibration import Calibration
 from realfake.data.batches import RobustAugment, gaussian_blur, jpeg_roundtrip, train_batches
 from realfake.errors import RealfakeError
-from realfake.robustness import DEGRADATIONS, Degradation, apply_to, condition_metrics, degrade, sweep
+from realfake.metrics import condition_metrics
+from realfake.robustness import DEGRADATIONS, Degradation, apply_to, degrade, sweep
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_the_fpr_target_holds_on_validation_and_the_detector_uses_the_calibratio
     from realfake.data.cache import load_dataset
     from realfake.data.splits import split_from_json
     from realfake.detector import Detector
-    from realfake.fit import predict_logits
+    from realfake.infer import predict_logits
 
     cfg = RunConfig(**load_yaml(fpr_run / "config.yaml"))
     ds = load_dataset(cfg.data, cfg.limit, cfg.seed, progress=False)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from realfake.contract import __version__
+
 __all__ = ["Detector", "train", "evaluate", "__version__"]
 
 if TYPE_CHECKING:
     from realfake.detector import Detector
+    from realfake.evaluation import evaluate
+    from realfake.training import train
 
 
 def __getattr__(name: str) -> Any:
@@ -21,11 +24,11 @@ def __getattr__(name: str) -> Any:
 
         return Detector
     if name == "train":
-        from realfake.run import train
+        from realfake.training import train
 
         return train
     if name == "evaluate":
-        from realfake.run import evaluate
+        from realfake.evaluation import evaluate
 
         return evaluate
     raise AttributeError(name)

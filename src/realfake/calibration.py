@@ -1,75 +1,43 @@
-"""Trust in p_fake: temperature scaling, ECE/Brier, the decision threshold and an optional uncertainty band.
+"""The verdict: logit -> calibrated p_fake -> REAL / FAKE / uncertain, defined here and nowhere else.
 
 A network's sigmoid is usually over-confident. One scalar temperature T, fitted on the validation split
 (p_fake = sigmoid(logit / T)), fixes most of that without changing the ranking (AUC is unchanged). The
 decision threshold is then chosen on the same validation split, on the calibrated p, by a named policy,
-and stored in run.json so that every consumer (evaluate, predict, serve) gives the same verdict.
+and stored in run.json. Every consumer (evaluate, predict, serve, metrics, plots) turns logits into p with
+`Calibration.p_fake` and p into a verdict with `is_fake` / `label_of`, so they cannot drift apart.
+How well calibrated p is (ECE, Brier) is a figure, and lives in `realfake.metrics`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
-from realfake.config import CLASS_NAMES
+from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 
-ECE_BINS = 15
 UNCERTAIN = "uncertain"
 T_MIN, T_MAX = 0.05, 20.0  # beyond these a "temperature" means the logits carry no usable scale at all
 POLICY_HELP = "balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P (e.g. fixed:0.5)"
 
 
-# --- measuring calibration ---------------------------------------------------------------------------------
-
-
-def _check(labels: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def paired(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as ints and scores as float64, flattened; a length mismatch is a one-line error."""
     y = np.asarray(labels).astype(int).ravel()
-    q = np.asarray(p, dtype=np.float64).ravel()
+    q = np.asarray(scores, dtype=np.float64).ravel()
     if len(y) != len(q):
         raise RealfakeError(f"{len(y)} labels but {len(q)} scores")
     return y, q
 
 
-def reliability_bins(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
-    """Equal-width bins over p_fake in [0, 1]: count, mean p_fake and fraction truly FAKE per bin.
-
-    Binning p_fake (not max(p, 1-p)) keeps both classes' mistakes visible on one diagonal plot.
-    """
-    y, p = _check(labels, p_fake)
-    which = np.clip((p * n_bins).astype(int), 0, n_bins - 1)  # p == 1.0 belongs to the last bin
-    count = np.bincount(which, minlength=n_bins).astype(float)
-    sum_p = np.bincount(which, weights=p, minlength=n_bins)
-    sum_y = np.bincount(which, weights=y.astype(float), minlength=n_bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p, frac_fake = sum_p / count, sum_y / count
-    return {
-        "edges": np.linspace(0, 1, n_bins + 1).tolist(),
-        "count": count.tolist(),
-        "mean_p": [None if math.isnan(v) else float(v) for v in mean_p],
-        "frac_fake": [None if math.isnan(v) else float(v) for v in frac_fake],
-    }
-
-
-def ece(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = ECE_BINS) -> float:
-    """Expected calibration error: the count-weighted gap |mean p - fraction FAKE| over equal-width bins."""
-    y, p = _check(labels, p_fake)
-    if len(y) == 0:
-        return math.nan
-    b = reliability_bins(y, p, n_bins)
-    gaps = [c * abs(mp - fy) for c, mp, fy in zip(b["count"], b["mean_p"], b["frac_fake"], strict=True) if c]
-    return float(sum(gaps) / len(y))
-
-
-def brier(labels: np.ndarray, p_fake: np.ndarray) -> float:
-    """Mean squared error of p_fake against the 0/1 truth (lower is better; 0.25 is a coin)."""
-    y, p = _check(labels, p_fake)
-    return float(np.mean((p - y) ** 2)) if len(y) else math.nan
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """p from logits in float64, without overflow warnings at extreme logits."""
+    return expit(np.asarray(logits, dtype=np.float64))
 
 
 # --- temperature scaling -----------------------------------------------------------------------------------
@@ -101,7 +69,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Calibrated p_fake = sigmoid(logit / T)."""
-    return expit(np.asarray(logits, dtype=np.float64) / float(temperature))
+    return sigmoid(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
 # --- the decision threshold --------------------------------------------------------------------------------
@@ -139,7 +107,7 @@ def balanced_accuracy_threshold(labels: np.ndarray, p_fake: np.ndarray) -> float
     Candidates are midpoints between consecutive distinct scores (plus the two ends), so the chosen cut
     never sits exactly on a validation score.
     """
-    y, p = _check(labels, p_fake)
+    y, p = paired(labels, p_fake)
     if len(np.unique(y)) < 2:
         return 0.5
     s = np.unique(p)
@@ -154,7 +122,7 @@ def balanced_accuracy_threshold(labels: np.ndarray, p_fake: np.ndarray) -> float
 
 def fpr_threshold(labels: np.ndarray, p_fake: np.ndarray, target: float) -> float:
     """The lowest threshold whose false-positive rate on REAL (p >= t) is at most `target`."""
-    y, p = _check(labels, p_fake)
+    y, p = paired(labels, p_fake)
     real = np.sort(p[y == 0])[::-1]
     if len(real) == 0:
         return 0.5
@@ -206,11 +174,16 @@ def in_band(p_fake: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
     return (p >= band[0]) & (p <= band[1])
 
 
+def is_fake(p_fake: np.ndarray | float, threshold: float) -> np.ndarray:
+    """The decision itself: FAKE where calibrated p_fake reaches the threshold (p >= t), else REAL."""
+    return np.asarray(p_fake, dtype=np.float64) >= float(threshold)
+
+
 def label_of(p_fake: float, threshold: float, band: tuple[float, float] | None = None) -> str:
     """REAL / FAKE by the threshold, or 'uncertain' inside the band."""
     if band is not None and band[0] <= p_fake <= band[1]:
         return UNCERTAIN
-    return CLASS_NAMES[int(p_fake >= threshold)]
+    return CLASS_NAMES[int(is_fake(p_fake, threshold))]
 
 
 def labels_of(p_fake: np.ndarray, threshold: float, band: tuple[float, float] | None = None) -> list[str]:
@@ -252,7 +225,22 @@ class Calibration:
         }
 
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated p_fake for raw logits."""
         return apply_temperature(logits, self.temperature)
+
+    def with_threshold(self, threshold: float | None) -> Calibration:
+        """The same calibration with another decision threshold (a user override); None keeps this one."""
+        return self if threshold is None else replace(self, threshold=float(threshold))
+
+    def is_fake(self, p_fake: np.ndarray | float) -> np.ndarray:
+        return is_fake(p_fake, self.threshold)
+
+    def label(self, p_fake: float) -> str:
+        """REAL / FAKE by the threshold, or 'uncertain' inside the stored band."""
+        return label_of(float(p_fake), self.threshold, self.uncertain_band)
+
+    def labels(self, p_fake: np.ndarray) -> list[str]:
+        return labels_of(p_fake, self.threshold, self.uncertain_band)
 
 
 def calibrate(
@@ -263,36 +251,3 @@ def calibrate(
     t = fit_temperature(val_logits, val_labels)
     threshold = choose_threshold(val_labels, apply_temperature(val_logits, t), pol)
     return Calibration(t, threshold, str(pol), parse_band(band), tta)
-
-
-def _r(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else round(float(x), 6)
-
-
-def calibration_metrics(labels: np.ndarray, logits: np.ndarray, cal: Calibration) -> dict[str, Any]:
-    """ECE and Brier before and after temperature scaling, and the uncertainty band's effect."""
-    y = np.asarray(labels).astype(int).ravel()
-    raw, p = apply_temperature(logits), cal.p_fake(logits)
-    out: dict[str, Any] = {
-        "ece": _r(ece(y, p)),
-        "brier": _r(brier(y, p)),
-        "ece_uncalibrated": _r(ece(y, raw)),
-        "brier_uncalibrated": _r(brier(y, raw)),
-        "temperature": round(cal.temperature, 6),
-        "threshold_policy": cal.threshold_policy,
-    }
-    if cal.tta != "none":
-        out["tta"] = cal.tta
-    if cal.uncertain_band is not None:
-        inside = in_band(p, cal.uncertain_band)
-        outside = ~inside
-        right = (p >= cal.threshold) == (y == 1)
-        out["uncertain"] = {
-            "band": list(cal.uncertain_band),
-            "n_uncertain": int(inside.sum()),
-            "fraction_uncertain": _r(inside.mean()) if len(y) else None,
-            "n_decided": int(outside.sum()),
-            "accuracy_decided": _r(right[outside].mean()) if outside.any() else None,
-            "accuracy_all": _r(right.mean()) if len(y) else None,
-        }
-    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import sys
@@ -13,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 
 from realfake.errors import RealfakeError
+from realfake.rundir import RunDir
 
 app = typer.Typer(
     add_completion=False,
@@ -65,12 +65,13 @@ def train(
     ),
 ) -> None:
     """Train a detector; writes a run directory with weights, metrics, plots and report.html."""
-    from realfake import run
     from realfake.config import RunConfig
+    from realfake.training import resume as resume_run
+    from realfake.training import train as train_run
 
     try:
         if resume is not None:
-            run_dir = run.resume(resume, epochs=epochs)
+            run_dir = resume_run(resume, epochs=epochs)
         else:
             cfg = RunConfig.from_sources(
                 config, data=data, protocol=protocol, model=model, weights=weights, epochs=epochs,
@@ -78,12 +79,12 @@ def train(
                 out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
                 augment=augment, tta=tta,
             )
-            run_dir = run.train(cfg)
+            run_dir = train_run(cfg)
     except KeyboardInterrupt:
         target = resume or out or "runs/<run>"
         typer.echo(f"\ninterrupted; continue with: realfake train --resume {target}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(str(run_dir / "report.html"))
+    typer.echo(str(run_dir / RunDir.REPORT))
 
 
 @app.command()
@@ -94,9 +95,9 @@ def evaluate(
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Re-evaluate a run on its test split (or on another data set); prints the metrics as JSON."""
-    from realfake import run
+    from realfake.evaluation import evaluate as evaluate_run
 
-    metrics = run.evaluate(run_dir, data, device=device)
+    metrics = evaluate_run(run_dir, data, device=device)
     typer.echo(json.dumps(metrics, indent=2))
 
 
@@ -134,40 +135,18 @@ def predict(
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.detector import Detector
-    from realfake.predict import explain_paths, predict_paths
+    from realfake.predict import explain_paths, predict_paths, write_rows
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")
     if backend not in (None, "torch", "onnxruntime"):
         raise RealfakeError(f"--backend must be torch or onnxruntime; got {backend!r}")
-    if output_format not in ("jsonl", "csv"):
-        raise RealfakeError(f"--format must be jsonl or csv; got {output_format!r}")
     det = Detector.load(run_dir, device=device, backend=backend or "auto")
     if explain is not None:
-        if det.backend != "torch":
-            raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
-        if explain.exists() and not explain.is_dir():
-            raise RealfakeError(f"--explain {explain} is a file; give a folder")
-        results = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
+        results: Any = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
     else:
         results = predict_paths(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
-    seen = read = 0
-    writer = None
-    for pred, heatmap in ((r, None) if not isinstance(r, tuple) else r for r in results):
-        row = {"path": pred.source, **{k: v for k, v in pred.to_dict().items() if k != "source"}}
-        if heatmap is not None:
-            row["heatmap"] = str(heatmap)
-        seen += 1
-        read += pred.error is None
-        if output_format == "jsonl":
-            typer.echo(json.dumps(row))
-        else:
-            if writer is None:
-                fields = ["path", "p_fake", "label", "threshold", "error"] + (["heatmap"] if explain else [])
-                writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
-                writer.writeheader()
-            writer.writerow(row)
-            sys.stdout.flush()
+    seen, read = write_rows(results, output_format, sys.stdout, with_heatmap=explain is not None)
     if read == 0:
         raise RealfakeError(f"no readable image among {seen} input(s)")
 
@@ -176,9 +155,9 @@ def predict(
 @friendly
 def report(run_dir: Path = typer.Argument(..., help="a trained run directory")) -> None:
     """Re-draw the plots and report.html of a run."""
-    from realfake import run
+    from realfake.report import build
 
-    typer.echo(str(run.report(run_dir)))
+    typer.echo(str(build(run_dir)))
 
 
 @app.command()

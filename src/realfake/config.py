@@ -11,10 +11,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from realfake.calibration import parse_band, parse_policy
+from realfake.contract import TTA_MODES
 from realfake.errors import RealfakeError
-
-CLASS_NAMES: tuple[str, str] = ("REAL", "FAKE")  # label 0 = REAL, label 1 = FAKE (the positive class)
-IMAGE_SIZE = 32  # CIFAKE's size; every image is normalised to it
 
 
 class RunConfig(BaseModel):
@@ -51,7 +50,9 @@ class RunConfig(BaseModel):
     aug_jpeg_quality: tuple[int, int] = Field((30, 95), description="robust: JPEG quality range (inclusive)")
     aug_blur_p: float = Field(0.1, ge=0, le=1, description="robust: share of images blurred")
     aug_blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="robust: blur sigma range, pixels")
-    tta: Literal["none", "flip"] = Field("none", description="flip = average the logits of image and mirror")
+    tta: Literal[TTA_MODES] = Field(  # type: ignore[valid-type]  # the modes named once, in contract.py
+        "none", description="flip = average the logits of image and mirror"
+    )
     eval_batch_size: int = Field(1024, ge=1)
     workers: int | None = Field(None, ge=1, description="processes that decode images; None = all cores")
 
@@ -65,8 +66,6 @@ class RunConfig(BaseModel):
     @field_validator("threshold_policy")
     @classmethod
     def _known_policy(cls, v: str) -> str:
-        from realfake.calibration import parse_policy  # calibration imports this module
-
         if v.strip().lower() == "fixed":
             return "fixed"
         try:
@@ -77,8 +76,6 @@ class RunConfig(BaseModel):
     @field_validator("uncertain")
     @classmethod
     def _known_band(cls, v: str | None) -> str | None:
-        from realfake.calibration import parse_band
-
         try:
             band = parse_band(v)
         except RealfakeError as e:

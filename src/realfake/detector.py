@@ -1,35 +1,42 @@
-"""A trained detector, loaded from a run directory or an exported ONNX file, that answers "is this image fake?".
+"""A trained detector that answers "is this image fake?": a backend that gives logits, plus the run's
+calibration that turns them into p_fake and a verdict.
 
-Preprocessing is `realfake.data.images` (the trainer's own), so a prediction sees exactly what training saw.
-Two backends share one API: `Detector` runs the PyTorch model of a run (and can explain its verdicts);
-`OnnxDetector` runs a file written by `realfake export` with ONNX Runtime, needing neither the model code
-nor the run directory.
+    Detector = decode (realfake.data.images) -> backend.logits -> calibration -> Prediction
+
+Preprocessing is the trainer's own, so a prediction sees exactly what training saw. The backend is a PyTorch
+run (`infer.TorchBackend`, which can also explain its verdicts with Grad-CAM) or an exported ONNX file
+(`onnxfile.OnnxBackend`, which needs neither the model code nor the run directory); everything after the
+logits is the same code for both.
 """
 
 from __future__ import annotations
 
-import json
-import threading
+import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
+from PIL import Image
 
-from realfake.config import CLASS_NAMES, IMAGE_SIZE, RunConfig, load_yaml, validated
-from realfake.data.images import BadImage, from_any
-from realfake.device import select_device
+from realfake.calibration import Calibration
+from realfake.contract import IMAGE_SIZE, check_images
+from realfake.data.images import BadImage, read_and_decode
 from realfake.errors import RealfakeError
-from realfake.evaluate import sigmoid
-from realfake.fit import predict_logits as model_logits
-
-if TYPE_CHECKING:
-    from realfake.explain import Explanation
+from realfake.rundir import RunDir
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-ONNX_FILE = "model.onnx"  # where `realfake export RUN` writes by default, and where --backend onnxruntime looks
+ONNX_FILE = RunDir.ONNX
+
+
+class Backend(Protocol):
+    """What a Detector needs from a backend: raw logits for checked uint8 images, and a model or None."""
+
+    name: str
+    model: Any  # the torch module Grad-CAM reads, or None when the backend cannot explain
+
+    def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray: ...
 
 
 @dataclass
@@ -49,37 +56,50 @@ class Prediction:
         return d
 
 
+@dataclass
+class Explanation:
+    """One image's verdict and Grad-CAM map. `heatmap` and `image` are None when the input was unreadable."""
+
+    prediction: Prediction
+    image: np.ndarray | None  # (32, 32, 3) uint8, what the model saw
+    heatmap: np.ndarray | None  # (32, 32) float32 in [0, 1]; evidence for FAKE
+
+    @property
+    def ok(self) -> bool:
+        return self.heatmap is not None and self.image is not None
+
+    def overlay(self, size: int = 256, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
+        from realfake.explain import overlay
+
+        if self.image is None or self.heatmap is None:
+            raise RealfakeError(f"no heatmap for {self.prediction.source}: {self.prediction.error}")
+        return overlay(self.image, self.heatmap, size, alpha, cmap)
+
+    def overlay_png(self, size: int = 256, alpha: float = 0.5, cmap: str = "jet") -> bytes:
+        """The overlay as PNG bytes, ready to write to a file or send over HTTP."""
+        buf = io.BytesIO()
+        self.overlay(size, alpha, cmap).save(buf, format="PNG")
+        return buf.getvalue()
+
+
 def _name(x: Any) -> str:
     return str(x) if isinstance(x, str | Path) else type(x).__name__
-
-
-def check_images(images: Any) -> np.ndarray:
-    """(N, 32, 32, 3) uint8, the form `realfake.data.images` produces; anything else is a user error."""
-    a = np.asarray(images)
-    if a.ndim != 4 or a.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or a.dtype != np.uint8:
-        raise RealfakeError(
-            f"want (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) uint8 images (see realfake.data.images.from_any); "
-            f"got {a.dtype} of shape {a.shape}"
-        )
-    return a
 
 
 class Detector:
     """Load once, predict many: `Detector.load("runs/x").predict("photo.jpg")`."""
 
-    backend = "torch"
+    def __init__(
+        self, backend: Backend, calibration: Calibration, info: dict[str, Any] | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.backend = backend
+        self.calibration = calibration
+        self.info = dict(info or {})  # run.json (or the ONNX metadata): model, provenance, calibration
+        self.run_dir = Path(run_dir) if run_dir is not None else None  # the run's files, when it has a folder
+        self._cam_layer: Any = None
 
-    def __init__(self, model: torch.nn.Module, threshold: float, device: torch.device, info: dict[str, Any]):
-        self.model = model.to(device).eval()
-        self.threshold = float(threshold)
-        self.device = device
-        self.info = info
-        # Calibration (temperature scaling) stored by the run: p_fake = sigmoid(logit / T); 1 when absent.
-        self.temperature = float(info.get("temperature") or 1.0)
-        # Grad-CAM hooks a layer for the length of a call: a prediction running meanwhile in another thread
-        # (a web server) would trip them, so model calls take turns.
-        self._lock = threading.RLock()
-        self._cam_layer: torch.nn.Module | None = None
+    # --- loading ----------------------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", backend: str = "auto") -> Detector:
@@ -93,50 +113,73 @@ class Detector:
             raise RealfakeError(f"{path} is an ONNX file: use --backend onnxruntime, or pass the run directory")
         if backend == "onnxruntime" or is_onnx_file:
             if not is_onnx_file:
-                if not (path / ONNX_FILE).is_file():
-                    raise RealfakeError(f"{path} has no {ONNX_FILE}: run `realfake export {path}` first")
-                path = path / ONNX_FILE
-            return OnnxDetector.from_file(path)
-        return cls._load_run(path, device)
+                if not RunDir(path).has(RunDir.ONNX):
+                    raise RealfakeError(f"{path} has no {RunDir.ONNX}: run `realfake export {path}` first")
+                path = path / RunDir.ONNX
+            return cls.from_onnx(path)
+        return cls.from_run(path, device)
 
     @classmethod
-    def _load_run(cls, run_dir: Path, device: str) -> Detector:
-        from safetensors.torch import load_file
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> Detector:
+        """The PyTorch model of a trained run, with the calibration stored in its run.json."""
+        from realfake.device import select_device
+        from realfake.infer import TorchBackend
+        from realfake.models import load_weights
 
-        from realfake.models import build
-
-        weights = run_dir / "model.safetensors"
-        if not (run_dir / "config.yaml").is_file() or not weights.is_file():
-            raise RealfakeError(f"{run_dir} is not a trained run (needs config.yaml and model.safetensors)")
-        cfg = validated(RunConfig, load_yaml(run_dir / "config.yaml"))
-        info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-        model = build(cfg.model, "none").model
-        try:
-            model.load_state_dict(load_file(str(weights)))
-        except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, reported in one line
-            raise RealfakeError(f"cannot load {weights}: {e}".splitlines()[0][:300]) from None
+        run = RunDir(run_dir)
+        run.require(RunDir.CONFIG, RunDir.WEIGHTS)
+        cfg = run.config()
+        info = run.info()
         info.setdefault("model", cfg.model)
-        return cls(model, info.get("threshold", cfg.threshold), select_device(device), info)
+        cal = Calibration.from_info(info, cfg.threshold)
+        model = load_weights(cfg.model, run / RunDir.WEIGHTS)
+        return cls(TorchBackend(model, select_device(device), cal.tta), cal, info, run.path)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> Detector:
+        """An exported file: backend, calibration and facts all come from the file itself."""
+        from realfake.onnxfile import load_onnx
+
+        backend, meta = load_onnx(path)
+        return cls(backend, Calibration.from_info(meta), meta)
+
+    # --- what it is ----------------------------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.threshold
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch model (None for an ONNX file)."""
+        return self.backend.model
+
+    @property
+    def device(self) -> Any:
+        return getattr(self.backend, "device", "cpu")
+
+    @property
+    def can_explain(self) -> bool:
+        """Grad-CAM needs a PyTorch model: a run can explain, an ONNX file cannot."""
+        return self.backend.model is not None
 
     # --- predicting -------------------------------------------------------------------------------------
 
     def predict_logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """Raw logits (before calibration) for (N, 32, 32, 3) uint8 images."""
-        images = check_images(images)
-        with self._lock:
-            # the run's test-time augmentation (tta: flip averages with the mirror image), as in evaluation
-            return model_logits(self.model, images, self.device, batch_size, tta=self.info.get("tta") or "none")
+        """Raw logits (before calibration, after the run's test-time augmentation) for (N, 32, 32, 3) uint8."""
+        return self.backend.logits(check_images(images), batch_size)
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """p_fake for (N, 32, 32, 3) uint8 images already in model form."""
-        return sigmoid(self.predict_logits(images, batch_size) / self.temperature)
+        """Calibrated p_fake for (N, 32, 32, 3) uint8 images already in model form."""
+        return self.calibration.p_fake(self.predict_logits(images, batch_size))
 
     def label_for(self, p_fake: float, threshold: float | None = None) -> str:
         """REAL / FAKE by the threshold, or "uncertain" inside the run's uncertain_band (if it stored one)."""
-        band = self.info.get("uncertain_band")
-        if band and band[0] <= p_fake <= band[1]:
-            return "uncertain"
-        return CLASS_NAMES[int(p_fake >= (self.threshold if threshold is None else threshold))]
+        return self.calibration.with_threshold(threshold).label(p_fake)
 
     def predict(self, x: Any, threshold: float | None = None) -> Prediction | list[Prediction]:
         """A path, PIL image, array or bytes gives one Prediction; a list gives a list, bad items included."""
@@ -145,23 +188,21 @@ class Detector:
         return self.predict_many([x], threshold)[0]
 
     def predict_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Prediction]:
-        return [pred for pred, _ in self._decode_and_predict(xs, threshold)]
+        names, decoded, errors = self._decode(xs)
+        return self.predictions(names, decoded, errors, threshold)
 
-    def _decode_and_predict(
-        self, xs: Sequence[Any], threshold: float | None
-    ) -> list[tuple[Prediction, np.ndarray | None]]:
-        """Each input's Prediction and decoded image (None, with the error in the Prediction, if unreadable)."""
+    def _decode(self, xs: Sequence[Any]) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
+        """Each input decoded, or None with the reason: one bad item never sinks the others."""
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for x in xs:
             try:
-                decoded.append(from_any(Path(x).read_bytes() if isinstance(x, str | Path) else x))
+                decoded.append(read_and_decode(x))
                 errors.append(None)
-            except (BadImage, OSError) as e:
+            except BadImage as e:
                 decoded.append(None)
                 errors.append(str(e))
-        preds = self.predictions([_name(x) for x in xs], decoded, errors, threshold)
-        return list(zip(preds, decoded, strict=True))
+        return [_name(x) for x in xs], decoded, errors
 
     def predictions(
         self,
@@ -172,7 +213,7 @@ class Detector:
     ) -> list[Prediction]:
         """Predictions for already-decoded images (None where decoding failed, with the reason in `errors`),
         in one model call; the batch predictor decodes in worker processes and hands its results here."""
-        t = self.threshold if threshold is None else threshold
+        cal = self.calibration.with_threshold(threshold)
         good = [i for i, a in enumerate(decoded) if a is not None]
         p = self.predict_proba(np.stack([decoded[i] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
         p_by_index = dict(zip(good, p, strict=True))
@@ -180,9 +221,9 @@ class Detector:
         for i, name in enumerate(names):
             if i in p_by_index:
                 pf = float(p_by_index[i])
-                out.append(Prediction(name, round(pf, 6), self.label_for(pf, t), t))
+                out.append(Prediction(name, round(pf, 6), cal.label(pf), cal.threshold))
             else:
-                out.append(Prediction(name, None, None, t, error=errors[i] or "unreadable"))
+                out.append(Prediction(name, None, None, cal.threshold, error=errors[i] or "unreadable"))
         return out
 
     # --- explaining -------------------------------------------------------------------------------------
@@ -198,81 +239,27 @@ class Detector:
         return self.explain_many([x], threshold)[0]
 
     def explain_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Explanation]:
-        from realfake.explain import Explanation, cam_layer, heatmaps
+        return self.explanations(*self._decode(xs), threshold)
 
-        results = self._decode_and_predict(xs, threshold)
-        good = [i for i, (_, img) in enumerate(results) if img is not None]
+    def explanations(
+        self,
+        names: Sequence[str],
+        decoded: Sequence[np.ndarray | None],
+        errors: Sequence[str | None],
+        threshold: float | None = None,
+    ) -> list[Explanation]:
+        """`predictions` plus a Grad-CAM map for each decoded image (the batch explainer hands its work here)."""
+        if not self.can_explain:
+            raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
+        from realfake.explain import cam_layer, heatmaps
+
+        preds = self.predictions(names, decoded, errors, threshold)
+        good = [i for i, img in enumerate(decoded) if img is not None]
         maps: np.ndarray = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
         if good:
-            with self._lock:
+            with self.backend.lock:  # type: ignore[attr-defined]  # a TorchBackend: Grad-CAM hooks its model
                 if self._cam_layer is None:
                     self._cam_layer = cam_layer(self.model)
-                maps = heatmaps(self.model, np.stack([results[i][1] for i in good]), self._cam_layer)  # type: ignore[misc]
+                maps = heatmaps(self.model, np.stack([decoded[i] for i in good]), self._cam_layer)  # type: ignore[misc]
         by_index = dict(zip(good, maps, strict=True))
-        return [Explanation(pred, img, by_index.get(i)) for i, (pred, img) in enumerate(results)]
-
-
-class OnnxDetector(Detector):
-    """The same API over an exported .onnx file, run by ONNX Runtime on the CPU.
-
-    Threshold, class names, calibration and provenance come from the file's metadata (see realfake.export).
-    """
-
-    backend = "onnxruntime"
-
-    def __init__(self, session: Any, threshold: float, info: dict[str, Any]):
-        self.session = session
-        self.model = None  # type: ignore[assignment]
-        self.device = torch.device("cpu")
-        self.threshold = float(threshold)
-        self.info = info
-        self.temperature = float(info.get("temperature") or 1.0)  # already applied inside the graph
-        self._lock = threading.RLock()
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> OnnxDetector:
-        import onnxruntime as ort
-
-        from realfake.export import INPUT_NAME, OUTPUT_NAME, parse_metadata
-
-        path = Path(path)
-        if not path.is_file():
-            raise RealfakeError(f"ONNX file not found: {path}")
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - truncated, not ONNX, unsupported ops: one line for the user
-            raise RealfakeError(f"cannot load {path} with ONNX Runtime: {e}".splitlines()[0][:300]) from None
-        inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or OUTPUT_NAME not in outputs:
-            raise RealfakeError(
-                f"{path} is not a realfake export (want input {INPUT_NAME!r} and output {OUTPUT_NAME!r}); "
-                "make one with `realfake export RUN`"
-            )
-        meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
-        if list(meta.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
-            raise RealfakeError(f"{path} has class names {meta['class_names']}, not {list(CLASS_NAMES)}")
-        info = {**meta, "backend": cls.backend, "onnx_file": str(path)}
-        return cls(session, float(meta.get("threshold", 0.5)), info)
-
-    def predict_logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        from realfake.export import LOGIT_NAME
-
-        return self._run(LOGIT_NAME, images, batch_size)
-
-    def predict_proba(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        from realfake.export import OUTPUT_NAME
-
-        return self._run(OUTPUT_NAME, images, batch_size)
-
-    def _run(self, output: str, images: np.ndarray, batch_size: int) -> np.ndarray:
-        from realfake.export import INPUT_NAME
-
-        images = check_images(images)
-        out = [
-            self.session.run([output], {INPUT_NAME: np.ascontiguousarray(images[s : s + batch_size])})[0]
-            for s in range(0, len(images), batch_size)
-        ]
-        return np.concatenate(out).astype(np.float64) if out else np.zeros(0, dtype=np.float64)
-
-    def explain_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Explanation]:
-        raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
+        return [Explanation(p, img, by_index.get(i)) for i, (p, img) in enumerate(zip(preds, decoded, strict=True))]

@@ -1,5 +1,8 @@
 """Where in the image the detector saw "fake": Grad-CAM heatmaps and the overlays a person looks at.
 
+Grad-CAM only: `Detector.explain` pairs these maps with its verdicts (an `Explanation`), and `predict`
+writes the overlay files.
+
 Grad-CAM (Selvaraju et al., 2017, via captum's LayerGradCam) weighs a convolutional layer's feature maps by
 the gradient of the FAKE logit and keeps the positive part. So a map always shows evidence *for FAKE*,
 whatever the verdict: on an image judged REAL it shows what little pointed the other way (often nothing).
@@ -11,24 +14,16 @@ still at least 4x4 is found by running the model once (`find_cam_layer`).
 
 from __future__ import annotations
 
-import io
-import re
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from realfake.atomic import atomic_write_bytes
-from realfake.config import IMAGE_SIZE
+from realfake.contract import IMAGE_SIZE
 from realfake.data.batches import to_float
 from realfake.errors import RealfakeError
-
-if TYPE_CHECKING:
-    from realfake.detector import Prediction
 
 MIN_CAM_SIDE = 4  # a map smaller than this cannot say where in a 32x32 image the evidence is
 EXPLAIN_BATCH = 64  # Grad-CAM keeps activations and gradients: smaller batches than prediction
@@ -139,42 +134,3 @@ def overlay(
     heat = np.asarray(heat8.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     colored = (colormaps[cmap](heat)[..., :3] * 255.0 + 0.5).astype(np.uint8)
     return Image.blend(base, Image.fromarray(colored, "RGB"), alpha)
-
-
-@dataclass
-class Explanation:
-    """One image's verdict and Grad-CAM map. `heatmap` and `image` are None when the input was unreadable."""
-
-    prediction: Prediction
-    image: np.ndarray | None  # (32, 32, 3) uint8, what the model saw
-    heatmap: np.ndarray | None  # (32, 32) float32 in [0, 1]; evidence for FAKE
-
-    @property
-    def ok(self) -> bool:
-        return self.heatmap is not None and self.image is not None
-
-    def overlay(self, size: int = 256, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
-        if self.image is None or self.heatmap is None:
-            raise RealfakeError(f"no heatmap for {self.prediction.source}: {self.prediction.error}")
-        return overlay(self.image, self.heatmap, size, alpha, cmap)
-
-    def overlay_png(self, size: int = 256, alpha: float = 0.5, cmap: str = "jet") -> bytes:
-        """The overlay as PNG bytes, ready to write to a file or send over HTTP."""
-        buf = io.BytesIO()
-        self.overlay(size, alpha, cmap).save(buf, format="PNG")
-        return buf.getvalue()
-
-
-def save_overlay(explanation: Explanation, out_dir: str | Path, taken: set[str] | None = None, size: int = 256) -> Path:
-    """Write `<out_dir>/<stem>.cam.png` for one explanation; `taken` keeps stems unique across calls."""
-    source = explanation.prediction.source
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(source.replace("\\", "/").split("::")[-1]).stem) or "image"
-    name, n = stem, 1
-    while taken is not None and name in taken:
-        n += 1
-        name = f"{stem}-{n}"
-    if taken is not None:
-        taken.add(name)
-    out = Path(out_dir) / f"{name}.cam.png"
-    atomic_write_bytes(out, explanation.overlay_png(size))
-    return out

@@ -1,5 +1,7 @@
-"""The training loop: Adam, BCE on the logit, LR reduced on plateau, early stopping that restores the
-best weights, and an atomic checkpoint after every epoch so that `--resume` continues exactly.
+"""The training loop only: Adam, BCE on the logit, the LR schedule, early stopping that restores the best
+weights, and an atomic checkpoint after every epoch so that `--resume` continues exactly.
+
+It validates through `realfake.infer` (the same path prediction uses); nothing outside training imports it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from realfake.atomic import atomic_dir, atomic_write_text, existing_dir
+from realfake.atomic import atomic_dir, existing_dir
 from realfake.config import RunConfig
-from realfake.data.batches import RobustAugment, eval_batches, to_device_uint8, train_batches
+from realfake.data.batches import RobustAugment, to_device_uint8, train_batches
 from realfake.device import amp_dtype, autocast
+from realfake.infer import predict_logits
+from realfake.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -69,42 +73,6 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
-
-
-TTA_MODES = ("none", "flip")
-
-
-def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """The model's logits for float images, averaged with the mirror image's when tta="flip".
-
-    The one definition of test-time augmentation: evaluation, prediction and the ONNX graph all call it.
-    """
-    logits = model(x).float()
-    if tta == "flip":
-        logits = (logits + model(x.flip(3)).float()) / 2
-    return logits
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024,
-    tta: str = "none",
-) -> np.ndarray:
-    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode.
-
-    tta="flip" averages the logits of each image and its mirror image (training saw both orientations).
-    """
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-    model.eval()
-    if isinstance(images, np.ndarray):
-        images = to_device_uint8(images, device)
-    out = []
-    for x in eval_batches(images, batch_size):
-        x = x.to(device)
-        with autocast(device):
-            out.append(tta_logits(model, x, tta).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 
 def _bce_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -162,7 +130,7 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     w = csv.DictWriter(out, fieldnames=HISTORY_FIELDS)
     w.writeheader()
     w.writerows(history)
-    atomic_write_text(run_dir / "history.csv", out.getvalue())
+    RunDir(run_dir).write_text(RunDir.HISTORY, out.getvalue())
 
 
 def fit(
@@ -193,7 +161,7 @@ def fit(
     history: list[dict[str, float]] = []
     best_state = state_to_cpu(model)
     start_epoch = 0
-    ckpt_dir = run_dir / "checkpoint"
+    ckpt_dir = run_dir / RunDir.CHECKPOINT
     if resume and (found := existing_dir(ckpt_dir)) is not None:
         state = torch.load(found / "state.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(load_file(str(found / "model.safetensors")))
@@ -319,7 +287,7 @@ def _tensorboard(run_dir: Path) -> Any:
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=str(run_dir / "tb"))
+        return SummaryWriter(log_dir=str(run_dir / RunDir.TENSORBOARD))
     except Exception as e:  # noqa: BLE001 - optional output, never worth failing a run for
         print(f"warning: no TensorBoard logs ({e.__class__.__name__}: {e})", file=sys.stderr)
         return None

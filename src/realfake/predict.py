@@ -1,23 +1,30 @@
 """Batch prediction over many files: decoding runs in worker processes while the model works on the
-previous batch, and results stream out in input order, one per input, unreadable ones included.
+previous batch, and results stream out in input order, one per input, unreadable ones included; and the
+rows `realfake predict` prints (JSON lines or CSV), and the Grad-CAM overlays `--explain` writes.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import multiprocessing as mp
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from realfake.data.images import BadImage, decode_bytes
+from realfake.atomic import atomic_write_bytes
+from realfake.data.images import BadImage, read_and_decode
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
-from realfake.detector import Detector, Prediction
+from realfake.detector import Detector, Explanation, Prediction
+from realfake.errors import RealfakeError
 
 Decoded = list[tuple[np.ndarray | None, str | None]]
 
@@ -28,11 +35,9 @@ def decode_refs(refs: list[InputRef]) -> Decoded:
     with InputReader() as reader:
         for ref in refs:
             try:
-                out.append((decode_bytes(reader.read(ref)), None))
+                out.append((read_and_decode(ref, reader.read), None))
             except BadImage as e:
                 out.append((None, str(e)))
-            except (OSError, KeyError, ValueError) as e:  # missing file, bad zip member, permissions
-                out.append((None, f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")))
     return out
 
 
@@ -104,26 +109,60 @@ def explain_paths(
     threshold: float | None = None,
 ) -> Iterator[tuple[Prediction, Path | None]]:
     """Like predict_paths, plus a Grad-CAM overlay PNG written to out_dir for each readable image."""
-    from realfake.explain import save_overlay
-
+    if not detector.can_explain:
+        raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RealfakeError(f"--explain {out} is a file; give a folder")
     taken: set[str] = set()
-    with InputReader() as reader:
-        for batch in _batched(expand_inputs(paths), batch_size):
-            data: list[bytes | None] = []
-            errors: dict[int, str] = {}
-            for i, ref in enumerate(batch):
-                try:
-                    data.append(reader.read(ref))
-                except (OSError, KeyError, ValueError) as e:
-                    data.append(None)
-                    errors[i] = f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")
-            readable = [i for i, d in enumerate(data) if d is not None]
-            explained = dict(zip(readable, detector.explain_many([data[i] for i in readable], threshold), strict=True))
-            t = detector.threshold if threshold is None else threshold
-            for i, ref in enumerate(batch):
-                if i in errors:
-                    yield Prediction(ref.name, None, None, t, error=errors[i]), None
-                    continue
-                ex = explained[i]
-                ex.prediction.source = ref.name
-                yield ex.prediction, (save_overlay(ex, out_dir, taken) if ex.ok else None)
+    for batch in _batched(expand_inputs(paths), batch_size):
+        arrays, errors = zip(*decode_refs(batch), strict=True)
+        for ex in detector.explanations([r.name for r in batch], arrays, errors, threshold):
+            yield ex.prediction, (save_overlay(ex, out, taken) if ex.ok else None)
+
+
+def save_overlay(explanation: Explanation, out_dir: str | Path, taken: set[str] | None = None, size: int = 256) -> Path:
+    """Write `<out_dir>/<stem>.cam.png` for one explanation; `taken` keeps stems unique across calls."""
+    source = explanation.prediction.source
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(source.replace("\\", "/").split("::")[-1]).stem) or "image"
+    name, n = stem, 1
+    while taken is not None and name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    if taken is not None:
+        taken.add(name)
+    out = Path(out_dir) / f"{name}.cam.png"
+    atomic_write_bytes(out, explanation.overlay_png(size))
+    return out
+
+
+FORMATS = ("jsonl", "csv")
+CSV_FIELDS = ["path", "p_fake", "label", "threshold", "error"]
+
+
+def write_rows(
+    results: Iterable[Prediction | tuple[Prediction, Path | None]], fmt: str, out: TextIO, with_heatmap: bool = False
+) -> tuple[int, int]:
+    """Write one row per result as it arrives (JSON lines or CSV, flushed), so a long run streams; returns
+    (inputs seen, inputs read)."""
+    if fmt not in FORMATS:
+        raise RealfakeError(f"--format must be jsonl or csv; got {fmt!r}")
+    seen = read = 0
+    writer = None
+    for r in results:
+        pred, heatmap = r if isinstance(r, tuple) else (r, None)
+        row = {"path": pred.source, **{k: v for k, v in pred.to_dict().items() if k != "source"}}
+        if heatmap is not None:
+            row["heatmap"] = str(heatmap)
+        seen += 1
+        read += pred.error is None
+        if fmt == "jsonl":
+            out.write(json.dumps(row) + "\n")
+        else:
+            if writer is None:
+                fields = CSV_FIELDS + (["heatmap"] if with_heatmap else [])
+                writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+                writer.writeheader()
+            writer.writerow(row)
+        out.flush()
+    return seen, read

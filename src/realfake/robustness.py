@@ -9,7 +9,6 @@ per degradation serves all three settings.
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +18,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-from sklearn import metrics as skm
 
-from realfake.calibration import Calibration, ece
-from realfake.config import CLASS_NAMES
+from realfake.calibration import Calibration
+from realfake.contract import CLASS_NAMES
 from realfake.data.batches import jpeg_roundtrip
 from realfake.errors import RealfakeError
+from realfake.metrics import condition_metrics
+from realfake.rundir import RunDir
 
 APPLIED_TO = ("all", "REAL", "FAKE")
 
@@ -96,33 +96,6 @@ def apply_to(clean: np.ndarray, degraded: np.ndarray, labels: np.ndarray, applie
     return np.where(mask.reshape((-1,) + (1,) * (np.ndim(clean) - 1)), degraded, clean)
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
-
-
-def condition_metrics(
-    labels: np.ndarray, logits: np.ndarray, cal: Calibration, sources: list[str | None] | None = None
-) -> dict[str, Any]:
-    """Accuracy (overall and per class), ROC AUC and ECE of the calibrated p_fake; per source if known."""
-    y = np.asarray(labels).astype(int)
-    p = cal.p_fake(logits)
-    right = (p >= cal.threshold) == (y == 1)
-    out: dict[str, Any] = {
-        "accuracy": _r(right.mean()) if len(y) else None,
-        "roc_auc": _r(skm.roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
-        "ece": _r(ece(y, p)),
-    }
-    for i, name in enumerate(CLASS_NAMES):
-        sel = y == i
-        out[f"accuracy_{name.lower()}"] = _r(right[sel].mean()) if sel.any() else None
-    if sources is not None and any(s is not None for s in sources):
-        src = np.array([s if s is not None else "(none)" for s in sources], dtype=object)
-        out["per_source"] = {
-            str(s): {"n": int((src == s).sum()), "accuracy": _r(right[src == s].mean())} for s in sorted(set(src))
-        }
-    return out
-
-
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 
 
@@ -161,16 +134,17 @@ def run_robustness(
 
     With `data`, the table goes to the run's evaluations/<data>/robustness.json instead.
     """
-    from realfake import run
+    from realfake import report
+    from realfake.evaluation import evaluation_inputs, log_to_stderr
 
-    log = log or run._stderr
-    run_dir = Path(run_dir)
-    det, ds, idx, out_dir = run.evaluation_inputs(run_dir, data, device=device, progress=progress, log=log)
-    cal = run.calibration_of(det)
+    log = log or log_to_stderr
+    run = RunDir(run_dir)
+    det, ds, idx, out = evaluation_inputs(run.path, data, device=device, progress=progress, log=log)
+    cal = det.calibration
     images = np.asarray(ds.images[idx])
     labels = ds.labels[idx]
     sources = [ds.sources[i] for i in idx]
-    rows = sweep(lambda x: run.logits_of(det, x), images, labels, cal, sources, seed,
+    rows = sweep(det.predict_logits, images, labels, cal, sources, seed,
                  progress=(lambda m: log(f"robustness: {m}")) if progress else None)
     result = {
         "data": ds.source_name,
@@ -180,11 +154,10 @@ def run_robustness(
         **{k: v for k, v in cal.to_info().items() if k in ("temperature", "threshold", "tta")},
         "conditions": rows,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run.write_json(out_dir / "robustness.json", result)
-    log(f"wrote {out_dir / 'robustness.json'}")
-    if (run_dir / "metrics.json").is_file():
-        run.report(run_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
+    log(f"wrote {out.write_json(RunDir.ROBUSTNESS, result)}")
+    if run.has(RunDir.METRICS):
+        report.build(run.path)
     return result
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def test_uncertain_label_is_a_valid_answer(
     small_client: TestClient, detector: Detector, images: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run with an uncertain band labels p_fake inside it 'uncertain': a normal 200, not a 500."""
-    monkeypatch.setitem(detector.info, "uncertain_band", [0.0, 1.0])
+    monkeypatch.setattr(detector, "calibration", replace(detector.calibration, uncertain_band=(0.0, 1.0)))
     r = small_client.post("/v1/predict", files=from_disk(images["a.png"]))
     assert r.status_code == 200, r.text
     assert r.json()[0]["label"] == "uncertain"
@@ -224,11 +225,11 @@ def test_explain(client: TestClient, detector: Detector, images: dict) -> None:
 def test_explain_without_detector_support_is_501(detector: Detector, images: dict) -> None:
     """A detector that cannot explain (say, an older one) still predicts; only explain=true is refused."""
 
-    class NoExplain:
-        threshold, info = detector.threshold, detector.info
-        predict_many = staticmethod(detector.predict_many)
+    class NoModel:  # a backend with logits but no model to explain, as an ONNX file is
+        name, model = "stub", None
+        logits = staticmethod(detector.backend.logits)
 
-    client = TestClient(create_app(NoExplain()))  # type: ignore[arg-type]
+    client = TestClient(create_app(Detector(NoModel(), detector.calibration, detector.info)))
     assert client.post("/v1/predict", files=from_disk(images["a.png"])).status_code == 200
     r = client.post("/v1/predict", params={"explain": "true"}, files=from_disk(images["a.png"]))
     assert r.status_code == 501

@@ -22,8 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from realfake.atomic import atomic_dir, existing_dir
-from realfake.config import CLASS_NAMES, IMAGE_SIZE
-from realfake.data.images import PREPROCESS_SETTINGS, BadImage, decode_bytes
+from realfake.contract import CLASS_NAMES, IMAGE_SIZE
+from realfake.data.images import PREPROCESS_SETTINGS, BadImage, read_and_decode
 from realfake.data.sources import Item, Reader, Source, open_source
 from realfake.errors import RealfakeError
 
@@ -116,12 +116,10 @@ def _decode_with(read: Reader, paths: list[str]) -> tuple[np.ndarray, list[str |
     errors: list[str | None] = []
     for i, p in enumerate(paths):
         try:
-            out[i] = decode_bytes(read(p))
+            out[i] = read_and_decode(p, read)
             errors.append(None)
         except BadImage as e:
             errors.append(str(e))
-        except (OSError, KeyError, ValueError, RuntimeError) as e:  # a member unreadable in the zip
-            errors.append(f"unreadable file ({e.__class__.__name__}: {e})")
     return out, errors
 
 

@@ -1,19 +1,25 @@
 """Decode any image into the one form the models see: 32x32 RGB uint8.
 
 This is the single place preprocessing lives; training, evaluation, prediction and serving all call
-`to_model_array` (or `decode_bytes`, which wraps it), so what a model is fed can never drift.
+`to_model_array` (or `decode_bytes`, which wraps it), so what a model is fed can never drift. And every door
+an image comes through (the data cache, batch prediction, the Detector, the server) reads it with
+`read_and_decode`, so the reason a user sees for a bad file never depends on the door.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from realfake.config import IMAGE_SIZE
+from realfake.contract import IMAGE_SIZE
 
 # A decompression bomb (a tiny file that unpacks to gigapixels) is refused before its pixels are read.
 MAX_PIXELS = 64_000_000
@@ -116,3 +122,24 @@ def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:
             return to_model_array(Image.fromarray(a.squeeze(2) if a.ndim == 3 and a.shape[2] == 1 else a), size)
         raise BadImage(f"array of shape {x.shape} is not an image (want HxW, HxWx3 or HxWx4)")
     raise BadImage(f"cannot read an image from {type(x).__name__}")
+
+
+def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.ndarray:
+    """Read an input and decode it to a model array, or raise BadImage saying why in a few words.
+
+    `x` is a path, encoded bytes, a PIL image or an array; with `read`, `x` is a key that `read(x)` turns into
+    bytes (a file of a data source, a zip member, an `InputRef`). Read failures (missing file, permissions, a
+    damaged zip member) become BadImage like decode failures, so one bad input is reported and skipped.
+    """
+    try:
+        if read is not None:
+            data = read(x)
+        elif isinstance(x, str | Path):
+            data = Path(x).read_bytes()
+        else:
+            return from_any(x)
+    except BadImage:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise BadImage(f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
+    return decode_bytes(data)

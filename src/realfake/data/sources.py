@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from realfake.config import CLASS_NAMES
+from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 
 LABEL_FOLDERS = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}

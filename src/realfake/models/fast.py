@@ -19,11 +19,13 @@ Measured on 16,800 stand-in training images, 3 epochs: 99.4% test accuracy; widt
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from realfake.errors import RealfakeError
-from realfake.models import Built, register
+from realfake.models.registry import Built, load_state, read_state_dict, register
 
 WIDTHS = (16, 32, 64, 128)  # stem (32x32), then stages at 16x16, 8x8, 4x4
 # BatchNorm running statistics follow the last few batches (torch default 0.1 needs ~30 steps): a short run
@@ -96,15 +98,8 @@ def build(weights: str) -> Built:
         return Built(model, "none (random initialisation)", dict(RECIPE))
     if weights == "imagenet":
         raise RealfakeError("the fast model has no ImageNet weights; use --weights none (the default) or a file")
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     path = Path(weights).expanduser()
     if not path.is_file():
         raise RealfakeError(f"--weights must be auto, none or a weights file; {weights!r} is none")
-    try:
-        model.load_state_dict(load_file(str(path)))
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file, reported in one line
-        raise RealfakeError(f"weights file {path} does not fit the fast model: {e}".splitlines()[0][:300]) from None
+    load_state(model, read_state_dict(path), path, "the fast model")
     return Built(model, f"file {path}", dict(RECIPE))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from realfake.errors import RealfakeError
-from realfake.models import Built, register
+from realfake.models.registry import Built, load_state, read_state_dict, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,25 +78,11 @@ def load_imagenet(model: SeedResNet50) -> None:
 
 def load_file(model: SeedResNet50, path: Path) -> None:
     """A weights file: a whole model of ours, or a torchvision ResNet50 (backbone only)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file as st_load
-
-            state = st_load(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-    except Exception as e:  # noqa: BLE001 - any loader failure is the user's file, reported in one line
-        raise RealfakeError(f"cannot read weights file {path}: {e}".splitlines()[0]) from None
-    if not isinstance(state, dict):
-        raise RealfakeError(f"weights file {path} does not hold a state dict")
-    try:
-        if any(k.startswith("backbone.") for k in state):
-            model.load_state_dict(state)
-        else:
-            model.backbone.load_state_dict(_backbone_keys_from_resnet(state))
-    except RuntimeError as e:
-        raise RealfakeError(f"weights file {path} does not fit {model.__class__.__name__}: {e}"[:300]) from None
+    state = read_state_dict(path)
+    if any(k.startswith("backbone.") for k in state):
+        load_state(model, state, path, "the seed-resnet50 model")
+    else:
+        load_state(model.backbone, _backbone_keys_from_resnet(state), path, "the seed-resnet50 backbone")
 
 
 @register("seed-resnet50")

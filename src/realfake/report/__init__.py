@@ -1,0 +1,22 @@
+"""What a person reads about a run: figures (plots), a self-contained report.html (html) and MODEL_CARD.md
+(model_card), all drawn from the run folder's files through `RunDir`, so they can be re-made at any time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from realfake.errors import RealfakeError
+from realfake.rundir import RunDir
+
+
+def build(run_dir: str | Path) -> Path:
+    """(Re)draw every figure, the self-contained report.html and MODEL_CARD.md from the files in the run."""
+    from realfake.report.html import build_report
+    from realfake.report.model_card import write_model_card
+
+    run = RunDir(run_dir)
+    if not run.has(RunDir.METRICS):
+        raise RealfakeError(f"{run.path} has no {RunDir.METRICS} yet: run `realfake evaluate {run.path}` first")
+    path = build_report(run.path)
+    write_model_card(run.path)
+    return path

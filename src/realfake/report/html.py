@@ -14,11 +14,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from realfake.atomic import atomic_write_text
-from realfake.config import CLASS_NAMES
+from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
-from realfake.evaluate import METRIC_LABELS
-from realfake.report.plots import draw_all, read_json
+from realfake.metrics import METRIC_LABELS
+from realfake.report.plots import draw_all
+from realfake.rundir import RunDir
 
 MAX_SKIPPED_SHOWN = 20
 
@@ -94,13 +94,6 @@ def _kv_table(d: dict[str, Any]) -> str:
         for k, v in d.items()
     )
     return f"<table>{rows}</table>"
-
-
-def _read_optional_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    loaded = read_json(path)
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _data_section(data: dict[str, Any]) -> str:
@@ -206,13 +199,6 @@ def _per_source_html(metrics: dict[str, Any], seen: set[str] | None) -> str:
     return "".join(parts)
 
 
-def _training_sources(data: dict[str, Any]) -> set[str] | None:
-    split_sources = data.get("split_sources")
-    if isinstance(split_sources, dict) and isinstance(split_sources.get("train"), dict):
-        return set(split_sources["train"])
-    return set(data["sources"]) if isinstance(data.get("sources"), dict) else None
-
-
 def _robustness_html(rob: dict[str, Any]) -> str:
     rows = [r for r in rob.get("conditions", []) if isinstance(r, dict)]
     if not rows:
@@ -236,15 +222,15 @@ def _robustness_html(rob: dict[str, Any]) -> str:
     return intro + f"<table><tr><th>condition</th>{head}</tr>{body}</table>"
 
 
-def _evaluations_html(run_dir: Path, seen: set[str] | None) -> str:
+def _evaluations_html(run: RunDir, seen: set[str] | None) -> str:
     """Evaluations on other data sets (`realfake evaluate RUN --data OTHER`), newest files as they are."""
     parts = []
-    for mfile in sorted((run_dir / "evaluations").glob("*/metrics.json")):
-        m = _read_optional_json(mfile)
+    for ev in run.evaluations():
+        m = ev.read_json(RunDir.METRICS)
         if not m:
             continue
-        d = _read_optional_json(mfile.parent / "data_report.json")
-        name = d.get("data") or mfile.parent.name
+        d = ev.read_json(RunDir.DATA_REPORT)
+        name = d.get("data") or ev.path.name
         keys = ["n", "accuracy", "roc_auc", "ece", "brier"]
         summary = {k: m.get(k) for k in keys if k in m}
         parts.append(f"<h3>{escape(str(name))}</h3>{_kv_table(summary)}{_uncertain_html(m)}{_per_source_html(m, seen)}")
@@ -267,15 +253,15 @@ def _figures_section(plots: dict[str, Path]) -> str:
 
 def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
     """Write run_dir/report.html from the run's files and the given PNGs; returns its path."""
-    run_dir = Path(run_dir)
-    run = _read_optional_json(run_dir / "run.json")
-    metrics = _read_optional_json(run_dir / "metrics.json")
-    data = _read_optional_json(run_dir / "data_report.json")
-    seen = _training_sources(data)
-    robustness = _read_optional_json(run_dir / "robustness.json")
-    evaluations = _evaluations_html(run_dir, seen)
-    config_file = run_dir / "config.yaml"
-    config = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
+    rd = RunDir(run_dir)
+    run_dir = rd.path
+    run = rd.info()
+    metrics = rd.read_json(RunDir.METRICS)
+    data = rd.read_json(RunDir.DATA_REPORT)
+    seen = rd.training_sources()
+    robustness = rd.read_json(RunDir.ROBUSTNESS)
+    evaluations = _evaluations_html(rd, seen)
+    config = rd.read_text(RunDir.CONFIG)
 
     name = run_dir.resolve().name
     model = run.get("model")
@@ -321,9 +307,7 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
 </body>
 </html>
 """
-    out = run_dir / "report.html"
-    atomic_write_text(out, page)
-    return out
+    return rd.write_text(RunDir.REPORT, page)
 
 
 def build_report(run_dir: Path) -> Path:

@@ -6,20 +6,15 @@ can be re-made at any time (`realfake report`) and never states a figure the run
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from realfake import __version__
-from realfake.atomic import atomic_write_text
-from realfake.config import CLASS_NAMES, IMAGE_SIZE
+from realfake.contract import CLASS_NAMES, IMAGE_SIZE, __version__
 from realfake.errors import RealfakeError
-from realfake.evaluate import METRIC_LABELS
+from realfake.metrics import METRIC_LABELS
+from realfake.rundir import RunDir
 
-CARD_FILE = "MODEL_CARD.md"
 STANDIN_WARNING = (
     "**This run was trained and tested on the stand-in data set, not on CIFAKE: accuracy on the stand-in is "
     "not CIFAKE accuracy.** Its FAKE half comes from a small GAN trained on CIFAR-10, not from Stable Diffusion."
@@ -32,17 +27,6 @@ _PROTOCOLS = {
     "seed": "all images pooled, then a stratified 70/20/10 train/validation/test split (the original notebook's)",
     "official": "90/10 stratified train/validation split of the data's train/ folder; its test/ folder is the test set",
 }
-
-
-def _read(path: Path) -> dict[str, Any]:
-    """A run file as a mapping; a missing or unreadable one counts as empty (the card says 'not recorded')."""
-    if not path.is_file():
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text()) if path.suffix == ".yaml" else json.loads(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _cell(v: Any) -> str:
@@ -109,12 +93,12 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
-def _other_data(run_dir: Path) -> list[str]:
+def _other_data(run: RunDir) -> list[str]:
     """Results of `realfake evaluate RUN --data OTHER`, the only evidence about data unlike the training set."""
     rows = []
-    for m in sorted((run_dir / "evaluations").glob("*/metrics.json")):
-        metrics, data = _read(m), _read(m.parent / "data_report.json")
-        rows.append([data.get("data") or m.parent.name, metrics.get("accuracy"), metrics.get("roc_auc"),
+    for ev in run.evaluations():
+        metrics, data = ev.read_json(RunDir.METRICS), ev.read_json(RunDir.DATA_REPORT)
+        rows.append([data.get("data") or ev.path.name, metrics.get("accuracy"), metrics.get("roc_auc"),
                      metrics.get("n")])
     if not rows:
         return ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
@@ -135,11 +119,12 @@ def _decision_extras(run: dict[str, Any]) -> list[str]:
 
 def model_card(run_dir: str | Path) -> str:
     """The card's Markdown text for a run directory."""
-    run_dir = Path(run_dir)
+    rd = RunDir(run_dir)
+    run_dir = rd.path
     if not run_dir.is_dir():
         raise RealfakeError(f"run folder not found: {run_dir}")
-    cfg, run = _read(run_dir / "config.yaml"), _read(run_dir / "run.json")
-    data, metrics = _read(run_dir / "data_report.json"), _read(run_dir / "metrics.json")
+    cfg, run = rd.read_yaml(RunDir.CONFIG), rd.info()
+    data, metrics = rd.read_json(RunDir.DATA_REPORT), rd.read_json(RunDir.METRICS)
     name = run_dir.resolve().name
     model = run.get("model") or cfg.get("model") or "not recorded"
     threshold = run.get("threshold", metrics.get("threshold", cfg.get("threshold")))
@@ -162,8 +147,7 @@ def model_card(run_dir: str | Path) -> str:
             ["Epochs run (best epoch kept)", f"{_cell(run.get('epochs_run'))} ({_cell(run.get('best_epoch'))})"],
             ["Trained on", f"{_cell(run.get('device'))}, {_cell(run.get('created'))}"],
             ["Software", f"realfake {_cell(run.get('realfake'))}, torch {_cell(run.get('torch'))}"],
-            ["Weights file", "model.safetensors" + (" (and model.onnx, exported)"
-                                                    if (run_dir / "model.onnx").is_file() else "")],
+            ["Weights file", RunDir.WEIGHTS + (f" (and {RunDir.ONNX}, exported)" if rd.has(RunDir.ONNX) else "")],
         ]),
         "",
         "## Decision",
@@ -187,7 +171,7 @@ def model_card(run_dir: str | Path) -> str:
         "",
         "## Measured on other data",
         "",
-        *_other_data(run_dir),
+        *_other_data(rd),
         "",
         "## Intended use",
         "",
@@ -223,7 +207,4 @@ def model_card(run_dir: str | Path) -> str:
 
 def write_model_card(run_dir: str | Path) -> Path:
     """Write RUN/MODEL_CARD.md atomically; returns its path."""
-    text = model_card(run_dir)
-    out = Path(run_dir) / CARD_FILE
-    atomic_write_text(out, text)
-    return out
+    return RunDir(run_dir).write_text(RunDir.MODEL_CARD, model_card(run_dir))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,11 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from realfake.atomic import atomic_write_bytes
-from realfake.config import CLASS_NAMES
+from realfake.calibration import apply_temperature, is_fake
+from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
+from realfake.metrics import ece, reliability_bins
+from realfake.rundir import RunDir
 
 PLOT_FILES = {
     "training_curves": "training_curves.png",
@@ -198,7 +200,7 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
         ax.set_axis_off()
         if i >= k:
             continue
-        pred = int(p[i] >= threshold)
+        pred = int(is_fake(p[i], threshold))
         p_pred = p[i] if pred == 1 else 1.0 - p[i]
         gray = imgs[i].ndim == 2 or imgs[i].shape[-1] == 1
         ax.imshow(
@@ -218,7 +220,6 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
 def reliability_diagram(labels: Any, logits: Any, temperature: float, out: Path) -> Path | None:
     """Fraction truly FAKE against mean p_fake per bin, before and after temperature scaling: on the
     diagonal, p_fake means what it says."""
-    from realfake.calibration import apply_temperature, ece, reliability_bins
 
     y = np.asarray(labels).astype(int).ravel()
     z = np.asarray(logits, dtype=np.float64).ravel()
@@ -270,14 +271,6 @@ def robustness_plot(result: dict[str, Any], out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file from a run folder, with a readable error instead of a traceback when it is damaged."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RealfakeError(f"{path} is not valid JSON: {e}") from None
-
-
 def read_history(path: Path) -> list[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -307,38 +300,36 @@ def read_logits(path: Path) -> np.ndarray | None:
 
 def draw_all(run_dir: Path) -> dict[str, Path]:
     """Every figure whose inputs the run folder holds, written to run_dir/plots; name -> path of those written."""
-    run_dir = Path(run_dir)
-    plots_dir = run_dir / "plots"
+    run = RunDir(run_dir)
+    plots_dir = run / RunDir.PLOTS
     written: dict[str, Path | None] = {}
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    metrics = run.read_json(RunDir.METRICS)
     threshold = float(metrics.get("threshold") or 0.5)
 
-    if (run_dir / "history.csv").is_file():
+    if run.has(RunDir.HISTORY):
         written["training_curves"] = training_curves(
-            read_history(run_dir / "history.csv"), plots_dir / PLOT_FILES["training_curves"]
+            read_history(run / RunDir.HISTORY), plots_dir / PLOT_FILES["training_curves"]
         )
     if metrics.get("confusion_matrix") is not None:
         written["confusion_matrix"] = confusion_matrix(
             metrics["confusion_matrix"], plots_dir / PLOT_FILES["confusion_matrix"]
         )
-    if (run_dir / "predictions.csv").is_file():
-        labels, p_fake = read_predictions(run_dir / "predictions.csv")
+    if run.has(RunDir.PREDICTIONS):
+        labels, p_fake = read_predictions(run / RunDir.PREDICTIONS)
         written["roc_curve"] = roc_curve(labels, p_fake, plots_dir / PLOT_FILES["roc_curve"])
         written["pr_curve"] = pr_curve(labels, p_fake, plots_dir / PLOT_FILES["pr_curve"])
-        logits = read_logits(run_dir / "predictions.csv")
+        logits = read_logits(run / RunDir.PREDICTIONS)
         if logits is not None:
             written["reliability_diagram"] = reliability_diagram(
                 labels, logits, float(metrics.get("temperature") or 1.0), plots_dir / PLOT_FILES["reliability_diagram"]
             )
-    if (run_dir / "robustness.json").is_file():
-        written["robustness"] = robustness_plot(
-            read_json(run_dir / "robustness.json"), plots_dir / PLOT_FILES["robustness"]
-        )
-    if (run_dir / "samples.npz").is_file():
-        with np.load(run_dir / "samples.npz", allow_pickle=False) as s:
+    if run.has(RunDir.ROBUSTNESS):
+        written["robustness"] = robustness_plot(run.read_json(RunDir.ROBUSTNESS), plots_dir / PLOT_FILES["robustness"])
+    if run.has(RunDir.SAMPLES):
+        with np.load(run / RunDir.SAMPLES, allow_pickle=False) as s:
             missing = {"images", "labels", "p_fake"} - set(s.files)
             if missing:
-                raise RealfakeError(f"{run_dir / 'samples.npz'} lacks {', '.join(sorted(missing))}")
+                raise RealfakeError(f"{run / RunDir.SAMPLES} lacks {', '.join(sorted(missing))}")
             written["predictions_grid"] = prediction_grid(
                 s["images"], s["labels"], s["p_fake"], threshold, plots_dir / PLOT_FILES["predictions_grid"]
             )

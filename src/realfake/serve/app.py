@@ -1,9 +1,11 @@
 """A FastAPI app around one trained Detector: `POST /v1/predict`, `GET /v1/model`, `GET /healthz`, `GET /`.
 
-The model is loaded once and shared by every request; its work runs in a worker thread so the event loop keeps
-serving. Every upload goes through `Detector.predict_many` (the trainer's own preprocessing), so the API answers
-exactly what `realfake predict` and `Detector.predict` answer. Limits hold from the first byte: a body over
-`max_upload_bytes` is refused from its Content-Length and, in case a client lies, while it is being read.
+The app is thin: routes live on an APIRouter, and each handler gets the one shared `Service` (the Detector,
+the run's facts and the limits) as a FastAPI dependency. The model is loaded once; its work runs in a worker
+thread so the event loop keeps serving. Every upload goes through `Detector.predict_many` (the trainer's own
+preprocessing), so the API answers exactly what `realfake predict` and `Detector.predict` answer. Limits
+hold from the first byte: a body over `max_upload_bytes` is refused from its Content-Length and, in case a
+client lies, while it is being read.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from realfake import __version__
+from realfake.contract import __version__
 from realfake.detector import Detector, Prediction
+from realfake.rundir import RunDir
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
@@ -135,19 +139,18 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
 
 
 class Service:
-    """What the handlers call: the shared Detector and the run's facts, with model calls made one at a time."""
+    """What the handlers share: the Detector, the run's facts and the limits; model calls are made one at a time.
 
-    def __init__(self, detector: Detector, run_dir: Path | None, max_upload_bytes: int, max_images: int):
+    The run's files are read once, here, so a damaged run folder stops the server from starting (one line)
+    instead of failing requests later.
+    """
+
+    def __init__(self, detector: Detector, max_upload_bytes: int, max_images: int):
         self.detector = detector
-        self.run_dir = run_dir
         self.limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images)
         # torch already uses every core for one batch; serialising calls keeps memory flat under load.
         self._lock = threading.Lock()
-
-    @property
-    def can_explain(self) -> bool:
-        # Grad-CAM needs the PyTorch model: an ONNX-backed detector has the method but cannot use it.
-        return callable(getattr(self.detector, "explain", None)) and getattr(self.detector, "model", None) is not None
+        self.training_data, self.test_metrics = self._run_facts()
 
     def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
         """Blocking: decode and judge every upload in one batch; unreadable ones become per-item errors.
@@ -157,7 +160,7 @@ class Service:
         data = [d for _, d in uploads]
         with self._lock:
             if explain:
-                explained = self.detector.explain(data)  # type: ignore[attr-defined]  # a list in, a list out
+                explained = self.detector.explain_many(data)
                 preds: list[Prediction] = [e.prediction for e in explained]
                 heatmaps = [
                     base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
@@ -172,10 +175,11 @@ class Service:
             for (name, _), p, h in zip(uploads, preds, heatmaps, strict=True)
         ]
 
-    def model_info(self) -> ModelInfo:
-        info = self.detector.info
-        report = _read_json(self.run_dir / "data_report.json") if self.run_dir else {}
-        metrics = _read_json(self.run_dir / "metrics.json") if self.run_dir else {}
+    def _run_facts(self) -> tuple[TrainingData | None, dict[str, Any] | None]:
+        """Training data and test metrics from the run folder (none for an ONNX file), read once."""
+        run = RunDir(self.detector.run_dir) if self.detector.run_dir is not None else None
+        report = run.read_json(RunDir.DATA_REPORT) if run else {}
+        metrics = run.read_json(RunDir.METRICS) if run else {}
         data = report.get("data")
         training = (
             TrainingData(
@@ -188,29 +192,101 @@ class Service:
             if report
             else None
         )
+        return training, metrics or None
+
+    def model_info(self) -> ModelInfo:
+        det = self.detector
+        band = det.calibration.uncertain_band
         return ModelInfo(
-            model=str(info.get("model", "unknown")),
-            threshold=self.detector.threshold,
-            uncertain_band=info.get("uncertain_band"),
-            created=info.get("created"),
-            weights_used=info.get("weights_used"),
-            training_data=training,
-            test_metrics=metrics or None,
-            explain=self.can_explain,
+            model=str(det.info.get("model", "unknown")),
+            threshold=det.threshold,
+            uncertain_band=list(band) if band else None,
+            created=det.info.get("created"),
+            weights_used=det.info.get("weights_used"),
+            training_data=self.training_data,
+            test_metrics=self.test_metrics,
+            explain=det.can_explain,
             limits=self.limits,
         )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def unreadable_status(results: list[ImageResult]) -> int:
     """415 when no upload was an image at all, 422 when some were images we could not read."""
     return 415 if all(r.error == NOT_AN_IMAGE for r in results) else 422
+
+
+def get_service(request: Request) -> Service:
+    """The app's one Service, as a FastAPI dependency."""
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "body over the size limit, or too many files"},
+    415: {"model": ErrorBody, "description": "no upload was an image"},
+    422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
+    501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
+}
+router = APIRouter()
+
+
+@cache
+def _page() -> str:
+    return resources.files("realfake.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the app is up and its model is loaded."""
+    return Health()
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+async def model(service: ServiceDep) -> ModelInfo:
+    """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
+    return service.model_info()
+
+
+@router.post("/v1/predict", response_model=list[ImageResult], responses=ERRORS)
+async def predict(
+    service: ServiceDep,
+    files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
+    explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
+    explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
+) -> list[ImageResult]:
+    """Judge each uploaded image (multipart field `files`); results come back in upload order.
+
+    A file that cannot be read does not sink the others: when at least one upload is readable the answer is
+    200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
+    readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
+    could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
+    `max_images` files or a body over `max_upload_bytes` is 413; `explain=true` on a detector without
+    `explain` is 501.
+    """
+    explain = explain or bool(explain_form)
+    if explain and not service.detector.can_explain:
+        raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
+    if not files:
+        raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
+    max_images = service.limits.max_images
+    if len(files) > max_images:
+        raise HTTPException(413, f"too many files ({len(files)}; at most {max_images} per request)")
+    uploads = [(f.filename or f"upload-{i + 1}", await f.read()) for i, f in enumerate(files)]
+    results = await run_in_threadpool(service.predict, uploads, explain)
+    if all(r.error is not None for r in results):
+        detail = "; ".join(f"{r.filename}: {r.error}" for r in results)
+        raise HTTPException(unreadable_status(results), detail)
+    return results
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The drag-and-drop page (self-contained: no external requests)."""
+    return HTMLResponse(_page())
+
+
+async def _too_large(_request: Any, exc: BodyTooLarge) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=413, headers={"connection": "close"})
 
 
 def create_app(
@@ -222,75 +298,16 @@ def create_app(
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
-    Raises RealfakeError when the path is not a trained run, so a bad path fails before the server starts.
+    Raises RealfakeError when the path is not a trained run (or its files are damaged), so a bad path fails
+    before the server starts.
     """
-    run_dir: Path | None
-    if isinstance(run_dir_or_detector, str | Path):
-        path = Path(run_dir_or_detector)
-        detector = Detector.load(path, device=device)
-        run_dir = path if path.is_dir() else None  # an .onnx file carries its facts in detector.info
-    else:
+    if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
-        run_dir = getattr(detector, "run_dir", None)
-    service = Service(detector, Path(run_dir) if run_dir else None, max_upload_bytes, max_images)
-    page = resources.files("realfake.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-    errors: dict[int | str, dict[str, Any]] = {
-        413: {"model": ErrorBody, "description": "body over the size limit, or too many files"},
-        415: {"model": ErrorBody, "description": "no upload was an image"},
-        422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
-        501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
-    }
-
+    else:
+        detector = Detector.load(run_dir_or_detector, device=device)
     app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
-    app.state.service = service
-
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
-        """Liveness: the app is up and its model is loaded."""
-        return Health()
-
-    @app.get("/v1/model", response_model=ModelInfo)
-    async def model() -> ModelInfo:
-        """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
-        return service.model_info()
-
-    @app.post("/v1/predict", response_model=list[ImageResult], responses=errors)
-    async def predict(
-        files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
-        explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
-        explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
-    ) -> list[ImageResult]:
-        """Judge each uploaded image (multipart field `files`); results come back in upload order.
-
-        A file that cannot be read does not sink the others: when at least one upload is readable the answer is
-        200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
-        readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
-        could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
-        `max_images` files or a body over `max_upload_bytes` is 413; `explain=true` on a detector without
-        `explain` is 501.
-        """
-        explain = explain or bool(explain_form)
-        if explain and not service.can_explain:
-            raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
-        if not files:
-            raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
-        if len(files) > max_images:
-            raise HTTPException(413, f"too many files ({len(files)}; at most {max_images} per request)")
-        uploads = [(f.filename or f"upload-{i + 1}", await f.read()) for i, f in enumerate(files)]
-        results = await run_in_threadpool(service.predict, uploads, explain)
-        if all(r.error is not None for r in results):
-            detail = "; ".join(f"{r.filename}: {r.error}" for r in results)
-            raise HTTPException(unreadable_status(results), detail)
-        return results
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        """The drag-and-drop page (self-contained: no external requests)."""
-        return HTMLResponse(page)
-
-    @app.exception_handler(BodyTooLarge)
-    async def too_large(_request: Any, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=413, headers={"connection": "close"})
-
+    app.state.service = Service(detector, max_upload_bytes, max_images)
+    app.include_router(router)
+    app.add_exception_handler(BodyTooLarge, _too_large)  # type: ignore[arg-type]
     return app

@@ -1,0 +1,39 @@
+"""The facts every layer shares, in one leaf module: class names, image size, test-time augmentation modes,
+the uint8 NHWC image check and the version.
+
+Everything else in realfake imports these from here and nowhere else, so a prediction, a metric, an ONNX
+file and a report can never disagree on which label is positive or what shape an image has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from realfake.errors import RealfakeError
+
+__version__ = "0.1.0"
+
+CLASS_NAMES: tuple[str, str] = ("REAL", "FAKE")  # label 0 = REAL, label 1 = FAKE (the positive class)
+IMAGE_SIZE = 32  # CIFAKE's size; every image is normalised to it
+# Test-time augmentation: "flip" averages the logits of an image and its mirror image (training saw both).
+TTA_MODES: tuple[str, ...] = ("none", "flip")
+
+
+def check_tta(tta: str) -> str:
+    """A known TTA mode, or a one-line error naming the known ones."""
+    if tta not in TTA_MODES:
+        raise RealfakeError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}; got {tta!r}")
+    return tta
+
+
+def check_images(images: Any) -> np.ndarray:
+    """(N, 32, 32, 3) uint8, the form `realfake.data.images` produces; anything else is a user error."""
+    a = np.asarray(images)
+    if a.ndim != 4 or a.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or a.dtype != np.uint8:
+        raise RealfakeError(
+            f"want (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3) uint8 images (see realfake.data.images.from_any); "
+            f"got {a.dtype} of shape {a.shape}"
+        )
+    return a

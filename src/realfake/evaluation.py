@@ -1,0 +1,132 @@
+"""The `evaluate` command: a Detector's verdicts on a run's test split, or on all of another data set, with
+every figure written beside them (metrics.json, predictions.csv, samples.npz).
+
+Training ends by calling `evaluate_split` with the Detector it just trained; `realfake evaluate RUN` loads
+the same Detector from the run folder. Either way the verdicts come from `Detector` and its calibration, the
+figures from `realfake.metrics`, and the files go where `RunDir` says.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realfake.config import RunConfig
+from realfake.data.cache import Dataset, check_two_classes, load_dataset
+from realfake.data.splits import split_from_json
+from realfake.detector import Detector
+from realfake.metrics import calibration_metrics, compute_metrics, per_source_metrics
+from realfake.rundir import RunDir
+
+Log = Callable[[str], None]
+GRID_SIZE = 16  # images in the report's prediction grid: up to half wrong ones, the rest right ones
+PREDICTION_FIELDS = ["path", "label", "p_fake", "logit", "predicted", "source"]
+
+
+def log_to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def run_data(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr) -> Dataset:
+    """The decoded data set a run's config names (the bundled sample when it names none), with both classes."""
+    if cfg.data is None:
+        log(
+            "no --data given: using the bundled demo sample (2,000 images; shows the pipeline, not a "
+            "detector's skill). For CIFAKE: `realfake download`, then `realfake train --data PATH`."
+        )
+    ds = load_dataset(cfg.data, cfg.limit, cfg.seed, cfg.workers, progress)
+    check_two_classes(ds)
+    origin = "cache" if ds.from_cache else "decoded"
+    log(f"data: {len(ds):,} images from {ds.source_name} ({origin}; {len(ds.skipped)} unreadable skipped)")
+    return ds
+
+
+def metrics_line(m: dict[str, Any]) -> str:
+    """The headline figures in one line, for the terminal."""
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+    ece = "" if m.get("ece") is None else f"  ece {m['ece']:.4f} (uncalibrated {m['ece_uncalibrated']:.4f})"
+    return f"test: accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}{ece}  n {m['n']}"
+
+
+def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector) -> dict[str, Any]:
+    """Predict ds[idx] with the detector and its calibration; write metrics.json, predictions.csv and
+    samples.npz to `out`."""
+    cal = detector.calibration
+    images, labels = ds.images[idx], ds.labels[idx]
+    logits = detector.predict_logits(np.asarray(images))
+    p_fake = cal.p_fake(logits)
+    metrics = compute_metrics(labels, p_fake, cal.threshold)
+    metrics.update(calibration_metrics(labels, logits, cal))
+    sources = [ds.sources[int(i)] for i in idx]
+    if any(s is not None for s in sources):
+        metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_json(RunDir.METRICS, metrics)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(PREDICTION_FIELDS)
+    w.writerows(
+        (ds.paths[i], int(y), f"{p:.6f}", f"{z:.6f}", v, ds.sources[int(i)] or "")
+        for i, y, p, z, v in zip(idx, labels, p_fake, logits, cal.labels(p_fake), strict=True)
+    )
+    out.write_text(RunDir.PREDICTIONS, buf.getvalue())
+    _write_samples(out, images, labels, p_fake, detector)
+    return metrics
+
+
+def _write_samples(out: RunDir, images: np.ndarray, labels: np.ndarray, p: np.ndarray, detector: Detector) -> None:
+    """A fixed pick of test images for the report's grid: wrong ones first (up to half), then right ones."""
+    right_mask = detector.calibration.is_fake(p) == (labels == 1)
+    wrong, right = np.flatnonzero(~right_mask), np.flatnonzero(right_mask)
+    rng = np.random.default_rng(0)
+    pick_wrong = rng.permutation(wrong)[: GRID_SIZE // 2]
+    pick = np.concatenate([pick_wrong, rng.permutation(right)[: GRID_SIZE - len(pick_wrong)]]).astype(int)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=np.asarray(images[pick]), labels=labels[pick], p_fake=p[pick])
+    out.write_bytes(RunDir.SAMPLES, buf.getvalue())
+
+
+def evaluation_inputs(
+    run_dir: str | Path, data: str | Path | None, *, device: str = "auto", progress: bool = True,
+    log: Log = log_to_stderr,
+) -> tuple[Detector, Dataset, np.ndarray, RunDir]:
+    """What to evaluate a run on: its own test split (written to the run) or all of `data` (written to
+    run_dir/evaluations/<data>)."""
+    run = RunDir(run_dir)
+    det = Detector.from_run(run.path, device=device)
+    cfg = run.config()
+    if data is None:
+        run.require(RunDir.SPLIT, what="a run directory")
+        ds = run_data(cfg, progress, log)
+        return det, ds, split_from_json(run.read_json(RunDir.SPLIT), len(ds))["test"], run
+    ds = load_dataset(data, None, cfg.seed, cfg.workers, progress)
+    return det, ds, np.arange(len(ds)), run.evaluation(data)
+
+
+def evaluate(
+    run_dir: str | Path, data: str | Path | None = None, *, device: str = "auto", progress: bool = True,
+    log: Log = log_to_stderr,
+) -> dict[str, Any]:
+    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`)."""
+    from realfake import report
+
+    run = RunDir(run_dir)
+    det, ds, idx, out = evaluation_inputs(run.path, data, device=device, progress=progress, log=log)
+    metrics = evaluate_split(out, ds, idx, det)
+    seen = run.training_sources()
+    present = sorted({s for s in (ds.sources[int(i)] for i in idx) if s is not None})
+    if present and seen is not None:
+        metrics["sources_unseen_in_training"] = [s for s in present if s not in seen]
+        out.write_json(RunDir.METRICS, metrics)
+    if data is not None:
+        out.write_json(RunDir.DATA_REPORT, ds.report())
+        log(f"wrote {out / RunDir.METRICS}")
+    if run.has(RunDir.METRICS):
+        report.build(run.path)
+    return metrics

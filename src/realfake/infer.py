@@ -1,0 +1,72 @@
+"""Logits from a PyTorch model for uint8 images: the inference path, shared by training's validation, the
+Detector, evaluation and the ONNX graph, and importing nothing from the training loop.
+
+Test-time augmentation is defined once here (`tta_logits`); the set of modes is `contract.TTA_MODES`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from torch import nn
+
+from realfake.contract import check_tta
+from realfake.data.batches import eval_batches, to_device_uint8
+from realfake.device import autocast
+
+
+def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The model's logits for float images, averaged with the mirror image's when tta="flip".
+
+    The one definition of test-time augmentation: evaluation, prediction and the ONNX graph all call it.
+    """
+    logits = model(x).float()
+    if tta == "flip":
+        logits = (logits + model(x.flip(3)).float()) / 2
+    return logits
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024,
+    tta: str = "none",
+) -> np.ndarray:
+    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode.
+
+    tta="flip" averages the logits of each image and its mirror image (training saw both orientations).
+    """
+    check_tta(tta)
+    model.eval()
+    if isinstance(images, np.ndarray):
+        images = to_device_uint8(images, device)
+    out = []
+    for x in eval_batches(images, batch_size):
+        x = x.to(device)
+        with autocast(device):
+            out.append(tta_logits(model, x, tta).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+
+class TorchBackend:
+    """A PyTorch model on a device, with the run's test-time augmentation: `logits(images)`.
+
+    It also hands its model to Grad-CAM (`realfake.explain`); model calls take turns through `lock`, because
+    Grad-CAM hooks a layer for the length of a call and a prediction running meanwhile in another thread (a
+    web server) would trip them.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device, tta: str = "none") -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        self.tta = check_tta(tta)
+        self.lock = threading.RLock()
+
+    def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Raw (uncalibrated) logits, float64, for checked (N, 32, 32, 3) uint8 images."""
+        with self.lock:
+            z = predict_logits(self.model, images, self.device, batch_size, tta=self.tta)
+        return np.asarray(z, dtype=np.float64)

@@ -1,0 +1,166 @@
+"""The `train` command (and `train --resume`): data -> split -> model -> fit -> calibrate -> evaluate ->
+report, all in one run folder.
+
+The CLI only parses options and prints; this module orchestrates and the pieces do the work. After fitting,
+the model that was just trained becomes a `Detector` in memory, and that one Detector is calibrated on the
+validation split and evaluated on the test split: what the run reports is what `Detector.load(run)` gives.
+
+(The module is `training`, not `train`: `realfake.train` is the public function, and a submodule of the
+same name would replace it on the package once imported.)
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realfake import report
+from realfake.calibration import calibrate
+from realfake.config import RunConfig, validated
+from realfake.contract import CLASS_NAMES, __version__
+from realfake.data.cache import Dataset
+from realfake.data.splits import make_split, split_from_json, split_to_json
+from realfake.detector import Detector
+from realfake.device import select_device
+from realfake.errors import RealfakeError
+from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
+from realfake.fit import fit, save_weights, state_to_cpu
+from realfake.infer import TorchBackend
+from realfake.models import apply_recipe, build
+from realfake.rundir import RunDir
+
+
+def train(
+    cfg: RunConfig | None = None,
+    *,
+    progress: bool = True,
+    log: Log = log_to_stderr,
+    on_epoch_end: Callable[[int], None] | None = None,
+    **overrides: Any,
+) -> Path:
+    """Train a new run from a config (or keyword overrides of the defaults); returns the run directory."""
+    cfg = cfg or RunConfig()
+    if overrides:
+        cfg = validated(RunConfig, {**cfg.model_dump(exclude_unset=True), **overrides})  # unset stays unset
+    run = RunDir(cfg.out) if cfg.out else RunDir.default(cfg.model)
+    if run.path.exists() and any(run.path.iterdir()):
+        raise RealfakeError(f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
+    device = select_device(cfg.device)
+    ds = run_data(cfg, progress, log)
+    split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed)
+    torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
+    built = build(cfg.model, cfg.weights)
+    cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
+    run.path.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(run.path)
+    if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
+        cfg.data = str(Path(cfg.data).expanduser().resolve())
+    run.write_config(cfg)
+    run.write_json(RunDir.SPLIT, split_to_json(split, protocol=cfg.protocol, seed=cfg.seed, data_key=ds.key))
+    run.write_json(
+        RunDir.DATA_REPORT,
+        {**ds.report(), "split": _split_summary(ds, split, cfg.protocol), "split_sources": _split_sources(ds, split)},
+    )
+    run.write_json(
+        RunDir.INFO,
+        {
+            "model": cfg.model,
+            "weights_used": built.weights_used,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "training",
+            "threshold": cfg.threshold,
+            "device": str(device),
+            "realfake": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+        },
+    )
+    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}")
+    return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    progress: bool = True,
+    log: Log = log_to_stderr,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> Path:
+    """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
+    run = RunDir(run_dir)
+    run.require(RunDir.CONFIG, RunDir.SPLIT, what="a run directory")
+    cfg = run.config()
+    if epochs is not None:
+        cfg.epochs = epochs
+        run.write_config(cfg)
+    device = select_device(cfg.device)
+    ds = run_data(cfg, progress, log)
+    split = split_from_json(run.read_json(RunDir.SPLIT), len(ds))
+    model = build(cfg.model, "none").model  # the checkpoint supplies every weight
+    log(f"resuming {run.path} on {device}")
+    return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end)
+
+
+def _split_summary(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"protocol": protocol}
+    for name, idx in split.items():
+        counts = np.bincount(ds.labels[idx], minlength=len(CLASS_NAMES))
+        out[name] = {"n": int(len(idx)), **{c: int(n) for c, n in zip(CLASS_NAMES, counts, strict=True)}}
+    return out
+
+
+def _split_sources(ds: Dataset, split: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Images per source in each split: what the model saw in training, for "never seen" statements later."""
+    out: dict[str, dict[str, int]] = {}
+    for name, idx in split.items():
+        counts: dict[str, int] = {}
+        for i in idx:
+            if (src := ds.sources[int(i)]) is not None:
+                counts[src] = counts.get(src, 0) + 1
+        out[name] = dict(sorted(counts.items()))
+    return out
+
+
+def _fit_and_finish(
+    run: RunDir,
+    cfg: RunConfig,
+    ds: Dataset,
+    split: dict[str, np.ndarray],
+    model: torch.nn.Module,
+    device: torch.device,
+    resuming: bool,
+    progress: bool,
+    log: Log,
+    on_epoch_end: Callable[[int], None] | None,
+) -> Path:
+    result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress)
+    save_weights(state_to_cpu(model), run / RunDir.WEIGHTS)
+    # Temperature and threshold come from the validation split, never the test split they are judged on.
+    backend = TorchBackend(model, device, cfg.tta)
+    val = split["val"]
+    val_logits = backend.logits(np.asarray(ds.images[val]), cfg.eval_batch_size)
+    cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta)
+    info = run.update_info(
+        status="trained",
+        epochs_run=len(result.history),
+        best_epoch=result.best_epoch,
+        stopped_early=result.stopped_early,
+        train_seconds=round(sum(r["seconds"] for r in result.history), 2),
+        **cal.to_info(),
+    )
+    log(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}")
+    log(f"calibration (validation): temperature {cal.temperature:.3f}, threshold {cal.threshold:.4f} "
+        f"({cal.threshold_policy})")
+    metrics = evaluate_split(run, ds, split["test"], Detector(backend, cal, info, run.path))
+    log(metrics_line(metrics))
+    log(f"report: {report.build(run.path)}")
+    return run.path

@@ -1,0 +1,147 @@
+"""The package's shape, checked: no import cycle, no import that points up a layer, and nothing that
+predicts (inference, export, serving, batch prediction) reaches the training loop.
+
+Every `import` in the source counts, including the ones inside functions and under TYPE_CHECKING: a
+function-local import is still a dependency, only a hidden one.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Lowest first: a module may import only modules listed before it. A new module must be placed here, which
+# is the point: where it sits in the journey of an image is a decision, not an accident.
+LAYERS = [
+    "realfake.errors",
+    "realfake.atomic",
+    "realfake.contract",
+    "realfake.calibration",
+    "realfake.config",
+    "realfake.device",
+    "realfake.data",
+    "realfake.data.images",
+    "realfake.data.inputs",
+    "realfake.data.sources",
+    "realfake.data.splits",
+    "realfake.data.batches",
+    "realfake.data.cache",
+    "realfake.rundir",
+    "realfake.models.registry",
+    "realfake.models.seed_resnet50",
+    "realfake.models.fast",
+    "realfake.models",
+    "realfake.metrics",
+    "realfake.infer",
+    "realfake.onnxfile",
+    "realfake.explain",
+    "realfake.detector",
+    "realfake.checkpoint",
+    "realfake.fit",
+    "realfake.export",
+    "realfake.predict",
+    "realfake.report.plots",
+    "realfake.report.html",
+    "realfake.report.model_card",
+    "realfake.report",
+    "realfake.evaluation",
+    "realfake.robustness",
+    "realfake.training",
+    "realfake.serve.app",
+    "realfake.serve",
+    "realfake.cli",
+    "realfake.__main__",
+    "realfake",
+]
+TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training"}
+PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.export", "realfake.predict",
+              "realfake.serve", "realfake.serve.app"]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in SRC.joinpath("realfake").rglob("*.py")}
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every realfake module `path` imports, anywhere in the file."""
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("realfake"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            if not base.startswith("realfake"):
+                continue
+            for alias in node.names:  # `from realfake import training` names a module, not an attribute
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in modules else base)
+    return {m for m in found if m != me}
+
+
+def graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(path, modules) for name, path in modules.items()}
+
+
+def test_every_module_has_a_layer():
+    assert sorted(set(all_modules()) - set(LAYERS)) == []
+
+
+def upward_imports(layers: list[str]) -> list[str]:
+    rank = {m: i for i, m in enumerate(layers)}
+    return sorted(f"{m} imports {d}" for m, deps in graph().items() for d in deps if rank[d] >= rank[m])
+
+
+def test_no_import_points_up_a_layer_so_there_is_no_cycle():
+    assert upward_imports(LAYERS) == []
+
+
+def test_the_checker_can_fail():
+    """Hidden (function-local) imports are seen, and an upward one is reported."""
+    deps = imports_of(SRC / "realfake" / "detector.py", all_modules())
+    assert {"realfake.explain", "realfake.models"} <= deps  # both imported inside methods
+    swapped = [m for m in LAYERS if m != "realfake.detector"]
+    swapped.insert(swapped.index("realfake.calibration"), "realfake.detector")
+    assert "realfake.detector imports realfake.calibration" in upward_imports(swapped)
+
+
+def closure(start: str, g: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(g.get(m, ()))
+    return seen
+
+
+def test_prediction_paths_never_reach_the_training_loop():
+    g = graph()
+    reached = {m: sorted(closure(m, g) & TRAINING) for m in PREDICTING}
+    assert reached == {m: [] for m in PREDICTING}
+
+
+def test_importing_the_faces_loads_no_training_code():
+    """The same at run time: serving, predicting and exporting load no training module."""
+    code = (
+        "import sys, realfake.serve, realfake.predict, realfake.export, realfake.detector;"
+        f"print(sorted(m for m in sys.modules if m in {sorted(TRAINING)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"

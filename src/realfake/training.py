@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from realfake import report
-from realfake.calibration import calibrate
+from realfake.calibration import Calibration, calibrate
 from realfake.config import RunConfig, validated
 from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.cache import Dataset
@@ -144,8 +144,10 @@ def _fit_and_finish(
 ) -> Path:
     result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress)
     save_weights(state_to_cpu(model), run / RunDir.WEIGHTS)
-    # Temperature and threshold come from the validation split, never the test split they are judged on.
-    backend = TorchBackend(model, device, cfg.tta)
+    # One Detector from here on: calibrated on validation (never the test split it is judged on), then tested.
+    # Its model is put in the memory layout a loaded run has (training used channels_last), so the figures
+    # below are bit-identical to what `realfake evaluate` and `Detector.load` give later.
+    backend = TorchBackend(model.to(memory_format=torch.contiguous_format), device, cfg.tta)
     val = split["val"]
     val_logits = backend.logits(np.asarray(ds.images[val]), cfg.eval_batch_size)
     cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta)
@@ -160,7 +162,9 @@ def _fit_and_finish(
     log(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}")
     log(f"calibration (validation): temperature {cal.temperature:.3f}, threshold {cal.threshold:.4f} "
         f"({cal.threshold_policy})")
-    metrics = evaluate_split(run, ds, split["test"], Detector(backend, cal, info, run.path))
+    # The test split is judged with the calibration as stored (run.json rounds T), exactly as a loaded run is.
+    stored = Calibration.from_info(info, cfg.threshold)
+    metrics = evaluate_split(run, ds, split["test"], Detector(backend, stored, info, run.path))
     log(metrics_line(metrics))
     log(f"report: {report.build(run.path)}")
     return run.path

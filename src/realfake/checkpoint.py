@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from realfake.atomic import atomic_dir
+from realfake.atomic import atomic_dir, existing_dir
 from realfake.errors import RealfakeError
 
 FORMAT = "realfake-checkpoint"
@@ -61,7 +61,7 @@ class Checkpoint:
     epoch: int  # the last finished epoch, counted from 0
     model: dict[str, torch.Tensor]
     best: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]  # {"class", "state", "param_groups"} with torch's int parameter ids
+    optimizer: dict[str, Any]  # {"class", "torch": torch's state dict (int parameter ids)}
     scheduler: dict[str, Any]  # {"class", "state"}
     early_stopping: dict[str, Any]
     rng: dict[str, Any]  # {"torch": uint8 tensor, "generator": uint8 tensor, "cuda": [uint8 tensor, ...]?}
@@ -75,7 +75,8 @@ class Checkpoint:
         early_stopping: Any,
         generator: torch.Generator,
     ) -> None:
-        """Put the checkpoint into freshly built training objects; everything is checked before anything changes.
+        """Put the checkpoint into freshly built training objects, checking first that it fits them, so that a
+        foreign or damaged file stops the resume now rather than an epoch later.
 
         `early_stopping` is a dataclass instance whose fields are overwritten from the checkpoint.
         """
@@ -166,10 +167,13 @@ def write_checkpoint(
             name = ""
     except OSError as e:
         where = ckpt_dir / name if name else ckpt_dir
-        raise RealfakeError(
-            f"could not write the checkpoint {where} ({e.strerror or e}); the previous checkpoint is kept. "
-            f"Free disk space, then continue with: realfake train --resume {ckpt_dir.parent}"
-        ) from None
+        todo = (
+            f"the previous checkpoint is kept. Free disk space, then continue with: realfake train --resume "
+            f"{ckpt_dir.parent}"
+            if existing_dir(ckpt_dir) is not None
+            else "no checkpoint was saved. Free disk space, then train again with a new --out"
+        )
+        raise RealfakeError(f"could not write the checkpoint {where} ({e.strerror or e}); {todo}") from None
 
 
 def _write_synced(path: Path, data: bytes) -> None:

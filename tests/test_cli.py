@@ -31,7 +31,7 @@ def trained(mini_zip, tmp_path_factory):
 
 def test_train_writes_a_complete_run(trained):
     for name in ["config.yaml", "split.json", "data_report.json", "model.safetensors", "history.csv", "metrics.json",
-                 "report.html", "run.json", "predictions.csv", "checkpoint/state.pt", "plots/confusion_matrix.png",
+                 "report.html", "run.json", "predictions.csv", "checkpoint/state.json", "plots/confusion_matrix.png",
                  "plots/roc_curve.png", "plots/pr_curve.png", "plots/training_curves.png",
                  "plots/predictions_grid.png"]:
         assert (trained / name).is_file(), name

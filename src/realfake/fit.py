@@ -13,17 +13,18 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
-from realfake.atomic import atomic_dir, existing_dir
+from realfake.atomic import existing_dir
+from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
 from realfake.data.batches import RobustAugment, to_device_uint8, train_batches
 from realfake.device import amp_dtype, autocast
@@ -81,50 +82,6 @@ def _bce_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return loss, float(((logits > 0) == (labels == 1)).mean())
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def write_checkpoint(
-    ckpt_dir: Path,
-    model: nn.Module,
-    best_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    early: EarlyStopping,
-    gen: torch.Generator,
-    epoch: int,
-    history: list[dict[str, float]],
-) -> None:
-    """Everything needed to continue after `epoch`, swapped in as one folder (see atomic_dir)."""
-    with atomic_dir(ckpt_dir) as tmp:
-        save_file(state_to_cpu(model), str(tmp / "model.safetensors"))
-        save_file(best_state, str(tmp / "best.safetensors"))
-        buf = io.BytesIO()
-        torch.save(
-            {
-                "epoch": epoch,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "early_stopping": asdict(early),
-                "rng": _rng_state(gen),
-                "history": history,
-            },
-            buf,
-        )
-        (tmp / "state.pt").write_bytes(buf.getvalue())
-
-
 def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=HISTORY_FIELDS)
@@ -163,16 +120,10 @@ def fit(
     start_epoch = 0
     ckpt_dir = run_dir / RunDir.CHECKPOINT
     if resume and (found := existing_dir(ckpt_dir)) is not None:
-        state = torch.load(found / "state.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(load_file(str(found / "model.safetensors")))
-        best_state = load_file(str(found / "best.safetensors"))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        early = EarlyStopping(**state["early_stopping"])
+        ckpt = read_checkpoint(found)  # safetensors + JSON only: a run folder never gets to run code
+        ckpt.restore(model, optimizer, scheduler, early, gen)
         early.patience = cfg.patience
-        _set_rng_state(gen, state["rng"])
-        history = list(state["history"])
-        start_epoch = state["epoch"] + 1
+        best_state, history, start_epoch = ckpt.best, list(ckpt.history), ckpt.epoch + 1
 
     robust = robust_augment(cfg)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None

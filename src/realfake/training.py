@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from realfake import report
+from realfake.atomic import existing_dir
 from realfake.calibration import Calibration, calibrate
 from realfake.config import RunConfig, validated
 from realfake.contract import CLASS_NAMES, __version__
@@ -98,6 +99,11 @@ def resume(
     """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
     run = RunDir(run_dir)
     run.require(RunDir.CONFIG, RunDir.SPLIT, what="a run directory")
+    if existing_dir(run / RunDir.CHECKPOINT) is None:  # resuming without one would start from random weights
+        raise RealfakeError(
+            f"{run.path} has no {RunDir.CHECKPOINT}/ to resume from: train it anew with "
+            f"`realfake train --config {run / RunDir.CONFIG} --out NEW_FOLDER`"
+        )
     cfg = run.config()
     if epochs is not None:
         cfg.epochs = epochs

@@ -105,6 +105,7 @@ def resume(
             f"`realfake train --config {run / RunDir.CONFIG} --out NEW_FOLDER`"
         )
     cfg = run.config()
+    run.info()  # a damaged run.json fails now, in one line, not after the epochs it would have cost
     if epochs is not None:
         cfg.epochs = epochs
         run.write_config(cfg)

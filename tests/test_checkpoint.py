@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tests.clitools import assert_one_line_error, cli
 from torch import nn
 
-from clitools import assert_one_line_error, cli
 from realfake.config import RunConfig
 from realfake.errors import RealfakeError
 from realfake.fit import EarlyStopping, state_to_cpu
@@ -34,7 +34,7 @@ def fast_run(mini_zip, tmp_path_factory):
 
     Tests copy it before changing it. Interrupting also skips the run's final report: seconds per test file.
     """
-    from realfake import run
+    from realfake import training as run
 
     def stop(epoch: int) -> None:
         raise KeyboardInterrupt
@@ -283,7 +283,7 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(tmp_path, damage):
 
 
 def test_truncated_checkpoint_on_resume(run_copy):
-    from realfake import run
+    from realfake import training as run
 
     _truncate(run_copy / "checkpoint" / "model.safetensors")
     with pytest.raises(RealfakeError, match="not a readable safetensors file") as err:
@@ -304,7 +304,7 @@ app(sys.argv[2:], prog_name="realfake")
 
 @pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 def test_disk_full_during_checkpoint_write_keeps_the_old_one(run_copy):
-    from realfake import run
+    from realfake import training as run
 
     ckpt = run_copy / "checkpoint"
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}

@@ -274,8 +274,8 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
         "other cameras or other processing, where a detector can fail without warning."
     )
     none = '<p class="muted">No {} in this run.</p>'
-    run_html = _kv_table(run) if run else none.format("run.json")
-    config_html = f"<pre>{escape(config)}</pre>" if config is not None else none.format("config.yaml")
+    run_html = _kv_table(run) if run else none.format(RunDir.INFO)
+    config_html = f"<pre>{escape(config)}</pre>" if config is not None else none.format(RunDir.CONFIG)
     labels = " / ".join(CLASS_NAMES)
     page = f"""<!DOCTYPE html>
 <html lang="en">

@@ -118,7 +118,7 @@ def _decode_with(read: Reader, paths: list[str]) -> tuple[np.ndarray, list[str |
         try:
             out[i] = read_and_decode(p, read)
             errors.append(None)
-        except BadImage as e:
+        except BadImage as e:  # every reading or decoding failure: skipped and listed, never fatal
             errors.append(str(e))
     return out, errors
 

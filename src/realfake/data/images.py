@@ -6,21 +6,26 @@ an image comes through (the data cache, batch prediction, the Detector, the serv
 `read_and_decode`, so the reason a user sees for a bad file never depends on the door.
 
 Files come from strangers, so every step has a bound fixed before any work is done:
+- reading: a file or archive member is read whole only up to MAX_FILE_BYTES, checked against its declared
+  size first and against the bytes actually read (a zip member can lie), see `read_capped`;
 - decoding: an image is refused before its pixels are loaded when width x height x bands x bytes per
   sample exceeds MAX_DECODE_BYTES (a 16-bit or float image holds 2-4x the bytes of an 8-bit one with the
   same pixel count, so a pixel limit alone lets a 120 KB PNG through that unpacks to gigabytes of work);
 - converting: high-bit-depth images are reduced to 8 bit in row bands, never as a float64 copy of the whole.
+`read_and_decode` joins reading and decoding and turns every failure into BadImage with a short reason.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
+import os
+import stat
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -32,6 +37,10 @@ MAX_PIXELS = 64_000_000
 # ... and so is one that unpacks to too many bytes: every 8-bit RGB image within MAX_PIXELS fits (3 bytes a
 # pixel); 4-band and 32-bit images are held to the same memory, i.e. to fewer pixels.
 MAX_DECODE_BYTES = 192 * 2**20
+# An encoded file bigger than a third of the decode budget (64 MiB) is not read: no compressed image of an
+# acceptable size gets near it, and reading it whole would cost its size again in memory.
+MAX_FILE_BYTES = MAX_DECODE_BYTES // 3
+_READ_CHUNK = 2**20
 # High-bit-depth pixels are converted this many at a time: a band costs a few MB in float64, not GBs.
 _BAND_PIXELS = 2**18
 # Bumped whenever what `to_model_array` returns for the same file could change: it keys the cache.
@@ -196,22 +205,83 @@ def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:
     raise BadImage(f"cannot read an image from {type(x).__name__}")
 
 
+# --- reading: whole files, but never past a cap ------------------------------------------------------
+
+# What a damaged archive member raises: none of it is an OSError, so callers would not catch it otherwise.
+ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError)
+
+
+def read_capped(stream: IO[bytes], declared: int | None = None, cap: int = MAX_FILE_BYTES) -> bytes:
+    """All of `stream`, read in chunks and refused past `cap` bytes.
+
+    The declared size (a file's st_size, a zip member's file_size) is checked first, so a known-big file
+    costs nothing; the bytes actually read are checked too, since a declared size can lie or grow.
+    """
+    if declared is not None and declared > cap:
+        raise BadImage(f"file too large ({declared:,} bytes > {cap:,} limit)")
+    chunks: list[bytes] = []
+    n = 0
+    while chunk := stream.read(min(_READ_CHUNK, cap + 1 - n)):
+        chunks.append(chunk)
+        n += len(chunk)
+        if n > cap:
+            raise BadImage(f"file too large (more than {cap:,} bytes)")
+    return b"".join(chunks)
+
+
+def read_file(path: str | os.PathLike[str], cap: int = MAX_FILE_BYTES) -> bytes:
+    """A file's bytes, up to `cap`; a FIFO or device is refused rather than read (it could block or never end)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a folder fails below, as an OSError
+        raise BadImage("not a regular file")
+    with open(path, "rb") as f:
+        return read_capped(f, os.fstat(f.fileno()).st_size, cap)
+
+
+def read_member(zf: zipfile.ZipFile, name: str, cap: int = MAX_FILE_BYTES) -> bytes:
+    """A zip member's bytes, streamed up to `cap`; a damaged member (bad CRC, broken deflate data,
+    truncated, encrypted) is BadImage, so it is skipped and listed like any unreadable file.
+    A missing member is still KeyError."""
+    info = zf.getinfo(name)
+    try:
+        with zf.open(info) as f:
+            return read_capped(f, info.file_size, cap)
+    except ARCHIVE_ERRORS as e:
+        raise BadImage(f"damaged archive member ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
+
+
 def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.ndarray:
     """Read an input and decode it to a model array, or raise BadImage saying why in a few words.
 
-    `x` is a path, encoded bytes, a PIL image or an array; with `read`, `x` is a key that `read(x)` turns into
-    bytes (a file of a data source, a zip member, an `InputRef`). Read failures (missing file, permissions, a
-    damaged zip member) become BadImage like decode failures, so one bad input is reported and skipped.
+    `x` is a path, an `InputRef` (a file or a zip member), encoded bytes, a PIL image or an array; with `read`,
+    `x` is a key that `read(x)` turns into bytes (a file of a data source, a zip member, an `InputRef`). Every
+    failure, reading (missing file, permissions, a damaged zip member, a file past MAX_FILE_BYTES) or decoding,
+    becomes BadImage with a short reason; the caller names the input, so the reason does not repeat the path.
+    One bad input is reported and skipped, and never stops a run.
     """
     try:
         if read is not None:
             data = read(x)
-        elif isinstance(x, str | Path):
-            data = Path(x).read_bytes()
+        elif isinstance(x, str | os.PathLike):
+            data = read_file(x)
+        elif hasattr(x, "member"):  # an InputRef on its own
+            from realfake.data.inputs import InputReader  # inputs imports this module
+
+            with InputReader() as one_off:
+                data = one_off.read(x)
         else:
             return from_any(x)
     except BadImage:
         raise
-    except (OSError, KeyError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except KeyError:
+        raise BadImage("unreadable file (KeyError: not in the archive)") from None
+    except zipfile.BadZipFile as e:
+        raise BadImage(f"damaged archive ({e})".replace("\n", " ")) from None
+    except ARCHIVE_ERRORS as e:
+        raise BadImage(f"damaged archive member ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
+    except OSError as e:  # missing, permissions, a folder: the system's words
+        raise BadImage(f"unreadable file ({e.__class__.__name__}: {e.strerror or e})".replace("\n", " ")) from None
+    except ValueError as e:
         raise BadImage(f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
     return decode_bytes(data)

@@ -2,6 +2,9 @@
 
 Each input is named the way the user will recognise it (`photos.zip::a/b.jpg` for a zip member) and
 read lazily, so a folder of ten thousand images never sits in memory at once.
+
+Reads are capped (`realfake.data.images.read_capped`); a damaged zip member is BadImage, listed like any
+unreadable file.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from realfake.data.images import BadImage, read_file, read_member
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ZIP_SEPARATOR = "::"
@@ -67,12 +72,16 @@ class InputReader:
         self._zips: dict[str, zipfile.ZipFile] = {}
 
     def read(self, ref: InputRef) -> bytes:
+        """The input's bytes, capped; BadImage for a damaged archive or member, or a huge file."""
         if ref.member is None:
-            return Path(ref.path).read_bytes()
+            return read_file(ref.path)
         zf = self._zips.get(ref.path)
         if zf is None:
-            zf = self._zips[ref.path] = zipfile.ZipFile(ref.path)
-        return zf.read(ref.member)
+            try:
+                zf = self._zips[ref.path] = zipfile.ZipFile(ref.path)
+            except zipfile.BadZipFile as e:
+                raise BadImage(f"damaged archive ({e})") from None
+        return read_member(zf, ref.member)
 
     def close(self) -> None:
         for zf in self._zips.values():

@@ -5,6 +5,8 @@ Layouts understood (folder names case-insensitive, at any depth):
 - any tree with REAL/ and FAKE/ folders; files may be nested below them, and the first folder
   below REAL/ or FAKE/ names the image's source (e.g. FAKE/sd14/...).
 A file's label is its deepest REAL/FAKE ancestor; its split, a train/test folder above that.
+
+Reads are capped and a damaged zip member is BadImage (see `realfake.data.images.read_capped`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from realfake.contract import CLASS_NAMES
+from realfake.data.images import read_file, read_member
 from realfake.errors import RealfakeError
 
 LABEL_FOLDERS = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
@@ -115,12 +118,12 @@ class Source:
         """A function that returns a file's bytes; for a zip, one open archive serves every read."""
         if self.is_zip:
             with zipfile.ZipFile(self.root) as zf:
-                yield zf.read
+                yield lambda name: read_member(zf, name)
         else:
             root = self.root.parent if self.is_csv else self.root
 
             def read(rel_path: str) -> bytes:
-                return (root / rel_path).read_bytes()
+                return read_file(root / rel_path)
 
             yield read
 

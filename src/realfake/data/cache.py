@@ -126,12 +126,16 @@ def _decode_with(read: Reader, paths: list[str]) -> tuple[np.ndarray, list[str |
 def decode_items(
     source: Source, items: list[Item], workers: int | None = None, progress: bool = True
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode every item, in parallel processes when there is enough work to pay for them."""
-    paths = [it.path for it in items]
+    """Decode every item, in parallel processes when there is enough work to pay for them.
+
+    Items the walk refused (links out of the data folder) are not read: their reason is their error.
+    """
+    todo = [i for i, it in enumerate(items) if it.refused is None]
+    paths = [items[i].path for i in todo]
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
-    images = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    errors: list[str | None] = []
+    images = np.zeros((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    errors: list[str | None] = [it.refused for it in items]
     bar = tqdm(total=len(paths), desc="decoding", unit="img", disable=not progress, file=sys.stderr)
     stack = contextlib.ExitStack()
     if workers <= 1:
@@ -148,8 +152,13 @@ def decode_items(
     try:
         start = 0
         for arr, errs in results:
-            images[start : start + len(errs)] = arr
-            errors.extend(errs)
+            at = todo[start : start + len(errs)]
+            if len(todo) == len(items):  # nothing refused (the usual case): a plain slice, no gather
+                images[start : start + len(errs)] = arr
+            else:
+                images[at] = arr
+            for i, e in zip(at, errs, strict=True):
+                errors[i] = e
             start += len(errs)
             bar.update(len(errs))
     finally:

@@ -2,6 +2,7 @@
 
 The cache key is the data's identity (see Source.fingerprint), the preprocessing settings and the
 subset (--limit), so changing any of them builds a new entry and never serves stale pixels.
+Entries are written atomically; what a crashed writer left behind is removed by the next load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from realfake.atomic import atomic_dir, existing_dir
+from realfake.atomic import atomic_dir, existing_dir, remove_stale_temporaries
 from realfake.contract import CLASS_NAMES, IMAGE_SIZE
 from realfake.data.images import PREPROCESS_SETTINGS, BadImage, read_and_decode
 from realfake.data.sources import Item, Reader, Source, open_source
@@ -187,6 +188,8 @@ def load_dataset(
     }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:24]
     entry = cache_root() / "datasets" / key
+    if use_cache:
+        remove_stale_temporaries(entry.parent)  # what runs killed mid-write left (never a live writer's)
     if use_cache and (found := existing_dir(entry)) is not None:
         try:
             return _read_entry(found, key)

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test lint bench clean
+.PHONY: install install-test demo test lint bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ lint: install-test
 # realfake vs the Keras re-implementation of the notebook; BENCH_ARGS="--limit 6000 --epochs 5" for more.
 bench: install-test
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+# Coverage-guided fuzzing of the image decoder (atheris), FUZZ_SECONDS long; not part of `make test`.
+# Findings are saved under fuzz/crashes/ and belong in tests/data/test_fuzz_decode.py (PINNED).
+FUZZ_SECONDS ?= 60
+fuzz: install-test
+	$(BIN)/python fuzz/fuzz_decode.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

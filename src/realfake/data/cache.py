@@ -2,6 +2,7 @@
 
 The cache key is the data's identity (see Source.fingerprint), the preprocessing settings and the
 subset (--limit), so changing any of them builds a new entry and never serves stale pixels.
+Entries are written atomically; what a crashed writer left behind is removed by the next load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from realfake.atomic import atomic_dir, existing_dir
+from realfake.atomic import atomic_dir, existing_dir, remove_stale_temporaries
 from realfake.contract import CLASS_NAMES, IMAGE_SIZE
 from realfake.data.images import PREPROCESS_SETTINGS, BadImage, read_and_decode
 from realfake.data.sources import Item, Reader, Source, open_source
@@ -118,7 +119,7 @@ def _decode_with(read: Reader, paths: list[str]) -> tuple[np.ndarray, list[str |
         try:
             out[i] = read_and_decode(p, read)
             errors.append(None)
-        except BadImage as e:
+        except BadImage as e:  # every reading or decoding failure: skipped and listed, never fatal
             errors.append(str(e))
     return out, errors
 
@@ -126,12 +127,16 @@ def _decode_with(read: Reader, paths: list[str]) -> tuple[np.ndarray, list[str |
 def decode_items(
     source: Source, items: list[Item], workers: int | None = None, progress: bool = True
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode every item, in parallel processes when there is enough work to pay for them."""
-    paths = [it.path for it in items]
+    """Decode every item, in parallel processes when there is enough work to pay for them.
+
+    Items the walk refused (links out of the data folder) are not read: their reason is their error.
+    """
+    todo = [i for i, it in enumerate(items) if it.refused is None]
+    paths = [items[i].path for i in todo]
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     workers = min(workers or os.cpu_count() or 1, len(chunks))
-    images = np.zeros((len(paths), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    errors: list[str | None] = []
+    images = np.zeros((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    errors: list[str | None] = [it.refused for it in items]
     bar = tqdm(total=len(paths), desc="decoding", unit="img", disable=not progress, file=sys.stderr)
     stack = contextlib.ExitStack()
     if workers <= 1:
@@ -148,8 +153,13 @@ def decode_items(
     try:
         start = 0
         for arr, errs in results:
-            images[start : start + len(errs)] = arr
-            errors.extend(errs)
+            at = todo[start : start + len(errs)]
+            if len(todo) == len(items):  # nothing refused (the usual case): a plain slice, no gather
+                images[start : start + len(errs)] = arr
+            else:
+                images[at] = arr
+            for i, e in zip(at, errs, strict=True):
+                errors[i] = e
             start += len(errs)
             bar.update(len(errs))
     finally:
@@ -178,6 +188,8 @@ def load_dataset(
     }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:24]
     entry = cache_root() / "datasets" / key
+    if use_cache:
+        remove_stale_temporaries(entry.parent)  # what runs killed mid-write left (never a live writer's)
     if use_cache and (found := existing_dir(entry)) is not None:
         try:
             return _read_entry(found, key)

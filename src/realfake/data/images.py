@@ -4,25 +4,45 @@ This is the single place preprocessing lives; training, evaluation, prediction a
 `to_model_array` (or `decode_bytes`, which wraps it), so what a model is fed can never drift. And every door
 an image comes through (the data cache, batch prediction, the Detector, the server) reads it with
 `read_and_decode`, so the reason a user sees for a bad file never depends on the door.
+
+Files come from strangers, so every step has a bound fixed before any work is done:
+- reading: a file or archive member is read whole only up to MAX_FILE_BYTES, checked against its declared
+  size first and against the bytes actually read (a zip member can lie), see `read_capped`;
+- decoding: an image is refused before its pixels are loaded when width x height x bands x bytes per
+  sample exceeds MAX_DECODE_BYTES (a 16-bit or float image holds 2-4x the bytes of an 8-bit one with the
+  same pixel count, so a pixel limit alone lets a 120 KB PNG through that unpacks to gigabytes of work);
+- converting: high-bit-depth images are reduced to 8 bit in row bands, never as a float64 copy of the whole.
+`read_and_decode` joins reading and decoding and turns every failure into BadImage with a short reason.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
+import os
+import stat
 import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from realfake.contract import IMAGE_SIZE
 
 # A decompression bomb (a tiny file that unpacks to gigapixels) is refused before its pixels are read.
 MAX_PIXELS = 64_000_000
+# ... and so is one that unpacks to too many bytes: every 8-bit RGB image within MAX_PIXELS fits (3 bytes a
+# pixel); 4-band and 32-bit images are held to the same memory, i.e. to fewer pixels.
+MAX_DECODE_BYTES = 192 * 2**20
+# An encoded file bigger than a third of the decode budget (64 MiB) is not read: no compressed image of an
+# acceptable size gets near it, and reading it whole would cost its size again in memory.
+MAX_FILE_BYTES = MAX_DECODE_BYTES // 3
+_READ_CHUNK = 2**20
+# High-bit-depth pixels are converted this many at a time: a band costs a few MB in float64, not GBs.
+_BAND_PIXELS = 2**18
 # Bumped whenever what `to_model_array` returns for the same file could change: it keys the cache.
 PREPROCESS_VERSION = 1
 PREPROCESS_SETTINGS: dict[str, Any] = {
@@ -37,23 +57,85 @@ class BadImage(ValueError):
     """A file that is not a usable image; its message says why in a few words."""
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB, honouring EXIF orientation."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow's convert("L") clips 16-bit values at 255; scale the full 16-bit range instead.
-        a = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(a / 257.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        hi = 1.0 if a.size and a.max() <= 1.0 else 255.0
-        img = Image.fromarray(np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+def decoded_bytes(img: Image.Image) -> int:
+    """What holding `img`'s pixels costs: width x height x bands x bytes per sample (known from the header)."""
+    w, h = img.size
+    mode = img.mode
+    per_sample = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") or mode.startswith(("I;32", "F;")) else 1
+    return w * h * len(img.getbands()) * per_sample
+
+
+def check_decode_budget(img: Image.Image) -> None:
+    """Refuse an image whose pixels would cost too much, before they are loaded (header fields only)."""
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise BadImage(f"too many pixels ({w}x{h} > {MAX_PIXELS:,})")
+    n = decoded_bytes(img)
+    if n > MAX_DECODE_BYTES:
+        raise BadImage(f"too large to decode ({w}x{h} {img.mode}: {n:,} bytes > {MAX_DECODE_BYTES:,} budget)")
+
+
+# The 16-bit -> 8-bit map of PREPROCESS_VERSION 1, v -> round(v / 257), tabulated with the very float64
+# expression it always used, so a table lookup (2 bytes in, 1 out) gives byte-identical results.
+_U16_TO_U8 = np.clip(np.arange(65536, dtype=np.float64) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
+    """I;16 / I / F to L with the arithmetic of PREPROCESS_VERSION 1, one band of rows at a time.
+
+    A whole-image float64 copy cost 8 bytes a pixel (1.6 GB peak for one 7900x7900 16-bit PNG); bands of
+    _BAND_PIXELS keep the temporaries at a few MB while every pixel gets exactly the value it always got.
+    """
+    w, h = img.size
+    rows = max(1, _BAND_PIXELS // max(w, 1))
+    spans = [(y, min(h, y + rows)) for y in range(0, h, rows)]
+
+    def band(y0: int, y1: int) -> np.ndarray:
+        return np.asarray(img.crop((0, y0, w, y1)))
+
+    if img.mode == "F":
+        # Unit-range floats are taken as 0..1, others as 0..255 (NaN anywhere means 0..255, as before).
+        peak = np.max(np.array([np.max(band(y0, y1)) for y0, y1 in spans] or [np.inf]))
+        hi = 1.0 if peak <= 1.0 else 255.0
+
+        def to8(a: np.ndarray) -> np.ndarray:
+            return np.clip(a.astype(np.float64) / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        # The full 16-bit range, not Pillow's convert("L"), which clips at 255; mode I beyond it saturates.
+        def to8(a: np.ndarray) -> np.ndarray:
+            return _U16_TO_U8[np.clip(a, 0, 65535) if a.dtype.itemsize > 2 else a]
+
+    out = np.empty((h, w), dtype=np.uint8)
+    for y0, y1 in spans:
+        out[y0:y1] = to8(band(y0, y1))
+    return Image.fromarray(out)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; an image without one is returned as is (exif_transpose would copy it)."""
+    if img.getexif().get(ExifTags.Base.Orientation, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def _to_rgb_or_l(img: Image.Image) -> Image.Image:
+    """Upright 8-bit RGB, or L for grey images: resizing L and then replicating it to RGB gives the same
+    bytes as replicating first (checked on thousands of sizes), at a quarter of the memory (RGB is 4 B/px)."""
+    img = _upright(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _high_bit_depth_to_l(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode (L, LA, P, RGBA, CMYK, I;16, I, F, ...) to 8-bit RGB, honouring EXIF orientation."""
+    img = _to_rgb_or_l(img)
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
@@ -64,18 +146,19 @@ def to_model_array(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     to a square (no stretching) and downscaled with Lanczos, which antialiases: plain subsampling would
     alias and invent high-frequency patterns, exactly the cue a fake-detector looks at.
     """
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise BadImage(f"too many pixels ({w}x{h} > {MAX_PIXELS:,})")
-    if w == 0 or h == 0:
+    check_decode_budget(img)
+    if img.width == 0 or img.height == 0:
         raise BadImage("empty image")
-    rgb = to_rgb(img)
+    rgb = _to_rgb_or_l(img)
     if rgb.size != (size, size):
         side = min(rgb.size)
-        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-        rgb = rgb.crop((left, top, left + side, top + side))
+        if rgb.size != (side, side):  # cropping a square to itself would only copy it
+            left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+            rgb = rgb.crop((left, top, left + side, top + side))
         if side != size:
             rgb = rgb.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if rgb.mode != "RGB":
+        rgb = rgb.convert("RGB")
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.shape != (size, size, 3):  # pragma: no cover - defensive; to_rgb always returns RGB
         raise BadImage(f"unexpected decoded shape {arr.shape}")
@@ -90,9 +173,7 @@ def decode_bytes(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise BadImage(f"too many pixels ({w}x{h} > {MAX_PIXELS:,})")
+                check_decode_budget(img)  # from the header, before a single pixel is decoded
                 img.load()
                 return to_model_array(img, size)
     except BadImage:
@@ -124,22 +205,83 @@ def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:
     raise BadImage(f"cannot read an image from {type(x).__name__}")
 
 
+# --- reading: whole files, but never past a cap ------------------------------------------------------
+
+# What a damaged archive member raises: none of it is an OSError, so callers would not catch it otherwise.
+ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError)
+
+
+def read_capped(stream: IO[bytes], declared: int | None = None, cap: int = MAX_FILE_BYTES) -> bytes:
+    """All of `stream`, read in chunks and refused past `cap` bytes.
+
+    The declared size (a file's st_size, a zip member's file_size) is checked first, so a known-big file
+    costs nothing; the bytes actually read are checked too, since a declared size can lie or grow.
+    """
+    if declared is not None and declared > cap:
+        raise BadImage(f"file too large ({declared:,} bytes > {cap:,} limit)")
+    chunks: list[bytes] = []
+    n = 0
+    while chunk := stream.read(min(_READ_CHUNK, cap + 1 - n)):
+        chunks.append(chunk)
+        n += len(chunk)
+        if n > cap:
+            raise BadImage(f"file too large (more than {cap:,} bytes)")
+    return b"".join(chunks)
+
+
+def read_file(path: str | os.PathLike[str], cap: int = MAX_FILE_BYTES) -> bytes:
+    """A file's bytes, up to `cap`; a FIFO or device is refused rather than read (it could block or never end)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a folder fails below, as an OSError
+        raise BadImage("not a regular file")
+    with open(path, "rb") as f:
+        return read_capped(f, os.fstat(f.fileno()).st_size, cap)
+
+
+def read_member(zf: zipfile.ZipFile, name: str, cap: int = MAX_FILE_BYTES) -> bytes:
+    """A zip member's bytes, streamed up to `cap`; a damaged member (bad CRC, broken deflate data,
+    truncated, encrypted) is BadImage, so it is skipped and listed like any unreadable file.
+    A missing member is still KeyError."""
+    info = zf.getinfo(name)
+    try:
+        with zf.open(info) as f:
+            return read_capped(f, info.file_size, cap)
+    except ARCHIVE_ERRORS as e:
+        raise BadImage(f"damaged archive member ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
+
+
 def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.ndarray:
     """Read an input and decode it to a model array, or raise BadImage saying why in a few words.
 
-    `x` is a path, encoded bytes, a PIL image or an array; with `read`, `x` is a key that `read(x)` turns into
-    bytes (a file of a data source, a zip member, an `InputRef`). Read failures (missing file, permissions, a
-    damaged zip member) become BadImage like decode failures, so one bad input is reported and skipped.
+    `x` is a path, an `InputRef` (a file or a zip member), encoded bytes, a PIL image or an array; with `read`,
+    `x` is a key that `read(x)` turns into bytes (a file of a data source, a zip member, an `InputRef`). Every
+    failure, reading (missing file, permissions, a damaged zip member, a file past MAX_FILE_BYTES) or decoding,
+    becomes BadImage with a short reason; the caller names the input, so the reason does not repeat the path.
+    One bad input is reported and skipped, and never stops a run.
     """
     try:
         if read is not None:
             data = read(x)
-        elif isinstance(x, str | Path):
-            data = Path(x).read_bytes()
+        elif isinstance(x, str | os.PathLike):
+            data = read_file(x)
+        elif hasattr(x, "member"):  # an InputRef on its own
+            from realfake.data.inputs import InputReader  # inputs imports this module
+
+            with InputReader() as one_off:
+                data = one_off.read(x)
         else:
             return from_any(x)
     except BadImage:
         raise
-    except (OSError, KeyError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except KeyError:
+        raise BadImage("unreadable file (KeyError: not in the archive)") from None
+    except zipfile.BadZipFile as e:
+        raise BadImage(f"damaged archive ({e})".replace("\n", " ")) from None
+    except ARCHIVE_ERRORS as e:
+        raise BadImage(f"damaged archive member ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
+    except OSError as e:  # missing, permissions, a folder: the system's words
+        raise BadImage(f"unreadable file ({e.__class__.__name__}: {e.strerror or e})".replace("\n", " ")) from None
+    except ValueError as e:
         raise BadImage(f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
     return decode_bytes(data)

@@ -5,6 +5,10 @@ Layouts understood (folder names case-insensitive, at any depth):
 - any tree with REAL/ and FAKE/ folders; files may be nested below them, and the first folder
   below REAL/ or FAKE/ names the image's source (e.g. FAKE/sd14/...).
 A file's label is its deepest REAL/FAKE ancestor; its split, a train/test folder above that.
+
+Folders are walked by `realfake.data.walk` (the same walker as `predict`): it always finishes, and a link
+out of the data folder is not followed but kept as an item that is refused, so it is listed as skipped.
+Reads are capped and a damaged zip member is BadImage (see `realfake.data.images.read_capped`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from realfake.contract import CLASS_NAMES
+from realfake.data.images import read_file, read_member
+from realfake.data.walk import walk_files
 from realfake.errors import RealfakeError
 
 LABEL_FOLDERS = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
@@ -39,9 +45,10 @@ class Item:
     label: int  # index into CLASS_NAMES
     split: str | None = None  # "train" / "test" when the layout says so
     source: str | None = None  # first sub-folder below REAL/ or FAKE/, if any
+    refused: str | None = None  # why the file is not read (a link out of the data folder), else None
 
 
-def parse_item(rel_path: str) -> Item | None:
+def parse_item(rel_path: str, refused: str | None = None) -> Item | None:
     """Label, split and source from a relative path, or None for files outside REAL/FAKE folders."""
     parts = PurePosixPath(rel_path).parts
     if any(p.startswith(".") or p == "__MACOSX" for p in parts):
@@ -52,7 +59,7 @@ def parse_item(rel_path: str) -> Item | None:
         return None
     split = next((p for p in reversed(folders[:label_at]) if p in SPLIT_FOLDERS), None)
     source = parts[label_at + 1] if label_at + 1 < len(parts) - 1 else None
-    return Item(rel_path, LABEL_FOLDERS[folders[label_at]], split, source)
+    return Item(rel_path, LABEL_FOLDERS[folders[label_at]], split, source, refused)
 
 
 class Reader(Protocol):
@@ -81,8 +88,11 @@ class Source:
         if self._items is None:
             if self.is_csv:
                 found: Iterable[Item | None] = read_csv_items(self.root)
+            elif self.is_zip:
+                found = (parse_item(n) for n in self._zip_names())
             else:
-                found = (parse_item(n) for n in (self._zip_names() if self.is_zip else self._walk()))
+                refused = self._walk()
+                found = (parse_item(n, refused.get(n)) for n, _, _ in self._stats or [])
             self._items = sorted((it for it in found if it is not None), key=lambda it: it.path)
             if not self._items:
                 raise RealfakeError(f"no images found in {self.display}: {CIFAKE_HINT}")
@@ -115,12 +125,12 @@ class Source:
         """A function that returns a file's bytes; for a zip, one open archive serves every read."""
         if self.is_zip:
             with zipfile.ZipFile(self.root) as zf:
-                yield zf.read
+                yield lambda name: read_member(zf, name)
         else:
             root = self.root.parent if self.is_csv else self.root
 
             def read(rel_path: str) -> bytes:
-                return (root / rel_path).read_bytes()
+                return read_file(root / rel_path)
 
             yield read
 
@@ -131,21 +141,21 @@ class Source:
         except zipfile.BadZipFile:
             raise RealfakeError(f"{self.display} is not a valid zip file") from None
 
-    def _walk(self) -> list[str]:
+    def _walk(self) -> dict[str, str]:
+        """List the folder into _stats (path, size, mtime) for the fingerprint; return the refused links."""
         stats: list[tuple[str, int, int]] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                rel = Path(full).relative_to(self.root).as_posix()
-                try:
-                    st = os.stat(full)
-                except OSError:
-                    continue
-                stats.append((rel, st.st_size, st.st_mtime_ns))
+        refused: dict[str, str] = {}
+        for f in walk_files(self.root, skip_hidden_dirs=True):
+            try:
+                st = os.lstat(f.path) if f.refused else os.stat(f.path)
+            except OSError:
+                continue
+            stats.append((f.rel, st.st_size, st.st_mtime_ns))
+            if f.refused:
+                refused[f.rel] = f.refused
         stats.sort()
         self._stats = stats
-        return [s[0] for s in stats]
+        return refused
 
 
 def read_csv_items(csv_path: Path) -> list[Item]:

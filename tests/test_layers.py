@@ -25,6 +25,7 @@ LAYERS = [
     "realfake.device",
     "realfake.data",
     "realfake.data.images",
+    "realfake.data.walk",
     "realfake.data.inputs",
     "realfake.data.sources",
     "realfake.data.splits",

@@ -254,10 +254,10 @@ def read_member(zf: zipfile.ZipFile, name: str, cap: int = MAX_FILE_BYTES) -> by
 def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.ndarray:
     """Read an input and decode it to a model array, or raise BadImage saying why in a few words.
 
-    `x` is a path, an `InputRef` (a file or a zip member), encoded bytes, a PIL image or an array; with `read`,
-    `x` is a key that `read(x)` turns into bytes (a file of a data source, a zip member, an `InputRef`). Every
-    failure, reading (missing file, permissions, a damaged zip member, a file past MAX_FILE_BYTES) or decoding,
-    becomes BadImage with a short reason; the caller names the input, so the reason does not repeat the path.
+    `x` is a path, encoded bytes, a PIL image or an array; with `read`, `x` is a key that `read(x)` turns into
+    bytes (a file of a data source, an `InputRef` with `InputReader.read`). Every failure, reading (missing
+    file, permissions, a damaged zip member, a file past MAX_FILE_BYTES) or decoding, becomes BadImage with a
+    short reason; the caller names the input, so the reason does not repeat the path.
     One bad input is reported and skipped, and never stops a run.
     """
     try:
@@ -265,11 +265,6 @@ def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.nd
             data = read(x)
         elif isinstance(x, str | os.PathLike):
             data = read_file(x)
-        elif hasattr(x, "member"):  # an InputRef on its own
-            from realfake.data.inputs import InputReader  # inputs imports this module
-
-            with InputReader() as one_off:
-                data = one_off.read(x)
         else:
             return from_any(x)
     except BadImage:

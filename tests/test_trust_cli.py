@@ -150,3 +150,22 @@ def test_fixed_policy_keeps_the_notebook_threshold_with_robust_augmentation(mini
     assert info["threshold"] == 0.5 and info["threshold_policy"] == "fixed:0.5"
     assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.5
     assert "augment: robust" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_holdout_protocol_trains_without_the_source_and_reports_it(tmp_path):
+    data = tmp_path / "data"
+    rng = np.random.default_rng(1)
+    for folder, n in (("REAL/x", 60), ("FAKE/genA", 40), ("FAKE/genB", 20)):
+        (data / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(data / folder / f"{i}.png")
+    run = tmp_path / "run"
+    cli("train", "--data", data, "--protocol", "holdout:genB", "--model", "fast", "--epochs", "1", "--device", "cpu",
+        "--out", run)
+    report = json.loads((run / "data_report.json").read_text())
+    assert "genB" not in report["split_sources"]["train"] and "genB" not in report["split_sources"]["val"]
+    assert report["split_sources"]["test"]["genB"] == 20
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["per_source"]["genB"]["n"] == 20 and metrics["per_source"]["genB"]["classes"] == ["FAKE"]
+    assert "genB" in (run / "report.html").read_text() and "holdout:genB" in (run / "MODEL_CARD.md").read_text()

@@ -42,7 +42,9 @@ def friendly(fn: F) -> F:
 @friendly
 def train(
     data: str | None = typer.Option(None, help="CIFAKE zip or folder, or any folder with REAL/ and FAKE/"),
-    protocol: str | None = typer.Option(None, help="seed (70/20/10 split) or official (CIFAKE's test/)"),
+    protocol: str | None = typer.Option(
+        None, help="seed (70/20/10 split), official (CIFAKE's test/) or holdout:SOURCE (never trained on)"
+    ),
     model: str | None = typer.Option(None, help="seed-resnet50 (the notebook's model, default) or fast"),
     weights: str | None = typer.Option(None, help="auto | imagenet | none | path to weights"),
     epochs: int | None = typer.Option(None, help="maximum epochs [default: 10]"),

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from realfake.calibration import parse_band, parse_policy
-from realfake.contract import TTA_MODES
+from realfake.contract import TTA_MODES, check_protocol
 from realfake.errors import RealfakeError
 
 
@@ -22,7 +22,7 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     data: str | None = Field(None, description="folder or .zip; None means the bundled sample")
-    protocol: Literal["seed", "official"] = "seed"
+    protocol: str = Field("seed", description="seed | official | holdout:SOURCE (train without SOURCE, test on it)")
     model: str = "seed-resnet50"
     weights: str = Field("auto", description="auto | imagenet | none | path to a weights file")
     epochs: int = Field(10, ge=1)
@@ -62,6 +62,14 @@ class RunConfig(BaseModel):
         if v not in ("auto", "cpu", "mps") and not (v == "cuda" or v.startswith("cuda:")):
             raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
         return v
+
+    @field_validator("protocol")
+    @classmethod
+    def _known_protocol(cls, v: str) -> str:
+        try:
+            return check_protocol(v)
+        except RealfakeError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("threshold_policy")
     @classmethod

@@ -21,6 +21,19 @@ IMAGE_SIZE = 32  # CIFAKE's size; every image is normalised to it
 TTA_MODES: tuple[str, ...] = ("none", "flip")
 
 
+# How a run splits its data: the notebook's stratified 70/20/10, CIFAKE's own test/ folder, or a source (a
+# generator, say) held out of training entirely and judged only in the test split.
+PROTOCOLS: tuple[str, ...] = ("seed", "official")
+HOLDOUT = "holdout:"
+
+
+def check_protocol(protocol: str) -> str:
+    """seed, official or holdout:SOURCE; anything else is a one-line error."""
+    if protocol in PROTOCOLS or (protocol.startswith(HOLDOUT) and protocol[len(HOLDOUT):].strip()):
+        return protocol
+    raise RealfakeError(f"protocol must be seed, official or holdout:SOURCE; got {protocol!r}")
+
+
 def check_tta(tta: str) -> str:
     """A known TTA mode, or a one-line error naming the known ones."""
     if tta not in TTA_MODES:

@@ -54,7 +54,7 @@ def train(
         raise RealfakeError(f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
     device = select_device(cfg.device)
     ds = run_data(cfg, progress, log)
-    split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed)
+    split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed, ds.sources)
     torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
     built = build(cfg.model, cfg.weights)
     cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset

@@ -152,3 +152,36 @@ def test_split_from_json_out_of_range(bad):
 def test_split_from_json_edge_index_ok():
     back = split_from_json({"train": [0, 99], "val": [], "test": [5]}, n=100)
     assert back["train"].tolist() == [0, 99] and len(back["val"]) == 0
+
+
+def test_holdout_protocol_keeps_the_source_out_of_training_and_validation():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 300 + [1] * 300)
+    sources = ["x"] * 300 + ["genA"] * 200 + ["genB"] * 100
+    order = rng.permutation(600)
+    labels, sources = labels[order], [sources[i] for i in order]
+    split = make_split(labels, [None] * 600, "holdout:genB", seed=5, sources=sources)
+    check_partition(split, 600)
+    src = np.array(sources)
+    assert not np.isin(np.concatenate([split["train"], split["val"]]), np.flatnonzero(src == "genB")).any()
+    assert set(np.flatnonzero(src == "genB")) <= set(split["test"].tolist())  # every held-out image is tested
+    rest = np.flatnonzero(src != "genB")
+    assert len(split["train"]) == round(0.7 * 300) + round(0.7 * 200)  # the rest: 70/20/10 per class
+    again = make_split(labels, [None] * 600, "holdout:genB", seed=5, sources=sources)
+    assert all(np.array_equal(split[k], again[k]) for k in NAMES) and len(rest) == 500
+
+
+def test_holdout_of_an_unknown_source_names_the_known_ones():
+    with pytest.raises(RealfakeError, match=r"no image has source 'genC'; sources here: genA, x"):
+        make_split(np.array([0, 1] * 10), [None] * 20, "holdout:genC", seed=0, sources=["x", "genA"] * 10)
+    with pytest.raises(RealfakeError, match="sources here: none"):
+        make_split(np.array([0, 1] * 10), [None] * 20, "holdout:genC", seed=0)
+
+
+@pytest.mark.parametrize("bad", ["holdout:", "holdout: ", "random", "Seed"])
+def test_config_refuses_unknown_protocols(bad):
+    from realfake.config import RunConfig, validated
+
+    with pytest.raises(RealfakeError, match="protocol must be seed, official or holdout:SOURCE"):
+        validated(RunConfig, {"protocol": bad})
+    assert validated(RunConfig, {"protocol": "holdout:genB"}).protocol == "holdout:genB"

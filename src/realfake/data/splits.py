@@ -1,4 +1,6 @@
-"""Train/val/test indices: the seed notebook's stratified 70/20/10, or CIFAKE's own test folder.
+"""Train/val/test indices: the seed notebook's stratified 70/20/10, CIFAKE's own test folder, or one source
+held out (`holdout:SOURCE`: every image of SOURCE goes to the test split and none to training or validation,
+the rest is split 70/20/10; this is how a detector is judged on a generator it never saw).
 
 Indices come from NumPy's PCG64 generator over a path-sorted data set, so the same seed gives the same
 split on every machine and every run; the split is saved in the run directory as split.json.
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from realfake.contract import HOLDOUT
 from realfake.errors import RealfakeError
 
 SEED_FRACTIONS = (0.7, 0.2, 0.1)  # train, val, test
@@ -31,9 +34,10 @@ def _stratified_parts(
 
 
 def make_split(
-    labels: np.ndarray, split_folders: Sequence[str | None], protocol: str, seed: int
+    labels: np.ndarray, split_folders: Sequence[str | None], protocol: str, seed: int,
+    sources: Sequence[str | None] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Indices for train/val/test under `protocol` ("seed" or "official")."""
+    """Indices for train/val/test under `protocol` ("seed", "official" or "holdout:SOURCE")."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     everything = np.arange(len(labels))
@@ -49,8 +53,17 @@ def make_split(
                 f"{len(pool)} train and {len(test)} test images. Use --protocol seed instead."
             )
         val, train = _stratified_parts(pool, labels, (OFFICIAL_VAL_FRACTION, 1 - OFFICIAL_VAL_FRACTION), rng)
+    elif protocol.startswith(HOLDOUT):
+        name = protocol[len(HOLDOUT):]
+        src = np.array([s or "" for s in (sources if sources is not None else [None] * len(labels))], dtype=object)
+        held = everything[src == name]
+        if len(held) == 0:
+            known = ", ".join(sorted(set(src.tolist()) - {""})) or "none (put images in REAL|FAKE/<source>/ or a CSV)"
+            raise RealfakeError(f"--protocol {protocol}: no image has source {name!r}; sources here: {known}")
+        train, val, test = _stratified_parts(everything[src != name], labels, SEED_FRACTIONS, rng)
+        test = np.sort(np.concatenate([test, held]))
     else:
-        raise RealfakeError(f"unknown protocol {protocol!r}: use seed or official")
+        raise RealfakeError(f"unknown protocol {protocol!r}: use seed, official or holdout:SOURCE")
     split = {"train": train, "val": val, "test": test}
     for name, idx in split.items():
         if len(idx) == 0:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from realfake.contract import CLASS_NAMES, IMAGE_SIZE, __version__
+from realfake.contract import CLASS_NAMES, HOLDOUT, IMAGE_SIZE, __version__
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.rundir import RunDir
@@ -54,13 +54,20 @@ def _is_standin(*names: Any) -> bool:
     return any("standin" in str(n).lower().replace("-", "").replace("_", "") for n in names if n)
 
 
+def _protocol_text(protocol: str) -> str:
+    if protocol.startswith(HOLDOUT):
+        return (f"every image of source `{protocol[len(HOLDOUT):]}` kept out of training and validation and put in "
+                "the test split (see the per-source figures); the rest split 70/20/10")
+    return _PROTOCOLS.get(protocol, "see config.yaml")
+
+
 def _data_section(cfg: dict[str, Any], data: dict[str, Any]) -> list[str]:
     name = data.get("data") or cfg.get("data") or "the bundled demo sample"
     protocol = cfg.get("protocol") or data.get("split", {}).get("protocol")
     limit = cfg.get("limit")
     out = [
         f"- **Data**: {_cell(name)}" + (" (no --data given: the bundled demo sample)" if not cfg.get("data") else ""),
-        f"- **Protocol**: `{_cell(protocol)}` — {_PROTOCOLS.get(str(protocol), 'see config.yaml')}",
+        f"- **Protocol**: `{_cell(protocol)}` — {_protocol_text(str(protocol))}",
         f"- **Subset**: {f'a stratified subset of {limit:,} images (--limit)' if limit else 'all usable images'}"
         + (f", seed {cfg['seed']}" if limit and cfg.get("seed") is not None else ""),
         f"- **Unreadable files skipped**: {_cell(data.get('n_skipped', 'not recorded'))}",

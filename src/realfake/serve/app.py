@@ -4,29 +4,30 @@ The app is thin: routes live on an APIRouter, and each handler gets the one shar
 the run's facts and the limits) as a FastAPI dependency. The model is loaded once; its work runs in a worker
 thread so the event loop keeps serving. Every upload goes through `Detector.predict_many` (the trainer's own
 preprocessing), so the API answers exactly what `realfake predict` and `Detector.predict` answer. Limits
-hold from the first byte: a body over `max_upload_bytes` is refused from its Content-Length and, in case a
-client lies, while it is being read.
+hold from the first byte (`guards`): a body over `max_upload_bytes`, or not complete within `body_timeout_s`,
+is refused while it is being read.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import threading
+from collections import Counter
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from realfake.contract import __version__
 from realfake.detector import Detector, Prediction
+from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
+from realfake.serve.guards import BodyGuard
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
@@ -57,6 +58,7 @@ class TrainingData(BaseModel):
 class Limits(BaseModel):
     max_upload_bytes: int
     max_images: int
+    body_timeout_s: float = Field(description="seconds a client has to send its whole request body")
 
 
 class ModelInfo(BaseModel):
@@ -79,65 +81,6 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from inside `receive` once the body passes the limit; FastAPI re-raises HTTPExceptions as they are."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body too large (limit {limit:,} bytes)")
-
-
-class BodyLimit:
-    """Pure ASGI middleware: refuse bodies over `limit` bytes, by Content-Length first, then by counting.
-
-    Counting matters because Content-Length can be absent (chunked) or false; the handler never sees more than
-    `limit` bytes either way.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
-            await _send_json(send, 413, BodyTooLarge(self.limit).detail)
-            return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def watching_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, watching_send)
-        except BodyTooLarge as e:  # raised where no exception handler turned it into a response
-            if started:
-                raise
-            await _send_json(send, 413, e.detail)
-
-
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class Service:
     """What the handlers share: the Detector, the run's facts and the limits; model calls are made one at a time.
 
@@ -145,11 +88,10 @@ class Service:
     instead of failing requests later.
     """
 
-    def __init__(self, detector: Detector, max_upload_bytes: int, max_images: int):
+    def __init__(self, detector: Detector, limits: Limits):
         self.detector = detector
-        self.limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images)
-        # torch already uses every core for one batch; serialising calls keeps memory flat under load.
-        self._lock = threading.Lock()
+        self.limits = limits
+        self._model_lock = threading.Lock()
         self.training_data, self.test_metrics = self._run_facts()
 
     def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
@@ -158,7 +100,7 @@ class Service:
         With `explain`, `Detector.explain` gives the prediction and its Grad-CAM overlay in one pass.
         """
         data = [d for _, d in uploads]
-        with self._lock:
+        with self._model_lock:
             if explain:
                 explained = self.detector.explain_many(data)
                 preds: list[Prediction] = [e.prediction for e in explained]
@@ -241,6 +183,12 @@ async def healthz() -> Health:
     return Health()
 
 
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The drag-and-drop page (self-contained: no external requests)."""
+    return HTMLResponse(_page())
+
+
 @router.get("/v1/model", response_model=ModelInfo)
 async def model(service: ServiceDep) -> ModelInfo:
     """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
@@ -260,8 +208,8 @@ async def predict(
     200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
     readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
     could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
-    `max_images` files or a body over `max_upload_bytes` is 413; `explain=true` on a detector without
-    `explain` is 501.
+    `max_images` files or a body over `max_upload_bytes` is 413; a body slower than the body timeout is 408;
+    `explain=true` on a detector without `explain` is 501.
     """
     explain = explain or bool(explain_form)
     if explain and not service.detector.can_explain:
@@ -279,35 +227,29 @@ async def predict(
     return results
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def index() -> HTMLResponse:
-    """The drag-and-drop page (self-contained: no external requests)."""
-    return HTMLResponse(_page())
-
-
-async def _too_large(_request: Any, exc: BodyTooLarge) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=413, headers={"connection": "close"})
-
-
 def create_app(
     run_dir_or_detector: str | Path | Detector,
     *,
     max_upload_bytes: int = 10_000_000,
     max_images: int = 32,
     device: str = "auto",
+    body_timeout_s: float = 10.0,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
-    Raises RealfakeError when the path is not a trained run (or its files are damaged), so a bad path fails
-    before the server starts.
+    Raises RealfakeError when the path is not a trained run (or its files are damaged) or a limit is out of
+    range, so a bad setting fails before the server starts.
     """
+    if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0:
+        raise RealfakeError("the upload size, image count and body timeout must all be above 0")
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
         detector = Detector.load(run_dir_or_detector, device=device)
+    limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, body_timeout_s=body_timeout_s)
     app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
-    app.add_middleware(BodyLimit, limit=max_upload_bytes)
-    app.state.service = Service(detector, max_upload_bytes, max_images)
+    app.state.service = Service(detector, limits)
+    app.state.refusals = refusals = Counter[int]()
+    app.add_middleware(BodyGuard, limit=max_upload_bytes, timeout_s=body_timeout_s, refusals=refusals)
     app.include_router(router)
-    app.add_exception_handler(BodyTooLarge, _too_large)  # type: ignore[arg-type]
     return app

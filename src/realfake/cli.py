@@ -168,6 +168,7 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     max_upload_mb: float = typer.Option(10.0, help="largest request body accepted, in MB"),
     max_images: int = typer.Option(32, help="most images accepted in one request"),
+    max_decode_mb: float = typer.Option(200.0, help="most MB a request's images may take once decoded, together"),
     body_timeout: float = typer.Option(10.0, help="seconds a client has to send its whole request body (then 408)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
@@ -176,11 +177,11 @@ def serve(
 
     from realfake.serve import create_app
 
-    if max_upload_mb <= 0 or max_images < 1 or body_timeout <= 0:
-        raise RealfakeError("--max-upload-mb and --body-timeout must be above 0 and --max-images at least 1")
+    if max_upload_mb <= 0 or max_images < 1 or max_decode_mb <= 0 or body_timeout <= 0:
+        raise RealfakeError("--max-upload-mb, --max-decode-mb and --body-timeout must be above 0, --max-images 1+")
     api = create_app(
         run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
-        body_timeout_s=body_timeout,
+        max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout,
     )
     typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
     uvicorn.run(api, host=host, port=port)

@@ -1,30 +1,37 @@
 """A FastAPI app around one trained Detector: `POST /v1/predict`, `GET /v1/model`, `GET /healthz`, `GET /`.
 
 The app is thin: routes live on an APIRouter, and each handler gets the one shared `Service` (the Detector,
-the run's facts and the limits) as a FastAPI dependency. The model is loaded once; its work runs in a worker
-thread so the event loop keeps serving. Every upload goes through `Detector.predict_many` (the trainer's own
-preprocessing), so the API answers exactly what `realfake predict` and `Detector.predict` answer. Limits
-hold from the first byte (`guards`): a body over `max_upload_bytes`, or not complete within `body_timeout_s`,
-is refused while it is being read.
+the run's facts and the limits) as a FastAPI dependency. The model is loaded once. Every upload is decoded by
+`realfake.data.images.read_and_decode` (the trainer's own preprocessing) in a worker thread, outside the model
+lock, and judged by `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict`
+answer. Limits hold from the first byte (`guards`): a body over `max_upload_bytes` or slower than
+`body_timeout_s` is refused while it is being read, and a request's images may not decode to more than
+`max_decode_bytes` together.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import threading
+import warnings
 from collections import Counter
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
+from PIL import Image, ImageMode
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from realfake.contract import __version__
-from realfake.detector import Detector, Prediction
+from realfake.data.images import MAX_PIXELS, BadImage, read_and_decode
+from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 from realfake.serve.guards import BodyGuard
@@ -33,6 +40,8 @@ from realfake.serve.guards import BodyGuard
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
 NOT_AN_IMAGE = "not an image"
 HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
+# One image at the pixel limit, as 8-bit RGB (64 MP x 3 bytes), fits; two such images in one request do not.
+DEFAULT_DECODE_BYTES = 200_000_000
 
 
 class ImageResult(BaseModel):
@@ -58,6 +67,8 @@ class TrainingData(BaseModel):
 class Limits(BaseModel):
     max_upload_bytes: int
     max_images: int
+    max_decode_bytes: int = Field(description="decoded pixels' bytes (width x height x bands x bytes per sample) "
+                                  "allowed per request, summed over its images")
     body_timeout_s: float = Field(description="seconds a client has to send its whole request body")
 
 
@@ -81,11 +92,36 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class Service:
-    """What the handlers share: the Detector, the run's facts and the limits; model calls are made one at a time.
+def decoded_bytes(data: bytes) -> int:
+    """What an upload takes once decoded (width x height x bands x bytes per sample), from its header alone.
 
+    0 when the header cannot be read or is over the pixel limit: decoding then fails at once, before any pixel
+    is read, and says why in its own words. (Conversion to RGB afterwards adds up to 3 bytes a pixel.)
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                (w, h), mode = img.size, img.mode
+    except Exception:  # noqa: BLE001 - any unreadable header is decode's to report, not ours
+        return 0
+    if w * h > MAX_PIXELS:
+        return 0
+    try:
+        described = ImageMode.getmode(mode)
+        per_pixel = len(described.bands) * int(described.typestr[-1])
+    except (KeyError, ValueError):
+        per_pixel = 16  # a mode Pillow cannot describe: assume the widest (4 bands of 32 bits)
+    return w * h * per_pixel
+
+
+class Service:
+    """What the handlers share: the Detector, the run's facts and the limits.
+
+    Decoding runs in the request's worker thread, outside any lock, so a few large uploads being decoded
+    never hold up the others; only model calls take turns (`_model_lock`), which keeps memory flat under load.
     The run's files are read once, here, so a damaged run folder stops the server from starting (one line)
-    instead of failing requests later.
+    instead of failing requests.
     """
 
     def __init__(self, detector: Detector, limits: Limits):
@@ -94,27 +130,54 @@ class Service:
         self._model_lock = threading.Lock()
         self.training_data, self.test_metrics = self._run_facts()
 
-    def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
-        """Blocking: decode and judge every upload in one batch; unreadable ones become per-item errors.
+    def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Each upload decoded, or None with the reason, within the request's decode budget (in upload order).
 
-        With `explain`, `Detector.explain` gives the prediction and its Grad-CAM overlay in one pass.
+        The budget is checked from each header before its pixels are read, so an image that would pass it is
+        never decoded; the ones that fit are still judged.
         """
-        data = [d for _, d in uploads]
+        left = self.limits.max_decode_bytes
+        decoded: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for d in data:
+            need = decoded_bytes(d)
+            if need > left:
+                decoded.append(None)
+                errors.append(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "
+                              f"{self.limits.max_decode_bytes:,} left)")
+                continue
+            left -= need
+            try:
+                decoded.append(read_and_decode(d))
+                errors.append(None)
+            except BadImage as e:
+                decoded.append(None)
+                errors.append(str(e))
+        return decoded, errors
+
+    def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
+        """Blocking: decode every upload, then judge the readable ones; unreadable ones become per-item errors.
+
+        File names are only echoed back: the bytes are decoded, never a path. With `explain`, one call gives the
+        prediction and its Grad-CAM overlay.
+        """
+        names = [name for name, _ in uploads]
+        decoded, errors = self.decode([d for _, d in uploads])
+        heatmaps: list[str | None] = [None] * len(uploads)
         with self._model_lock:
             if explain:
-                explained = self.detector.explain_many(data)
-                preds: list[Prediction] = [e.prediction for e in explained]
+                explained = self.detector.explanations(names, decoded, errors)
+                preds = [e.prediction for e in explained]
                 heatmaps = [
                     base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
                     for e in explained
                 ]
             else:
-                preds = self.detector.predict_many(data)
-                heatmaps = [None] * len(preds)
+                preds = self.detector.predictions(names, decoded, errors)
         return [
             ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, error=p.error,
                         heatmap_png=h)
-            for (name, _), p, h in zip(uploads, preds, heatmaps, strict=True)
+            for name, p, h in zip(names, preds, heatmaps, strict=True)
         ]
 
     def _run_facts(self) -> tuple[TrainingData | None, dict[str, Any] | None]:
@@ -207,9 +270,9 @@ async def predict(
     A file that cannot be read does not sink the others: when at least one upload is readable the answer is
     200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
     readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
-    could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
-    `max_images` files or a body over `max_upload_bytes` is 413; a body slower than the body timeout is 408;
-    `explain=true` on a detector without `explain` is 501.
+    could not be read (truncated, corrupt, empty, over the pixel limit or the request's decode budget). No
+    files is 422; more than `max_images` files or a body over `max_upload_bytes` is 413; a body slower than
+    the body timeout is 408; `explain=true` on a detector without `explain` is 501.
     """
     explain = explain or bool(explain_form)
     if explain and not service.detector.can_explain:
@@ -234,19 +297,21 @@ def create_app(
     max_images: int = 32,
     device: str = "auto",
     body_timeout_s: float = 10.0,
+    max_decode_bytes: int = DEFAULT_DECODE_BYTES,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
     Raises RealfakeError when the path is not a trained run (or its files are damaged) or a limit is out of
     range, so a bad setting fails before the server starts.
     """
-    if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0:
-        raise RealfakeError("the upload size, image count and body timeout must all be above 0")
+    if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0 or max_decode_bytes < 1:
+        raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
         detector = Detector.load(run_dir_or_detector, device=device)
-    limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, body_timeout_s=body_timeout_s)
+    limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, max_decode_bytes=max_decode_bytes,
+                    body_timeout_s=body_timeout_s)
     app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
     app.state.service = Service(detector, limits)
     app.state.refusals = refusals = Counter[int]()

@@ -4,9 +4,9 @@ The app is thin: routes live on an APIRouter, and each handler gets the one shar
 the run's facts and the limits) as a FastAPI dependency. The model is loaded once. Every upload is decoded by
 `realfake.data.images.read_and_decode` (the trainer's own preprocessing) in a worker thread, outside the model
 lock, and judged by `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict`
-answer. Limits hold from the first byte (`guards`): a body over `max_upload_bytes` or slower than
-`body_timeout_s` is refused while it is being read, and a request's images may not decode to more than
-`max_decode_bytes` together.
+answer; concurrent requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte
+(`guards`): a body over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read,
+and a request's images may not decode to more than `max_decode_bytes` together.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import io
 import threading
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -31,9 +32,10 @@ from starlette.concurrency import run_in_threadpool
 
 from realfake.contract import __version__
 from realfake.data.images import MAX_PIXELS, BadImage, read_and_decode
-from realfake.detector import Detector
+from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
+from realfake.serve.batching import MicroBatcher
 from realfake.serve.guards import BodyGuard
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
@@ -119,15 +121,18 @@ class Service:
     """What the handlers share: the Detector, the run's facts and the limits.
 
     Decoding runs in the request's worker thread, outside any lock, so a few large uploads being decoded
-    never hold up the others; only model calls take turns (`_model_lock`), which keeps memory flat under load.
-    The run's files are read once, here, so a damaged run folder stops the server from starting (one line)
-    instead of failing requests.
+    never hold up the others; only model calls take turns (through the batcher's one thread, or `_model_lock`
+    when batching is off and for explanations), which keeps memory flat under load. The run's files are read
+    once, here, so a damaged run folder stops the server from starting (one line) instead of failing requests.
     """
 
-    def __init__(self, detector: Detector, limits: Limits):
+    def __init__(self, detector: Detector, limits: Limits, batch_wait_ms: float = 5.0, max_batch: int = 64):
         self.detector = detector
         self.limits = limits
         self._model_lock = threading.Lock()
+        self.batcher: MicroBatcher[Any, Prediction] | None = (
+            MicroBatcher(self._judge, max_items=max_batch, wait_s=batch_wait_ms / 1000) if batch_wait_ms > 0 else None
+        )
         self.training_data, self.test_metrics = self._run_facts()
 
     def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
@@ -159,26 +164,36 @@ class Service:
         """Blocking: decode every upload, then judge the readable ones; unreadable ones become per-item errors.
 
         File names are only echoed back: the bytes are decoded, never a path. With `explain`, one call gives the
-        prediction and its Grad-CAM overlay.
+        prediction and its Grad-CAM overlay; explanations bypass the batcher (Grad-CAM hooks the model).
         """
         names = [name for name, _ in uploads]
         decoded, errors = self.decode([d for _, d in uploads])
         heatmaps: list[str | None] = [None] * len(uploads)
-        with self._model_lock:
-            if explain:
+        if explain:
+            with self._model_lock:
                 explained = self.detector.explanations(names, decoded, errors)
-                preds = [e.prediction for e in explained]
-                heatmaps = [
-                    base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
-                    for e in explained
-                ]
-            else:
-                preds = self.detector.predictions(names, decoded, errors)
+            preds = [e.prediction for e in explained]
+            heatmaps = [
+                base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None for e in explained
+            ]
+        else:
+            items = list(zip(names, decoded, errors, strict=True))
+            preds = self.batcher.submit(items) if self.batcher is not None else self._judge(items)
         return [
             ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, error=p.error,
                         heatmap_png=h)
             for name, p, h in zip(names, preds, heatmaps, strict=True)
         ]
+
+    def _judge(self, items: list[tuple[str, np.ndarray | None, str | None]]) -> list[Prediction]:
+        """One model call for decoded items (name, image or None, error); the batcher hands it many requests'."""
+        names, decoded, errors = zip(*items, strict=True) if items else ((), (), ())
+        with self._model_lock:
+            return self.detector.predictions(names, decoded, errors)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     def _run_facts(self) -> tuple[TrainingData | None, dict[str, Any] | None]:
         """Training data and test metrics from the run folder (none for an ONNX file), read once."""
@@ -290,6 +305,12 @@ async def predict(
     return results
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.service.close()  # the batcher's thread finishes its queue and stops
+
+
 def create_app(
     run_dir_or_detector: str | Path | Detector,
     *,
@@ -298,22 +319,28 @@ def create_app(
     device: str = "auto",
     body_timeout_s: float = 10.0,
     max_decode_bytes: int = DEFAULT_DECODE_BYTES,
+    batch_wait_ms: float = 5.0,
+    max_batch: int = 64,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
-    Raises RealfakeError when the path is not a trained run (or its files are damaged) or a limit is out of
-    range, so a bad setting fails before the server starts.
+    `batch_wait_ms` is how long a request may wait for others to share its forward pass (0: no batching), up to
+    `max_batch` images. Raises RealfakeError when the path is not a trained run (or its files are damaged) or a
+    limit is out of range, so a bad setting fails before the server starts.
     """
     if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0 or max_decode_bytes < 1:
         raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
+    if batch_wait_ms < 0 or max_batch < 1:
+        raise RealfakeError("the batch wait must be at least 0 ms and the batch size at least 1")
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
         detector = Detector.load(run_dir_or_detector, device=device)
     limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, max_decode_bytes=max_decode_bytes,
                     body_timeout_s=body_timeout_s)
-    app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
-    app.state.service = Service(detector, limits)
+    app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__,
+                  lifespan=_lifespan)
+    app.state.service = Service(detector, limits, batch_wait_ms, max_batch)
     app.state.refusals = refusals = Counter[int]()
     app.add_middleware(BodyGuard, limit=max_upload_bytes, timeout_s=body_timeout_s, refusals=refusals)
     app.include_router(router)

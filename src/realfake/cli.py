@@ -170,6 +170,11 @@ def serve(
     max_images: int = typer.Option(32, help="most images accepted in one request"),
     max_decode_mb: float = typer.Option(200.0, help="most MB a request's images may take once decoded, together"),
     body_timeout: float = typer.Option(10.0, help="seconds a client has to send its whole request body (then 408)"),
+    token: str | None = typer.Option(
+        None, envvar="REALFAKE_TOKEN", show_envvar=True,
+        help="require 'Authorization: Bearer TOKEN' on /v1/* (prefer the environment variable: a command line is "
+             "visible to other users of the machine)",
+    ),
     batch_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to share its forward pass; "
                                                   "0 turns micro-batching off"),
     max_batch: int = typer.Option(64, help="most images in one shared forward pass"),
@@ -186,11 +191,27 @@ def serve(
         raise RealfakeError("--batch-wait-ms must be at least 0 and --max-batch at least 1")
     api = create_app(
         run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
-        max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout,
+        max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout, token=token or None,
         batch_wait_ms=batch_wait_ms, max_batch=max_batch,
     )
-    typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
+    if not token and not _is_loopback(host):
+        typer.echo(f"warning: {host} is reachable from other machines and no --token (or REALFAKE_TOKEN) is set: "
+                   "anyone who can reach this port can use the model", err=True)
+    guarded = "; /v1/* needs the token" if token else ""
+    typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs{guarded}; Ctrl-C stops)", err=True)
     uvicorn.run(api, host=host, port=port)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost counts as reachable)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()

@@ -1,12 +1,13 @@
 """A FastAPI app around one trained Detector: `POST /v1/predict`, `GET /v1/model`, `GET /healthz`, `GET /`.
 
-The app is thin: routes live on an APIRouter, and each handler gets the one shared `Service` (the Detector,
+The app is thin: routes live on APIRouters, and each handler gets the one shared `Service` (the Detector,
 the run's facts and the limits) as a FastAPI dependency. The model is loaded once. Every upload is decoded by
 `realfake.data.images.read_and_decode` (the trainer's own preprocessing) in a worker thread, outside the model
 lock, and judged by `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict`
 answer; concurrent requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte
 (`guards`): a body over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read,
-and a request's images may not decode to more than `max_decode_bytes` together.
+and a request's images may not decode to more than `max_decode_bytes` together. With a token, /v1/* needs
+`Authorization: Bearer TOKEN`; / and /healthz stay open.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPBearer
 from PIL import Image, ImageMode
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +38,7 @@ from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 from realfake.serve.batching import MicroBatcher
-from realfake.serve.guards import BodyGuard
+from realfake.serve.guards import BodyGuard, TokenGuard
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
@@ -247,7 +249,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
     501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
 }
-router = APIRouter()
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong access token (send 'Authorization: Bearer TOKEN')"},
+}
+# Declares the scheme in /openapi.json when the app has a token; `guards.TokenGuard` does the checking, before
+# any body is read (a dependency would run only after FastAPI has parsed the upload).
+BEARER = HTTPBearer(auto_error=False, description="the token the server was started with (--token)")
+router = APIRouter()  # open to everyone: the page and the health check
+v1 = APIRouter(prefix="/v1")  # the model: behind the token, when there is one
 
 
 @cache
@@ -267,13 +276,13 @@ async def index() -> HTMLResponse:
     return HTMLResponse(_page())
 
 
-@router.get("/v1/model", response_model=ModelInfo)
+@v1.get("/model", response_model=ModelInfo)
 async def model(service: ServiceDep) -> ModelInfo:
     """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
     return service.model_info()
 
 
-@router.post("/v1/predict", response_model=list[ImageResult], responses=ERRORS)
+@v1.post("/predict", response_model=list[ImageResult], responses=ERRORS)
 async def predict(
     service: ServiceDep,
     files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
@@ -319,14 +328,16 @@ def create_app(
     device: str = "auto",
     body_timeout_s: float = 10.0,
     max_decode_bytes: int = DEFAULT_DECODE_BYTES,
+    token: str | None = None,
     batch_wait_ms: float = 5.0,
     max_batch: int = 64,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
-    `batch_wait_ms` is how long a request may wait for others to share its forward pass (0: no batching), up to
-    `max_batch` images. Raises RealfakeError when the path is not a trained run (or its files are damaged) or a
-    limit is out of range, so a bad setting fails before the server starts.
+    `token` guards /v1/* (None or "": open); `batch_wait_ms` is how long a request may wait for others to share
+    its forward pass (0: no batching), up to `max_batch` images. Raises RealfakeError when the path is not a
+    trained run (or its files are damaged) or a limit is out of range, so a bad setting fails before the
+    server starts.
     """
     if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0 or max_decode_bytes < 1:
         raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
@@ -344,4 +355,9 @@ def create_app(
     app.state.refusals = refusals = Counter[int]()
     app.add_middleware(BodyGuard, limit=max_upload_bytes, timeout_s=body_timeout_s, refusals=refusals)
     app.include_router(router)
+    if token:
+        app.add_middleware(TokenGuard, token=token, refusals=refusals)  # outermost: before the body is read
+        app.include_router(v1, dependencies=[Depends(BEARER)], responses=UNAUTHORIZED)
+    else:
+        app.include_router(v1)
     return app

@@ -1,4 +1,4 @@
-"""Pure ASGI guards that act before a handler reads anything: the body's size and the time it takes.
+"""Pure ASGI guards that act before a handler reads anything: the body's size and time, and the access token.
 
 They are middleware rather than FastAPI dependencies because FastAPI parses a multipart body *before* it
 resolves a route's dependencies: a check made there would come after the bytes were already taken in. Every
@@ -8,6 +8,7 @@ closes the connection, since the rest of an unread body would otherwise stay on 
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -49,14 +50,16 @@ def _client(scope: Scope) -> str:
 def count_refusal(refusals: Counter[int], scope: Scope, status: int, detail: str) -> None:
     """Count (by status) and log a refusal in one place, so an operator can see slow or oversized clients."""
     refusals[status] += 1
-    logger.warning("refused %s %s from %s with %d: %s", scope.get("method"), scope.get("path"), _client(scope),
-                   status, detail)
+    level = logging.INFO if status == 401 else logging.WARNING
+    logger.log(level, "refused %s %s from %s with %d: %s", scope.get("method"), scope.get("path"), _client(scope),
+               status, detail)
 
 
-async def send_json(send: Send, status: int, detail: str) -> None:
+async def send_json(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
            (b"connection", b"close")]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -124,3 +127,32 @@ class BodyGuard:
             if started:
                 raise
             await send_json(send, e.status_code, e.detail)
+
+
+class TokenGuard:
+    """Require `Authorization: Bearer TOKEN` on paths under `prefix`; answer 401 before any body is read.
+
+    The comparison is `hmac.compare_digest`, whose time does not depend on where the tokens differ.
+    """
+
+    def __init__(self, app: ASGIApp, token: str, refusals: Counter[int], prefix: str = "/v1/") -> None:
+        self.app = app
+        self.token = token.encode()
+        self.refusals = refusals
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, credentials = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token):
+            await self.app(scope, receive, send)
+            return
+        if given:
+            detail, challenge = "wrong access token", 'Bearer error="invalid_token"'
+        else:
+            detail, challenge = "missing access token: send the header 'Authorization: Bearer TOKEN'", "Bearer"
+        count_refusal(self.refusals, scope, 401, detail)
+        await send_json(send, 401, detail, {"WWW-Authenticate": challenge})

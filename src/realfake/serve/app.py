@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from PIL import Image, ImageMode
 from pydantic import BaseModel, Field
@@ -43,6 +44,7 @@ from realfake.serve.guards import BodyGuard, TokenGuard
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
 NOT_AN_IMAGE = "not an image"
+NO_FILES = "no files: send one or more images in the multipart field 'files'"
 HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
 # One image at the pixel limit, as 8-bit RGB (64 MP x 3 bytes), fits; two such images in one request do not.
 DEFAULT_DECODE_BYTES = 200_000_000
@@ -244,9 +246,12 @@ def get_service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the multipart body could not be parsed"},
+    408: {"model": ErrorBody, "description": "the body did not arrive completely within the server's body timeout"},
     413: {"model": ErrorBody, "description": "body over the size limit, or too many files"},
     415: {"model": ErrorBody, "description": "no upload was an image"},
-    422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
+    422: {"model": ErrorBody, "description": "no files, a malformed parameter, or no upload could be read (corrupt, "
+                                            "too many pixels, over the request's decode budget)"},
     501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -285,7 +290,7 @@ async def model(service: ServiceDep) -> ModelInfo:
 @v1.post("/predict", response_model=list[ImageResult], responses=ERRORS)
 async def predict(
     service: ServiceDep,
-    files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
+    files: Annotated[list[UploadFile], File(description="one or more images", min_length=1)],
     explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
     explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
 ) -> list[ImageResult]:
@@ -301,8 +306,6 @@ async def predict(
     explain = explain or bool(explain_form)
     if explain and not service.detector.can_explain:
         raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
-    if not files:
-        raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
     max_images = service.limits.max_images
     if len(files) > max_images:
         raise HTTPException(413, f"too many files ({len(files)}; at most {max_images} per request)")
@@ -312,6 +315,37 @@ async def predict(
         detail = "; ".join(f"{r.filename}: {r.error}" for r in results)
         raise HTTPException(unreadable_status(results), detail)
     return results
+
+
+def validation_detail(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors (a list) as the one-line string every error body promises in /openapi.json."""
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ())]
+        if loc[-1:] == ["files"] and e.get("type") == "missing":
+            return NO_FILES
+        where = ".".join(x for x in loc if x != "body") or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return " ".join(("invalid request: " + "; ".join(parts)).split())
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
+
+def _document_file_count(app: FastAPI, max_images: int) -> None:
+    """Put the per-request file limit into /openapi.json: it is a server setting, so the route cannot say it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+            name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+            schema["components"]["schemas"][name]["properties"]["files"]["maxItems"] = max_images
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @asynccontextmanager
@@ -360,4 +394,6 @@ def create_app(
         app.include_router(v1, dependencies=[Depends(BEARER)], responses=UNAUTHORIZED)
     else:
         app.include_router(v1)
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    _document_file_count(app, max_images)
     return app

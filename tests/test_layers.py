@@ -52,6 +52,8 @@ LAYERS = [
     "realfake.evaluation",
     "realfake.robustness",
     "realfake.training",
+    "realfake.serve.batching",
+    "realfake.serve.guards",
     "realfake.serve.app",
     "realfake.serve",
     "realfake.cli",
@@ -60,7 +62,7 @@ LAYERS = [
 ]
 TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training"}
 PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.export", "realfake.predict",
-              "realfake.serve", "realfake.serve.app"]
+              "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]
 
 
 def module_name(path: Path) -> str:

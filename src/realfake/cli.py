@@ -170,6 +170,16 @@ def serve(
     port: int = typer.Option(8000, help="TCP port"),
     max_upload_mb: float = typer.Option(10.0, help="largest request body accepted, in MB"),
     max_images: int = typer.Option(32, help="most images accepted in one request"),
+    max_decode_mb: float = typer.Option(200.0, help="most MB a request's images may take once decoded, together"),
+    body_timeout: float = typer.Option(10.0, help="seconds a client has to send its whole request body (then 408)"),
+    token: str | None = typer.Option(
+        None, envvar="REALFAKE_TOKEN", show_envvar=True,
+        help="require 'Authorization: Bearer TOKEN' on /v1/* (prefer the environment variable: a command line is "
+             "visible to other users of the machine)",
+    ),
+    batch_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to share its forward pass; "
+                                                  "0 turns micro-batching off"),
+    max_batch: int = typer.Option(64, help="most images in one shared forward pass"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
@@ -177,11 +187,33 @@ def serve(
 
     from realfake.serve import create_app
 
-    if max_upload_mb <= 0 or max_images < 1:
-        raise RealfakeError("--max-upload-mb must be above 0 and --max-images at least 1")
-    api = create_app(run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device)
-    typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)", err=True)
+    if max_upload_mb <= 0 or max_images < 1 or max_decode_mb <= 0 or body_timeout <= 0:
+        raise RealfakeError("--max-upload-mb, --max-decode-mb and --body-timeout must be above 0, --max-images 1+")
+    if batch_wait_ms < 0 or max_batch < 1:
+        raise RealfakeError("--batch-wait-ms must be at least 0 and --max-batch at least 1")
+    api = create_app(
+        run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
+        max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout, token=token or None,
+        batch_wait_ms=batch_wait_ms, max_batch=max_batch,
+    )
+    if not token and not _is_loopback(host):
+        typer.echo(f"warning: {host} is reachable from other machines and no --token (or REALFAKE_TOKEN) is set: "
+                   "anyone who can reach this port can use the model", err=True)
+    guarded = "; /v1/* needs the token" if token else ""
+    typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs{guarded}; Ctrl-C stops)", err=True)
     uvicorn.run(api, host=host, port=port)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost counts as reachable)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()

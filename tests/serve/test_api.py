@@ -100,7 +100,8 @@ def test_model_info_comes_from_the_run(client: TestClient, trained_run: Path, de
     assert info["training_data"]["n_images"] == report["n_images"]
     assert info["training_data"]["source"] == Path(report["data"]).name  # a name, not the server's path
     assert info["test_metrics"]["accuracy"] == metrics["accuracy"]
-    assert info["limits"] == {"max_upload_bytes": 10_000_000, "max_images": 32}
+    assert info["limits"] == {"max_upload_bytes": 10_000_000, "max_images": 32, "max_decode_bytes": 200_000_000,
+                              "body_timeout_s": 10.0}
 
 
 def test_predict_one_png_matches_the_detector(client: TestClient, detector: Detector, images: dict) -> None:

@@ -1,37 +1,53 @@
 """A FastAPI app around one trained Detector: `POST /v1/predict`, `GET /v1/model`, `GET /healthz`, `GET /`.
 
-The app is thin: routes live on an APIRouter, and each handler gets the one shared `Service` (the Detector,
-the run's facts and the limits) as a FastAPI dependency. The model is loaded once; its work runs in a worker
-thread so the event loop keeps serving. Every upload goes through `Detector.predict_many` (the trainer's own
-preprocessing), so the API answers exactly what `realfake predict` and `Detector.predict` answer. Limits
-hold from the first byte: a body over `max_upload_bytes` is refused from its Content-Length and, in case a
-client lies, while it is being read.
+The app is thin: routes live on APIRouters, and each handler gets the one shared `Service` (the Detector,
+the run's facts and the limits) as a FastAPI dependency. The model is loaded once. Every upload is decoded by
+`realfake.data.images.read_and_decode` (the trainer's own preprocessing) in a worker thread, outside the model
+lock, and judged by `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict`
+answer; concurrent requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte
+(`guards`): a body over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read,
+and a request's images may not decode to more than `max_decode_bytes` together. With a token, /v1/* needs
+`Authorization: Bearer TOKEN`; / and /healthz stay open.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import io
 import threading
+import warnings
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPBearer
+from PIL import Image, ImageMode
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from realfake.contract import __version__
+from realfake.data.images import MAX_PIXELS, BadImage, read_and_decode
 from realfake.detector import Detector, Prediction
+from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
+from realfake.serve.batching import MicroBatcher
+from realfake.serve.guards import BodyGuard, TokenGuard
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
 NOT_AN_IMAGE = "not an image"
+NO_FILES = "no files: send one or more images in the multipart field 'files'"
 HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
+# One image at the pixel limit, as 8-bit RGB (64 MP x 3 bytes), fits; two such images in one request do not.
+DEFAULT_DECODE_BYTES = 200_000_000
 
 
 class ImageResult(BaseModel):
@@ -57,6 +73,9 @@ class TrainingData(BaseModel):
 class Limits(BaseModel):
     max_upload_bytes: int
     max_images: int
+    max_decode_bytes: int = Field(description="decoded pixels' bytes (width x height x bands x bytes per sample) "
+                                  "allowed per request, summed over its images")
+    body_timeout_s: float = Field(description="seconds a client has to send its whole request body")
 
 
 class ModelInfo(BaseModel):
@@ -79,101 +98,106 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from inside `receive` once the body passes the limit; FastAPI re-raises HTTPExceptions as they are."""
+def decoded_bytes(data: bytes) -> int:
+    """What an upload takes once decoded (width x height x bands x bytes per sample), from its header alone.
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body too large (limit {limit:,} bytes)")
-
-
-class BodyLimit:
-    """Pure ASGI middleware: refuse bodies over `limit` bytes, by Content-Length first, then by counting.
-
-    Counting matters because Content-Length can be absent (chunked) or false; the handler never sees more than
-    `limit` bytes either way.
+    0 when the header cannot be read or is over the pixel limit: decoding then fails at once, before any pixel
+    is read, and says why in its own words. (Conversion to RGB afterwards adds up to 3 bytes a pixel.)
     """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
-            await _send_json(send, 413, BodyTooLarge(self.limit).detail)
-            return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def watching_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, watching_send)
-        except BodyTooLarge as e:  # raised where no exception handler turned it into a response
-            if started:
-                raise
-            await _send_json(send, 413, e.detail)
-
-
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                (w, h), mode = img.size, img.mode
+    except Exception:  # noqa: BLE001 - any unreadable header is decode's to report, not ours
+        return 0
+    if w * h > MAX_PIXELS:
+        return 0
+    try:
+        described = ImageMode.getmode(mode)
+        per_pixel = len(described.bands) * int(described.typestr[-1])
+    except (KeyError, ValueError):
+        per_pixel = 16  # a mode Pillow cannot describe: assume the widest (4 bands of 32 bits)
+    return w * h * per_pixel
 
 
 class Service:
-    """What the handlers share: the Detector, the run's facts and the limits; model calls are made one at a time.
+    """What the handlers share: the Detector, the run's facts and the limits.
 
-    The run's files are read once, here, so a damaged run folder stops the server from starting (one line)
-    instead of failing requests later.
+    Decoding runs in the request's worker thread, outside any lock, so a few large uploads being decoded
+    never hold up the others; only model calls take turns (through the batcher's one thread, or `_model_lock`
+    when batching is off and for explanations), which keeps memory flat under load. The run's files are read
+    once, here, so a damaged run folder stops the server from starting (one line) instead of failing requests.
     """
 
-    def __init__(self, detector: Detector, max_upload_bytes: int, max_images: int):
+    def __init__(self, detector: Detector, limits: Limits, batch_wait_ms: float = 5.0, max_batch: int = 64):
         self.detector = detector
-        self.limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images)
-        # torch already uses every core for one batch; serialising calls keeps memory flat under load.
-        self._lock = threading.Lock()
+        self.limits = limits
+        self._model_lock = threading.Lock()
+        self.batcher: MicroBatcher[Any, Prediction] | None = (
+            MicroBatcher(self._judge, max_items=max_batch, wait_s=batch_wait_ms / 1000) if batch_wait_ms > 0 else None
+        )
         self.training_data, self.test_metrics = self._run_facts()
 
-    def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
-        """Blocking: decode and judge every upload in one batch; unreadable ones become per-item errors.
+    def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        """Each upload decoded, or None with the reason, within the request's decode budget (in upload order).
 
-        With `explain`, `Detector.explain` gives the prediction and its Grad-CAM overlay in one pass.
+        The budget is checked from each header before its pixels are read, so an image that would pass it is
+        never decoded; the ones that fit are still judged.
         """
-        data = [d for _, d in uploads]
-        with self._lock:
-            if explain:
-                explained = self.detector.explain_many(data)
-                preds: list[Prediction] = [e.prediction for e in explained]
-                heatmaps = [
-                    base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
-                    for e in explained
-                ]
-            else:
-                preds = self.detector.predict_many(data)
-                heatmaps = [None] * len(preds)
+        left = self.limits.max_decode_bytes
+        decoded: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for d in data:
+            need = decoded_bytes(d)
+            if need > left:
+                decoded.append(None)
+                errors.append(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "
+                              f"{self.limits.max_decode_bytes:,} left)")
+                continue
+            left -= need
+            try:
+                decoded.append(read_and_decode(d))
+                errors.append(None)
+            except BadImage as e:
+                decoded.append(None)
+                errors.append(str(e))
+        return decoded, errors
+
+    def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
+        """Blocking: decode every upload, then judge the readable ones; unreadable ones become per-item errors.
+
+        File names are only echoed back: the bytes are decoded, never a path. With `explain`, one call gives the
+        prediction and its Grad-CAM overlay; explanations bypass the batcher (Grad-CAM hooks the model).
+        """
+        names = [name for name, _ in uploads]
+        decoded, errors = self.decode([d for _, d in uploads])
+        heatmaps: list[str | None] = [None] * len(uploads)
+        if explain:
+            with self._model_lock:
+                explained = self.detector.explanations(names, decoded, errors)
+            preds = [e.prediction for e in explained]
+            heatmaps = [
+                base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None for e in explained
+            ]
+        else:
+            items = list(zip(names, decoded, errors, strict=True))
+            preds = self.batcher.submit(items) if self.batcher is not None else self._judge(items)
         return [
             ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, error=p.error,
                         heatmap_png=h)
-            for (name, _), p, h in zip(uploads, preds, heatmaps, strict=True)
+            for name, p, h in zip(names, preds, heatmaps, strict=True)
         ]
+
+    def _judge(self, items: list[tuple[str, np.ndarray | None, str | None]]) -> list[Prediction]:
+        """One model call for decoded items (name, image or None, error); the batcher hands it many requests'."""
+        names, decoded, errors = zip(*items, strict=True) if items else ((), (), ())
+        with self._model_lock:
+            return self.detector.predictions(names, decoded, errors)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
 
     def _run_facts(self) -> tuple[TrainingData | None, dict[str, Any] | None]:
         """Training data and test metrics from the run folder (none for an ONNX file), read once."""
@@ -222,12 +246,22 @@ def get_service(request: Request) -> Service:
 
 ServiceDep = Annotated[Service, Depends(get_service)]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the multipart body could not be parsed"},
+    408: {"model": ErrorBody, "description": "the body did not arrive completely within the server's body timeout"},
     413: {"model": ErrorBody, "description": "body over the size limit, or too many files"},
     415: {"model": ErrorBody, "description": "no upload was an image"},
-    422: {"model": ErrorBody, "description": "no files, or no upload could be read (corrupt, too many pixels)"},
+    422: {"model": ErrorBody, "description": "no files, a malformed parameter, or no upload could be read (corrupt, "
+                                            "too many pixels, over the request's decode budget)"},
     501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
 }
-router = APIRouter()
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong access token (send 'Authorization: Bearer TOKEN')"},
+}
+# Declares the scheme in /openapi.json when the app has a token; `guards.TokenGuard` does the checking, before
+# any body is read (a dependency would run only after FastAPI has parsed the upload).
+BEARER = HTTPBearer(auto_error=False, description="the token the server was started with (--token)")
+router = APIRouter()  # open to everyone: the page and the health check
+v1 = APIRouter(prefix="/v1")  # the model: behind the token, when there is one
 
 
 @cache
@@ -241,16 +275,22 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/v1/model", response_model=ModelInfo)
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The drag-and-drop page (self-contained: no external requests)."""
+    return HTMLResponse(_page())
+
+
+@v1.get("/model", response_model=ModelInfo)
 async def model(service: ServiceDep) -> ModelInfo:
     """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
     return service.model_info()
 
 
-@router.post("/v1/predict", response_model=list[ImageResult], responses=ERRORS)
+@v1.post("/predict", response_model=list[ImageResult], responses=ERRORS)
 async def predict(
     service: ServiceDep,
-    files: Annotated[list[UploadFile] | None, File(description="one or more images")] = None,
+    files: Annotated[list[UploadFile], File(description="one or more images", min_length=1)],
     explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
     explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
 ) -> list[ImageResult]:
@@ -259,15 +299,13 @@ async def predict(
     A file that cannot be read does not sink the others: when at least one upload is readable the answer is
     200 and each unreadable one carries an `error` (with `p_fake` and `label` null). Only when none is
     readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
-    could not be read (truncated, corrupt, empty, over the pixel limit). No files is 422; more than
-    `max_images` files or a body over `max_upload_bytes` is 413; `explain=true` on a detector without
-    `explain` is 501.
+    could not be read (truncated, corrupt, empty, over the pixel limit or the request's decode budget). No
+    files is 422; more than `max_images` files or a body over `max_upload_bytes` is 413; a body slower than
+    the body timeout is 408; `explain=true` on a detector without `explain` is 501.
     """
     explain = explain or bool(explain_form)
     if explain and not service.detector.can_explain:
         raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
-    if not files:
-        raise HTTPException(422, "no files: send one or more images in the multipart field 'files'")
     max_images = service.limits.max_images
     if len(files) > max_images:
         raise HTTPException(413, f"too many files ({len(files)}; at most {max_images} per request)")
@@ -279,14 +317,41 @@ async def predict(
     return results
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def index() -> HTMLResponse:
-    """The drag-and-drop page (self-contained: no external requests)."""
-    return HTMLResponse(_page())
+def validation_detail(errors: Sequence[Any]) -> str:
+    """FastAPI's validation errors (a list) as the one-line string every error body promises in /openapi.json."""
+    parts = []
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ())]
+        if loc[-1:] == ["files"] and e.get("type") == "missing":
+            return NO_FILES
+        where = ".".join(x for x in loc if x != "body") or "request"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return " ".join(("invalid request: " + "; ".join(parts)).split())
 
 
-async def _too_large(_request: Any, exc: BodyTooLarge) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=413, headers={"connection": "close"})
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
+
+def _document_file_count(app: FastAPI, max_images: int) -> None:
+    """Put the per-request file limit into /openapi.json: it is a server setting, so the route cannot say it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]
+            name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+            schema["components"]["schemas"][name]["properties"]["files"]["maxItems"] = max_images
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    app.state.service.close()  # the batcher's thread finishes its queue and stops
 
 
 def create_app(
@@ -295,19 +360,40 @@ def create_app(
     max_upload_bytes: int = 10_000_000,
     max_images: int = 32,
     device: str = "auto",
+    body_timeout_s: float = 10.0,
+    max_decode_bytes: int = DEFAULT_DECODE_BYTES,
+    token: str | None = None,
+    batch_wait_ms: float = 5.0,
+    max_batch: int = 64,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
-    Raises RealfakeError when the path is not a trained run (or its files are damaged), so a bad path fails
-    before the server starts.
+    `token` guards /v1/* (None or "": open); `batch_wait_ms` is how long a request may wait for others to share
+    its forward pass (0: no batching), up to `max_batch` images. Raises RealfakeError when the path is not a
+    trained run (or its files are damaged) or a limit is out of range, so a bad setting fails before the
+    server starts.
     """
+    if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0 or max_decode_bytes < 1:
+        raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
+    if batch_wait_ms < 0 or max_batch < 1:
+        raise RealfakeError("the batch wait must be at least 0 ms and the batch size at least 1")
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
         detector = Detector.load(run_dir_or_detector, device=device)
-    app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__)
-    app.add_middleware(BodyLimit, limit=max_upload_bytes)
-    app.state.service = Service(detector, max_upload_bytes, max_images)
+    limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, max_decode_bytes=max_decode_bytes,
+                    body_timeout_s=body_timeout_s)
+    app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__,
+                  lifespan=_lifespan)
+    app.state.service = Service(detector, limits, batch_wait_ms, max_batch)
+    app.state.refusals = refusals = Counter[int]()
+    app.add_middleware(BodyGuard, limit=max_upload_bytes, timeout_s=body_timeout_s, refusals=refusals)
     app.include_router(router)
-    app.add_exception_handler(BodyTooLarge, _too_large)  # type: ignore[arg-type]
+    if token:
+        app.add_middleware(TokenGuard, token=token, refusals=refusals)  # outermost: before the body is read
+        app.include_router(v1, dependencies=[Depends(BEARER)], responses=UNAUTHORIZED)
+    else:
+        app.include_router(v1)
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    _document_file_count(app, max_images)
     return app

@@ -1,0 +1,291 @@
+"""Load on `realfake serve`, with micro-batching on and off: `python -m benchmarks.serve_load [--run RUN]`.
+
+For each setting of --batch-wait-ms it starts `realfake serve` on a free 127.0.0.1 port (never another
+interface), then runs two phases against it:
+- light: --clients concurrent clients, each sending --requests single-image requests (one kept-alive
+  connection per client);
+- light+heavy: the same, while --heavy clients keep one decode-heavy upload each in flight (a compressible PNG
+  of --heavy-side x --heavy-side pixels: a small file that decodes to ~150 MB), which is what decoding inside
+  the model lock used to turn into a stall for everyone.
+It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
+(VmRSS from /proc), the CPU model and the load average, and writes benchmarks/results/serve-<date>-<host>.json.
+Without --run it first trains a tiny `fast` run on the stand-in data in a temporary folder. Everything is
+bounded: each request has a timeout, each phase stops at --max-seconds, and the servers are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks.run import atomic_write_json, cpu_model
+
+REPO = Path(__file__).resolve().parents[1]
+MINI_DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", REPO.parent / "shared" / "data")) / "standin-cifake-mini.zip"
+HOST = "127.0.0.1"  # load goes to this machine only
+REQUEST_TIMEOUT_S = 120.0
+
+
+def log(msg: str) -> None:
+    print(f"[serve_load {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def light_images(n: int = 32) -> list[bytes]:
+    """Small photos-to-be of a few sizes: what a client of the API sends one at a time."""
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (64, 48), (96, 96), (128, 80)]
+    return [png(Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+            for w, h in (sizes[i % len(sizes)] for i in range(n))]
+
+
+def heavy_image(side: int) -> bytes:
+    """A smooth side x side RGB PNG: a small upload that is expensive to decode."""
+    ramp = Image.linear_gradient("L").resize((side, side))
+    return png(Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_90), ramp)))
+
+
+def multipart(data: bytes, name: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """One kept-alive connection; a request that fails is recorded, and the connection is opened again."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, data: bytes, name: str) -> tuple[str, float]:
+        body, ctype = multipart(data, name)
+        start = time.perf_counter()
+        try:
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
+            self.conn.request("POST", "/v1/predict", body=body, headers={"Content-Type": ctype})
+            resp = self.conn.getresponse()
+            resp.read()
+            status = str(resp.status)
+            if resp.getheader("connection", "").lower() == "close":
+                self.close()
+        except (OSError, http.client.HTTPException) as e:
+            status = f"error:{type(e).__name__}"
+            self.close()
+        return status, time.perf_counter() - start
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)) * 1000, 1) if xs else None
+
+
+def summary(records: list[tuple[str, float]], wall_s: float) -> dict[str, Any]:
+    ok = [t for s, t in records if s == "200"]
+    return {
+        "requests": len(records),
+        "by_status": dict(Counter(s for s, _ in records)),
+        "latency_ms": {"p50": percentile(ok, 50), "p95": percentile(ok, 95), "p99": percentile(ok, 99)},
+        "images_per_s": round(len(ok) / wall_s, 2) if wall_s > 0 else None,
+        "wall_s": round(wall_s, 2),
+    }
+
+
+def load_phase(port: int, args: argparse.Namespace, images: list[bytes], heavy: bytes | None) -> dict[str, Any]:
+    """--clients clients x --requests light requests; with `heavy`, --heavy clients keep heavy ones in flight."""
+    deadline = time.monotonic() + args.max_seconds
+    light: list[tuple[str, float]] = []
+    heavy_records: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    light_done = threading.Event()
+
+    def light_client(i: int) -> None:
+        client = Client(port)
+        for j in range(args.requests):
+            if time.monotonic() > deadline:
+                break
+            record = client.post(images[(i * args.requests + j) % len(images)], f"{i}-{j}.png")
+            with lock:
+                light.append(record)
+        client.close()
+
+    def heavy_client() -> None:
+        client = Client(port)
+        while not light_done.is_set() and time.monotonic() < deadline:
+            record = client.post(heavy, "heavy.png")  # type: ignore[arg-type]
+            with lock:
+                heavy_records.append(record)
+        client.close()
+
+    heavies = [threading.Thread(target=heavy_client, daemon=True) for _ in range(args.heavy if heavy else 0)]
+    heavy_start = time.perf_counter()
+    for t in heavies:
+        t.start()
+    if heavies:
+        time.sleep(1.0)  # let the heavy uploads reach the server's decoders first
+    lights = [threading.Thread(target=light_client, args=(i,), daemon=True) for i in range(args.clients)]
+    start = time.perf_counter()
+    for t in lights:
+        t.start()
+    for t in lights:
+        t.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_S)
+    wall = time.perf_counter() - start
+    light_done.set()
+    for t in heavies:
+        t.join(REQUEST_TIMEOUT_S)
+    result = summary(light, wall)
+    if heavy is not None:
+        result["heavy"] = summary(heavy_records, time.perf_counter() - heavy_start)
+    result["stopped_at_max_seconds"] = time.monotonic() > deadline
+    return result
+
+
+@contextlib.contextmanager
+def server(run: Path, batch_wait_ms: float, args: argparse.Namespace, work: Path) -> Iterator[tuple[int, int]]:
+    """`realfake serve` in a child process on a free loopback port: (port, pid); stopped on the way out."""
+    port = free_port()
+    logfile = work / f"serve-{batch_wait_ms:g}ms.log"
+    cmd = [sys.executable, "-m", "realfake.cli", "serve", str(run), "--host", HOST, "--port", str(port),
+           "--device", args.device, "--batch-wait-ms", str(batch_wait_ms), "--max-batch", str(args.max_batch)]
+    with open(logfile, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {logfile.read_text()[-2000:]}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection(HOST, port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            time.sleep(0.2)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+
+
+def train_tiny_run(work: Path, device: str) -> Path:
+    out = work / "fast-run"
+    cmd = [sys.executable, "-m", "realfake.cli", "train", "--model", "fast", "--data", str(MINI_DATA),
+           "--epochs", "1", "--device", device, "--out", str(out)]
+    log(f"no --run: training a tiny run ({' '.join(cmd[3:])})")
+    with open(work / "train.log", "wb") as logfile:
+        done = subprocess.run(cmd, cwd=REPO, timeout=1800, stdout=logfile, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"training failed: {(work / 'train.log').read_text()[-2000:]}")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.splitlines()[0])
+    p.add_argument("--run", type=Path, help="a trained run (default: train a tiny `fast` run first)")
+    p.add_argument("--clients", type=int, default=50, help="concurrent light clients")
+    p.add_argument("--requests", type=int, default=20, help="single-image requests per light client")
+    p.add_argument("--heavy", type=int, default=8, help="decode-heavy uploads kept in flight in the second phase")
+    p.add_argument("--heavy-side", type=int, default=7000, help="pixels per side of the decode-heavy PNG")
+    p.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5.0, 0.0],
+                   help="server settings to compare (0: micro-batching off)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-seconds", type=float, default=300, help="a phase stops sending after this long")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    results: dict[str, Any] = {
+        "date": started.isoformat(timespec="seconds"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(),
+                    "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_start": list(os.getloadavg())},
+        "settings": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="realfake-serve-load-") as tmp:
+        work = Path(tmp)
+        run = args.run or train_tiny_run(work, args.device)
+        results["args"]["run"] = str(run)
+        images = light_images()
+        heavy = heavy_image(args.heavy_side)
+        results["heavy_png_bytes"] = len(heavy)
+        for wait in args.batch_wait_ms:
+            name = f"batch_wait_ms={wait:g}"
+            log(f"{name}: starting the server")
+            with server(run, wait, args, work) as (port, pid):
+                warm = Client(port)  # the first forward passes pick kernels and allocate: not what is measured
+                for data in images[:3]:
+                    warm.post(data, "warm-up.png")
+                warm.close()
+                entry: dict[str, Any] = {"rss_mb_before": rss_mb(pid), "load_average_before": list(os.getloadavg())}
+                log(f"{name}: light load ({args.clients} clients x {args.requests} requests)")
+                entry["light"] = load_phase(port, args, images, None)
+                log(f"{name}: light load with {args.heavy} decode-heavy uploads in flight")
+                entry["light_with_heavy"] = load_phase(port, args, images, heavy)
+                entry["rss_mb_after"] = rss_mb(pid)
+                entry["load_average_after"] = list(os.getloadavg())
+            results["settings"][name] = entry
+            log(f"{name}: {json.dumps({k: entry[k]['latency_ms'] for k in ('light', 'light_with_heavy')})}")
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    path = args.out_dir / f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
+    atomic_write_json(path, results)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

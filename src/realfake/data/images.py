@@ -65,6 +65,20 @@ def decoded_bytes(img: Image.Image) -> int:
     return w * h * len(img.getbands()) * per_sample
 
 
+def header_decoded_bytes(data: bytes) -> int:
+    """`decoded_bytes` of encoded image bytes, from the header alone (no pixel is read): what a server counts
+    against a request's budget before decoding. 0 when the header cannot be read or is over the pixel limit:
+    decoding then fails at once, before any pixel is read, and says why in its own words."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+                return 0 if w * h > MAX_PIXELS else decoded_bytes(img)
+    except Exception:  # noqa: BLE001 - any unreadable header is decode's to report, not the budget's
+        return 0
+
+
 def check_decode_budget(img: Image.Image) -> None:
     """Refuse an image whose pixels would cost too much, before they are loaded (header fields only)."""
     w, h = img.size

@@ -13,9 +13,7 @@ and a request's images may not decode to more than `max_decode_bytes` together. 
 from __future__ import annotations
 
 import base64
-import io
 import threading
-import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,12 +27,11 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Quer
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
-from PIL import Image, ImageMode
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from realfake.contract import __version__
-from realfake.data.images import MAX_PIXELS, BadImage, read_and_decode
+from realfake.data.images import BadImage, header_decoded_bytes, read_and_decode
 from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
@@ -98,29 +95,6 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-def decoded_bytes(data: bytes) -> int:
-    """What an upload takes once decoded (width x height x bands x bytes per sample), from its header alone.
-
-    0 when the header cannot be read or is over the pixel limit: decoding then fails at once, before any pixel
-    is read, and says why in its own words. (Conversion to RGB afterwards adds up to 3 bytes a pixel.)
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                (w, h), mode = img.size, img.mode
-    except Exception:  # noqa: BLE001 - any unreadable header is decode's to report, not ours
-        return 0
-    if w * h > MAX_PIXELS:
-        return 0
-    try:
-        described = ImageMode.getmode(mode)
-        per_pixel = len(described.bands) * int(described.typestr[-1])
-    except (KeyError, ValueError):
-        per_pixel = 16  # a mode Pillow cannot describe: assume the widest (4 bands of 32 bits)
-    return w * h * per_pixel
-
-
 class Service:
     """What the handlers share: the Detector, the run's facts and the limits.
 
@@ -149,7 +123,7 @@ class Service:
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for d in data:
-            need = decoded_bytes(d)
+            need = header_decoded_bytes(d)
             if need > left:
                 decoded.append(None)
                 errors.append(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "

@@ -180,14 +180,30 @@ class RunDir:
         """Where an evaluation on `data` writes: RUN/evaluations/<name>, a name made only of safe characters.
 
         The name comes from the data path, so it is sanitised: never empty, '.' or '..', never a path, so an
-        evaluation can only ever write inside RUN/evaluations and never over the run's own files.
+        evaluation can only ever write inside RUN/evaluations and never over the run's own files. It never
+        starts with '.' (the evaluation's temporary) nor ends in '.old' (the aside copy of another
+        evaluation while it is replaced, see realfake.atomic.atomic_dir).
         """
         text = str(data).rstrip("/\\")
         base = re.split(r"[/\\]", text)[-1] if text else ""
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "data"
+        if slug.endswith(".old"):
+            slug = slug[: -len(".old")] + "-old"
         return RunDir(self.path / self.EVALUATIONS / slug)
 
     def evaluations(self) -> list[RunDir]:
-        """Every evaluation that wrote metrics, in name order."""
+        """Every evaluation that wrote metrics, in name order.
+
+        Temporaries (hidden names) are never listed; an aside copy (`NAME.old`) only when a crash between
+        the two renames of its replacement left no `NAME`.
+        """
         root = self.path / self.EVALUATIONS
-        return [RunDir(m.parent) for m in sorted(root.glob(f"*/{self.METRICS}"))] if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        found = {m.parent.name: m.parent for m in root.glob(f"*/{self.METRICS}") if not m.parent.name.startswith(".")}
+        out = []
+        for name in sorted(found):
+            if name.endswith(".old") and name[: -len(".old")] in found:
+                continue
+            out.append(RunDir(found[name]))
+        return out

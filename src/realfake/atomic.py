@@ -5,11 +5,16 @@ writer (`.NAME.PID.RANDOM.tmp`) and locked (flock) by it for as long as it is be
 drops the lock when the writer dies, however it dies. `remove_stale_temporaries` removes only temporaries
 whose lock it can take, i.e. whose writer is gone: never one a live process (here or on another machine
 sharing the folder) is still writing. Where flock does not exist (Windows) nothing is removed.
+
+A write that fails (disk full, quota, no permission, read-only file system, a file in the way) removes its
+temporary and raises `WriteError`: one line naming the file, the system's reason and what to do, instead of
+an OSError traceback, so every command that writes through here fails the same readable way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -18,12 +23,100 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from realfake.errors import RealfakeError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 _TMP_NAME = re.compile(r"\.(?P<target>.+)\.\d+\.[a-z0-9_]+\.tmp")  # .NAME.PID.RANDOM.tmp
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM}
+
+
+class WriteError(RealfakeError):
+    """A file could not be written; its temporary is gone and the file is as it was before (old or absent).
+
+    The message says what to fix (from the errno) and then the next step, which the caller knows better than
+    the writer (`then`): "run the command again" by default, "continue with: realfake train --resume RUN"
+    where a run can go on from its checkpoint.
+    """
+
+    def __init__(self, path: str | Path, error: OSError, then: str = "run the command again") -> None:
+        self.path, self.error, self.next_step = Path(path), error, then
+        super().__init__(f"could not write {self.path} ({_reason(error, self.path)}): {_fix(error, self.path)}, "
+                         f"then {then}")
+
+    def then(self, step: str) -> WriteError:
+        """The same error with another next step."""
+        return WriteError(self.path, self.error, step)
+
+
+def _reason(e: OSError, path: Path) -> str:
+    """The system's words, and the path it was about when that is not the file itself or our temporary."""
+    why = e.strerror or e.__class__.__name__
+    where = e.filename
+    if where is not None and Path(where) != path and not _TMP_NAME.fullmatch(Path(where).name):
+        why += f": {where}"
+    return why
+
+
+def _fix(e: OSError, path: Path) -> str:
+    named = e.filename is not None and not _TMP_NAME.fullmatch(Path(e.filename).name)
+    where = _nearest_existing(Path(e.filename) if named else path.parent)  # mkdir names the folder it could not make
+    if e.errno in _NO_SPACE:
+        return f"free disk space on the drive of {where}"
+    if e.errno in _NO_PERMISSION:
+        return f"make {where} writable, or choose another place"
+    if e.errno == errno.EROFS:
+        return f"{where} is on a read-only file system: choose another place"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"a file is in the way at {where}: move it, or choose another place"
+    if e.errno == errno.EISDIR:
+        return f"a folder is in the way at {path}: move it, or choose another file name"
+    return f"check {where} (space, permissions)"
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not _exists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _exists(p: Path) -> bool:
+    try:
+        os.stat(p)
+        return True
+    except OSError:
+        return False
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, with WriteError, if `path` could not be created: a file in the way of its folder, or a folder
+    that is read-only. For commands that would otherwise find out only after minutes of work.
+
+    A best effort (os.access does not know every rule): the writes themselves still fail in one line.
+    """
+    path = Path(path)
+    folder = _nearest_existing(path.parent)
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        if not os.access(folder, os.W_OK | os.X_OK):
+            code = errno.EROFS if _read_only_fs(folder) else errno.EACCES
+            raise PermissionError(code, os.strerror(code), str(folder))
+    except OSError as e:
+        raise WriteError(path, e) from None
+
+
+def _read_only_fs(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+        return False
 
 
 def _tmp_prefix(path: Path) -> str:
@@ -95,18 +188,29 @@ def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> lis
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
+    """Write a file so that readers see the old or the new content, never half of it.
+
+    Raises WriteError (one line, temporary removed) when the disk, the folder or the file system refuses.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path.parent, path.name)
-    fd, tmp = _locked_temporary(lambda: tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and weights are meant to be shared
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp = _locked_temporary(
+            lambda: tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+        )
+    except OSError as e:
+        raise WriteError(path, e) from None
+    try:
         with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and weights are meant to be shared
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

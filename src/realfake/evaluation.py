@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from realfake.atomic import WriteError, atomic_dir
 from realfake.config import RunConfig
 from realfake.data.cache import Dataset, check_two_classes, load_dataset
 from realfake.data.splits import split_from_json
@@ -113,20 +114,43 @@ def evaluate(
     run_dir: str | Path, data: str | Path | None = None, *, device: str = "auto", progress: bool = True,
     log: Log = log_to_stderr,
 ) -> dict[str, Any]:
-    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`)."""
+    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`).
+
+    An evaluation on other data is written whole into a temporary sibling folder and swapped in at the end
+    (atomic_dir): a failure or a kill midway leaves the previous evaluation of that data as it was, never a
+    folder of new predictions beside old metrics.
+    """
     from realfake import report
 
     run = RunDir(run_dir)
     det, ds, idx, out = evaluation_inputs(run.path, data, device=device, progress=progress, log=log)
+    if data is None:
+        metrics = _evaluate_into(out, run, ds, idx, det, None)
+    else:
+        try:
+            with atomic_dir(out.path) as tmp:
+                tmp.chmod(0o755)  # mkdtemp makes 0700; an evaluation is shared with its run, as before
+                metrics = _evaluate_into(RunDir(tmp), run, ds, idx, det, ds.report())
+        except WriteError as e:  # named after the evaluation's own file, not its temporary folder's
+            raise WriteError(out / e.path.name, e.error) from None
+        except OSError as e:  # making or swapping the folder: disk full, read-only
+            raise WriteError(out.path, e) from None
+        log(f"wrote {out / RunDir.METRICS}")
+    if run.has(RunDir.METRICS):
+        report.build(run.path)
+    return metrics
+
+
+def _evaluate_into(
+    out: RunDir, run: RunDir, ds: Dataset, idx: np.ndarray, det: Detector, data_report: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Every file of one evaluation, written to `out`."""
     metrics = evaluate_split(out, ds, idx, det)
     seen = run.training_sources()
     present = sorted({s for s in (ds.sources[int(i)] for i in idx) if s is not None})
     if present and seen is not None:
         metrics["sources_unseen_in_training"] = [s for s in present if s not in seen]
         out.write_json(RunDir.METRICS, metrics)
-    if data is not None:
-        out.write_json(RunDir.DATA_REPORT, ds.report())
-        log(f"wrote {out / RunDir.METRICS}")
-    if run.has(RunDir.METRICS):
-        report.build(run.path)
+    if data_report is not None:
+        out.write_json(RunDir.DATA_REPORT, data_report)
     return metrics

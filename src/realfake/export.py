@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from realfake.atomic import atomic_write_bytes
+from realfake.atomic import atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE, check_tta
 from realfake.data.batches import to_float
 from realfake.detector import Detector
@@ -85,10 +85,12 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if run_dir.suffix.lower() == ".onnx" and run_dir.is_file():
         raise RealfakeError(f"{run_dir} is already an ONNX file; export takes a run directory")
-    detector = Detector.from_run(run_dir, device="cpu")
     path = Path(out) if out is not None else run_dir / RunDir.ONNX
     if path.is_dir():
         raise RealfakeError(f"--out {path} is a folder; give a file name such as {path / RunDir.ONNX}")
+    if out is not None:  # a read-only folder or a file in the way: say so before loading and tracing the model
+        check_writable(path)
+    detector = Detector.from_run(run_dir, device="cpu")
     cal = detector.calibration
     graph = OnnxGraph(detector.model.float().eval(), cal.temperature, cal.tta).eval()
     proto = _to_proto(graph)

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm import tqdm
 
-from realfake.atomic import existing_dir
+from realfake.atomic import WriteError, atomic_write_bytes, existing_dir
 from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
 from realfake.data.batches import RobustAugment, to_device_uint8, train_batches
@@ -70,10 +70,9 @@ def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors, written to a temp name and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
+    """safetensors through the one atomic writer: a full disk is a one-line WriteError, never half a file,
+    and a killed write leaves a temporary the next write of the run removes."""
+    atomic_write_bytes(path, safetensors_bytes(state))
 
 
 def _bce_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -187,7 +186,10 @@ def fit(
             for k in HISTORY_FIELDS[1:]:
                 writer.add_scalar(k, row[k], epoch + 1)
             writer.flush()
-        write_history(run_dir, history)
+        try:
+            write_history(run_dir, history)
+        except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
+            raise e.then(_continue(run_dir, ckpt_dir)) from None
         write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
@@ -198,6 +200,13 @@ def fit(
         writer.close()
     model.load_state_dict(best_state)
     return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start)
+
+
+def _continue(run_dir: Path, ckpt_dir: Path) -> str:
+    """The way on after a failed write inside the loop: resume if a checkpoint exists, else start again."""
+    if existing_dir(ckpt_dir) is not None:
+        return f"continue with: realfake train --resume {run_dir}"
+    return "train again with a new --out"
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> Any:

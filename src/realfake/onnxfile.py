@@ -93,16 +93,36 @@ class OnnxBackend:
     name = "onnxruntime"
     model = None
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, path: str | Path = "the ONNX file") -> None:
         self.session = session
+        self.path = path
         self.lock = threading.RLock()
 
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        out = [
-            self.session.run([LOGIT_NAME], {INPUT_NAME: np.ascontiguousarray(images[s : s + batch_size])})[0]
-            for s in range(0, len(images), batch_size)
-        ]
+        """The file's `logit` output, batch by batch; a graph that fails at run time is one RealfakeError.
+
+        A file that loads can still fail here (a node that cannot take this input: a bad Reshape, an op the
+        build lacks a kernel for); ONNX Runtime's errors share no public base class, so they are told apart
+        by their module, and anything else (a bug here) still surfaces as itself.
+        """
+        out = []
+        for s in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[s : s + batch_size])
+            try:
+                out.append(self.session.run([LOGIT_NAME], {INPUT_NAME: batch})[0])
+            except Exception as e:
+                if not type(e).__module__.startswith("onnxruntime"):
+                    raise
+                raise RealfakeError(
+                    f"ONNX Runtime could not run {self.path} on {len(batch)} image(s) "
+                    f"({type(e).__name__}: {_first_line(e)}): the file is damaged or not made by realfake; "
+                    f"export it again with `realfake export RUN`"
+                ) from None
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0, dtype=np.float64)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxBackend, dict[str, Any]]:
@@ -125,5 +145,5 @@ def load_onnx(path: str | Path) -> tuple[OnnxBackend, dict[str, Any]]:
     meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
     if list(meta.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
         raise RealfakeError(f"{path} has class names {meta['class_names']}, not {list(CLASS_NAMES)}")
-    backend = OnnxBackend(session)
+    backend = OnnxBackend(session, path)
     return backend, {**meta, "backend": backend.name, "onnx_file": str(path)}

@@ -5,7 +5,10 @@ every command (train, resume, evaluate, predict, serve, report, the model card):
 - a file that is missing reads as empty (`{}`), and the caller decides whether it needed it;
 - a file that is there but damaged (not JSON/YAML, or not a mapping) is a RealfakeError that names the
   file and says what to do, never a traceback and never silently "absent";
-- every write is atomic (a reader or a crash sees the old file or the new one, never half).
+- every write is atomic (a reader or a crash sees the old file or the new one, never half); one that fails
+  (disk full, read-only) is a one-line `WriteError` naming the file, and leaves no temporary behind;
+- every write first removes what a killed writer left in the folder (temporaries whose writer is gone), so a
+  run that was kill -9'd is clean again after its next write, with no manual cleanup.
 
 An evaluation on other data (`realfake evaluate RUN --data OTHER`) writes the same kinds of files to
 `RUN/evaluations/<name>/`, so it is a `RunDir` too, made by `RunDir.evaluation`.
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from realfake.atomic import atomic_write_bytes, atomic_write_text
+from realfake.atomic import atomic_write_bytes, remove_stale_temporaries
 from realfake.config import RunConfig, validated
 from realfake.errors import RealfakeError
 
@@ -135,17 +138,20 @@ class RunDir:
     # --- writing: always atomic ---------------------------------------------------------------------------------
 
     def write_json(self, name: str, obj: Any) -> Path:
-        path = self.path / name
-        atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-        return path
+        return self.write_bytes(name, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.path / name
-        atomic_write_text(path, text)
-        return path
+        return self.write_bytes(name, text.encode("utf-8"))
 
     def write_bytes(self, name: str, data: bytes) -> Path:
+        """The one writer of a run's files: atomic, WriteError on failure, and it sweeps the folder first.
+
+        The sweep covers every file's (and folder's) temporaries, not only this name's: a run killed while
+        writing report.html is next written by `--resume` starting with history.csv. Safe because only
+        temporaries whose writer's lock is free are removed (realfake.atomic).
+        """
         path = self.path / name
+        remove_stale_temporaries(path.parent)
         atomic_write_bytes(path, data)
         return path
 
@@ -174,14 +180,30 @@ class RunDir:
         """Where an evaluation on `data` writes: RUN/evaluations/<name>, a name made only of safe characters.
 
         The name comes from the data path, so it is sanitised: never empty, '.' or '..', never a path, so an
-        evaluation can only ever write inside RUN/evaluations and never over the run's own files.
+        evaluation can only ever write inside RUN/evaluations and never over the run's own files. It never
+        starts with '.' (the evaluation's temporary) nor ends in '.old' (the aside copy of another
+        evaluation while it is replaced, see realfake.atomic.atomic_dir).
         """
         text = str(data).rstrip("/\\")
         base = re.split(r"[/\\]", text)[-1] if text else ""
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "data"
+        if slug.endswith(".old"):
+            slug = slug[: -len(".old")] + "-old"
         return RunDir(self.path / self.EVALUATIONS / slug)
 
     def evaluations(self) -> list[RunDir]:
-        """Every evaluation that wrote metrics, in name order."""
+        """Every evaluation that wrote metrics, in name order.
+
+        Temporaries (hidden names) are never listed; an aside copy (`NAME.old`) only when a crash between
+        the two renames of its replacement left no `NAME`.
+        """
         root = self.path / self.EVALUATIONS
-        return [RunDir(m.parent) for m in sorted(root.glob(f"*/{self.METRICS}"))] if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        found = {m.parent.name: m.parent for m in root.glob(f"*/{self.METRICS}") if not m.parent.name.startswith(".")}
+        out = []
+        for name in sorted(found):
+            if name.endswith(".old") and name[: -len(".old")] in found:
+                continue
+            out.append(RunDir(found[name]))
+        return out

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from realfake import report
-from realfake.atomic import existing_dir
+from realfake.atomic import WriteError, check_writable, existing_dir
 from realfake.calibration import Calibration, calibrate
 from realfake.config import RunConfig, validated
 from realfake.contract import CLASS_NAMES, __version__
@@ -31,7 +31,7 @@ from realfake.detector import Detector
 from realfake.device import select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
-from realfake.fit import fit, save_weights, state_to_cpu
+from realfake.fit import FitResult, fit, save_weights, state_to_cpu
 from realfake.infer import TorchBackend
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
@@ -50,6 +50,7 @@ def train(
     if overrides:
         cfg = validated(RunConfig, {**cfg.model_dump(exclude_unset=True), **overrides})  # unset stays unset
     run = RunDir(cfg.out) if cfg.out else RunDir.default(cfg.model)
+    check_writable(run / RunDir.CONFIG)  # a file in the way or a read-only folder: say so before the data loads
     if run.path.exists() and any(run.path.iterdir()):
         raise RealfakeError(f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
     device = select_device(cfg.device)
@@ -58,10 +59,26 @@ def train(
     torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
     built = build(cfg.model, cfg.weights)
     cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
-    run.path.mkdir(parents=True, exist_ok=True)
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(run.path, e) from None
     cfg.out = str(run.path)
     if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
         cfg.data = str(Path(cfg.data).expanduser().resolve())
+    try:
+        _write_run_files(run, cfg, ds, split, built.weights_used, device)
+    except WriteError as e:  # no checkpoint yet, so nothing to resume; the folder is no longer empty, though
+        then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
+        raise e.then(then) from None
+    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}")
+    return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
+
+
+def _write_run_files(
+    run: RunDir, cfg: RunConfig, ds: Dataset, split: dict[str, np.ndarray], weights_used: str, device: torch.device
+) -> None:
+    """What a run holds before its first epoch: config, split, data report, run.json."""
     run.write_config(cfg)
     run.write_json(RunDir.SPLIT, split_to_json(split, protocol=cfg.protocol, seed=cfg.seed, data_key=ds.key))
     run.write_json(
@@ -72,7 +89,7 @@ def train(
         RunDir.INFO,
         {
             "model": cfg.model,
-            "weights_used": built.weights_used,
+            "weights_used": weights_used,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "training",
             "threshold": cfg.threshold,
@@ -84,8 +101,6 @@ def train(
             "cpu_threads": torch.get_num_threads(),
         },
     )
-    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}")
-    return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
 
 
 def resume(
@@ -150,6 +165,26 @@ def _fit_and_finish(
     on_epoch_end: Callable[[int], None] | None,
 ) -> Path:
     result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress)
+    try:
+        metrics = _finish(run, cfg, ds, split, model, device, result, log)
+    except WriteError as e:  # the last checkpoint holds every epoch: resuming redoes only these final steps
+        raise e.then(f"continue with: realfake train --resume {run.path}") from None
+    log(metrics_line(metrics))
+    log(f"report: {report.build(run.path)}")  # its own WriteError says `realfake report RUN`
+    return run.path
+
+
+def _finish(
+    run: RunDir,
+    cfg: RunConfig,
+    ds: Dataset,
+    split: dict[str, np.ndarray],
+    model: torch.nn.Module,
+    device: torch.device,
+    result: FitResult,
+    log: Log,
+) -> dict[str, Any]:
+    """Weights, calibration, run.json and the test split's figures, after the last epoch."""
     save_weights(state_to_cpu(model), run / RunDir.WEIGHTS)
     # One Detector from here on: calibrated on validation (never the test split it is judged on), then tested.
     # Its model is put in the memory layout a loaded run has (training used channels_last), so the figures
@@ -171,7 +206,4 @@ def _fit_and_finish(
         f"({cal.threshold_policy})")
     # The test split is judged with the calibration as stored (run.json rounds T), exactly as a loaded run is.
     stored = Calibration.from_info(info, cfg.threshold)
-    metrics = evaluate_split(run, ds, split["test"], Detector(backend, stored, info, run.path))
-    log(metrics_line(metrics))
-    log(f"report: {report.build(run.path)}")
-    return run.path
+    return evaluate_split(run, ds, split["test"], Detector(backend, stored, info, run.path))

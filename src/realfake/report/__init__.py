@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realfake.atomic import WriteError
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 
@@ -17,6 +18,9 @@ def build(run_dir: str | Path) -> Path:
     run = RunDir(run_dir)
     if not run.has(RunDir.METRICS):
         raise RealfakeError(f"{run.path} has no {RunDir.METRICS} yet: run `realfake evaluate {run.path}` first")
-    path = build_report(run.path)
-    write_model_card(run.path)
+    try:
+        path = build_report(run.path)
+        write_model_card(run.path)
+    except WriteError as e:  # every file here is drawn from the run's files: drawing again is all it takes
+        raise e.then(f"run: realfake report {run.path}") from None
     return path

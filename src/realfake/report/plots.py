@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
-from realfake.atomic import atomic_write_bytes
+from realfake.atomic import atomic_write_bytes, remove_stale_temporaries
 from realfake.calibration import apply_temperature, is_fake
 from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
@@ -302,6 +302,7 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
     """Every figure whose inputs the run folder holds, written to run_dir/plots; name -> path of those written."""
     run = RunDir(run_dir)
     plots_dir = run / RunDir.PLOTS
+    remove_stale_temporaries(plots_dir)  # a killed draw's temporaries, also of figures not drawn this time
     written: dict[str, Path | None] = {}
     metrics = run.read_json(RunDir.METRICS)
     threshold = float(metrics.get("threshold") or 0.5)

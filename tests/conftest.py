@@ -36,15 +36,9 @@ def trained_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from realfake import training as run
     from realfake.config import RunConfig
 
-    old = os.environ.get("REALFAKE_CACHE_DIR")
-    os.environ["REALFAKE_CACHE_DIR"] = str(tmp_path_factory.mktemp("trained-run-cache"))
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # a session fixture: its own cache, restored afterwards
+        mp.setenv("REALFAKE_CACHE_DIR", str(tmp_path_factory.mktemp("trained-run-cache")))
         out = tmp_path_factory.mktemp("trained") / "run"
         cfg = RunConfig(data=str(mini_zip), limit=200, epochs=1, batch_size=32, weights="none", device="cpu",
                         seed=3, out=str(out))
         return run.train(cfg, progress=False, log=lambda m: None)
-    finally:
-        if old is None:
-            os.environ.pop("REALFAKE_CACHE_DIR", None)
-        else:
-            os.environ["REALFAKE_CACHE_DIR"] = old

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -40,20 +39,14 @@ def fast_run(mini_zip, tmp_path_factory):
         raise KeyboardInterrupt
 
     cache = tmp_path_factory.mktemp("ckpt-cache")
-    old = os.environ.get("REALFAKE_CACHE_DIR")
-    os.environ["REALFAKE_CACHE_DIR"] = str(cache)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REALFAKE_CACHE_DIR", str(cache))
         out = tmp_path_factory.mktemp("ckpt") / "run"
         cfg = RunConfig(data=str(mini_zip), limit=200, epochs=2, batch_size=32, weights="none", device="cpu",
                         model="fast", seed=3, out=str(out))
         with pytest.raises(KeyboardInterrupt):
             run.train(cfg, progress=False, log=lambda m: None, on_epoch_end=stop)
         return out, cache
-    finally:
-        if old is None:
-            os.environ.pop("REALFAKE_CACHE_DIR", None)
-        else:
-            os.environ["REALFAKE_CACHE_DIR"] = old
 
 
 @pytest.fixture

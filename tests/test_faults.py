@@ -166,18 +166,12 @@ def reference(mini_zip, data_cache, tmp_path_factory):
     from realfake import training
     from realfake.config import RunConfig
 
-    old = os.environ.get("REALFAKE_CACHE_DIR")
-    os.environ["REALFAKE_CACHE_DIR"] = str(data_cache)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REALFAKE_CACHE_DIR", str(data_cache))
         out = tmp_path_factory.mktemp("faults-ref") / "run"
         cfg = RunConfig(data=str(mini_zip), limit=200, epochs=3, batch_size=32, weights="none", device="cpu",
                         model="fast", seed=SEED, out=str(out))
         return training.train(cfg, progress=False, log=lambda m: None)
-    finally:
-        if old is None:
-            os.environ.pop("REALFAKE_CACHE_DIR", None)
-        else:
-            os.environ["REALFAKE_CACHE_DIR"] = old
 
 
 @pytest.fixture

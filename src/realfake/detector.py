@@ -12,7 +12,7 @@ logits is the same code for both.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,6 @@ from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-ONNX_FILE = RunDir.ONNX
 
 
 class Backend(Protocol):
@@ -188,16 +187,19 @@ class Detector:
         return self.predict_many([x], threshold)[0]
 
     def predict_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Prediction]:
-        names, decoded, errors = self._decode(xs)
+        names, decoded, errors = self.decode(xs)
         return self.predictions(names, decoded, errors, threshold)
 
-    def _decode(self, xs: Sequence[Any]) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
-        """Each input decoded, or None with the reason: one bad item never sinks the others."""
+    def decode(
+        self, xs: Sequence[Any], read: Callable[[Any], bytes] | None = None
+    ) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
+        """Each input decoded, or None with the reason: one bad item never sinks the others. `read` (see
+        `read_and_decode`) lets a caller check each input before it is decoded, as the server's budget does."""
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
         for x in xs:
             try:
-                decoded.append(read_and_decode(x))
+                decoded.append(read_and_decode(x, read))
                 errors.append(None)
             except BadImage as e:
                 decoded.append(None)
@@ -239,7 +241,7 @@ class Detector:
         return self.explain_many([x], threshold)[0]
 
     def explain_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Explanation]:
-        return self.explanations(*self._decode(xs), threshold)
+        return self.explanations(*self.decode(xs), threshold)
 
     def explanations(
         self,

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from realfake.contract import __version__
-from realfake.data.images import BadImage, header_decoded_bytes, read_and_decode
+from realfake.data.images import BadImage, header_decoded_bytes
 from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
@@ -120,22 +120,17 @@ class Service:
         never decoded; the ones that fit are still judged.
         """
         left = self.limits.max_decode_bytes
-        decoded: list[np.ndarray | None] = []
-        errors: list[str | None] = []
-        for d in data:
-            need = header_decoded_bytes(d)
+
+        def within_budget(upload: bytes) -> bytes:
+            nonlocal left
+            need = header_decoded_bytes(upload)
             if need > left:
-                decoded.append(None)
-                errors.append(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "
-                              f"{self.limits.max_decode_bytes:,} left)")
-                continue
+                raise BadImage(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "
+                               f"{self.limits.max_decode_bytes:,} left)")
             left -= need
-            try:
-                decoded.append(read_and_decode(d))
-                errors.append(None)
-            except BadImage as e:
-                decoded.append(None)
-                errors.append(str(e))
+            return upload
+
+        _, decoded, errors = self.detector.decode(list(data), within_budget)
         return decoded, errors
 
     def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:

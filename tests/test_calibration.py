@@ -132,3 +132,52 @@ def test_calibrate_stores_what_from_info_reads_back():
     assert again.temperature == pytest.approx(cal.temperature, abs=1e-5)
     old_run = Calibration.from_info({"threshold": 0.7})
     assert old_run.temperature == 1.0 and old_run.threshold == 0.7 and old_run.uncertain_band is None
+
+
+def _two_classes(n: int = 4000, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return np.where(y == 1, rng.normal(6, 1, n), rng.normal(-6, 1, n)), y
+
+
+def test_ood_score_flags_about_five_percent_in_distribution_and_the_in_between():
+    z, y = _two_classes()
+    cal = calibrate(z, y, "balanced")
+    assert cal.ood is not None and cal.ood.level == 0.95 and len(cal.ood.real) == 101
+    zt, yt = _two_classes(seed=6)  # fresh images of the same two classes
+    flagged = cal.out_of_distribution(cal.ood_scores(zt))
+    assert 0.03 <= flagged[yt == 0].mean() <= 0.07 and 0.03 <= flagged[yt == 1].mean() <= 0.07
+    # a generator the detector never saw lands between the classes: REAL by the threshold, but not typical REAL
+    between = np.array([-2.0, 0.5, 2.0])
+    ood = cal.ood_scores(between)
+    assert (ood > 0.99).all() and cal.labels(cal.p_fake(between), ood) == ["uncertain"] * 3
+    # typical images keep their label, and an extreme FAKE is typical of FAKE, not out of distribution
+    typical = np.array([-6.0, 6.0, 12.0])
+    assert cal.labels(cal.p_fake(typical), cal.ood_scores(typical)) == ["REAL", "FAKE", "FAKE"]
+    # the score is a share: monotone towards the other class within REAL, in [0, 1]
+    s = cal.ood_scores(np.linspace(-12, -1, 50))
+    assert (np.diff(s) >= 0).all() and s.min() >= 0 and s.max() <= 1
+
+
+def test_ood_round_trips_and_refuses_a_malformed_entry():
+    z, y = _two_classes()
+    cal = calibrate(z, y, "balanced", ood_level=0.9)
+    again = Calibration.from_info(cal.to_info())
+    assert again.ood is not None and again.ood.level == 0.9
+    np.testing.assert_allclose(again.ood_scores(z), cal.ood_scores(z), atol=1e-5)
+    assert calibrate(z, y, "balanced", ood_level=None).ood is None
+    assert Calibration.from_info({"threshold": 0.5}).ood_scores(z) is None  # an older run: no score, no flags
+    assert calibrate(z[y == 0], y[y == 0], "balanced").ood is None  # one class: nothing to be typical of
+    for bad in ({"level": 0.95}, {"level": 2, "real": [0, 1], "fake": [0, 1]},
+                {"level": 0.9, "real": [1, 0], "fake": [0, 1]}, {"level": 0.9, "real": "ab", "fake": [0, 1]}):
+        with pytest.raises(RealfakeError, match="'ood' entry is malformed"):
+            Calibration.from_info({"ood": bad})
+
+
+def test_ood_metrics_count_flags_and_the_confidently_wrong():
+    z, y = _two_classes()
+    cal = calibrate(z, y, "balanced")
+    unseen = np.array([-1.0, -0.5, -7.0, 5.0])  # fakes of an unseen generator: two in between, one deep REAL
+    m = calibration_metrics(np.ones(4, int), unseen, cal)["ood"]
+    assert m["n_flagged"] == 2 and m["fraction_flagged_fake"] == 0.5 and m["fraction_flagged_real"] is None
+    assert m["confidently_wrong"] == 0.25  # -7: called REAL with the typicality of a real photo

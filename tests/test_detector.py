@@ -32,9 +32,12 @@ def test_predict_accepts_every_input_kind(detector, tmp_path):
     assert len({p.p_fake for p in preds}) == 1  # the same pixels, whatever the container
     expected = float(detector.predict_proba(arr[None])[0])
     assert preds[0].p_fake == round(expected, 6)
-    assert preds[0].label == ("FAKE" if expected >= detector.threshold else "REAL")
+    ood = float(detector.calibration.ood_scores(detector.predict_logits(arr[None]))[0])
+    assert preds[0].ood == round(ood, 4)
+    by_threshold = "FAKE" if expected >= detector.threshold else "REAL"
+    assert preds[0].label == ("uncertain" if ood > detector.calibration.ood.level else by_threshold)
     assert preds[0].to_dict() == {"source": str(tmp_path / "a.png"), "p_fake": preds[0].p_fake,
-                                  "label": preds[0].label, "threshold": detector.threshold}
+                                  "label": preds[0].label, "threshold": detector.threshold, "ood": preds[0].ood}
 
 
 def test_predict_many_keeps_order_and_reports_bad_items(detector, tmp_path):
@@ -43,7 +46,8 @@ def test_predict_many_keeps_order_and_reports_bad_items(detector, tmp_path):
     out = detector.predict([arr, tmp_path / "bad.jpg", tmp_path / "missing.png", arr], threshold=0.999999)
     assert [p.error is None for p in out] == [True, False, False, True]
     assert out[1].p_fake is None and out[1].label is None and "not an image" in out[1].error
-    assert out[0].label == "REAL" and out[0].threshold == 0.999999  # the override, not the run's threshold
+    # the override, not the run's threshold; an image this far from FAKE may be atypical of REAL too
+    assert out[0].label in ("REAL", "uncertain") and out[0].threshold == 0.999999
     assert out[1].to_dict()["error"] == out[1].error
 
 

@@ -136,3 +136,19 @@ def test_missing_or_broken_onnx_gives_one_line_errors(trained_run, tmp_path):
     assert result.exit_code == 1 and "realfake export" in result.output
     with pytest.raises(RealfakeError, match="not a trained run"):
         export_onnx(tmp_path)
+
+
+def test_ood_output_matches_the_detector(mini_zip, exported, torch_det, onnx_det):
+    """The graph's `ood` is the Detector's score (same quantiles, same threshold side), and the file carries
+    the quantiles so that an ONNX-loaded Detector labels 'uncertain' like the run."""
+    assert torch_det.calibration.ood is not None  # the trained run fitted one on its validation split
+    images = np.asarray(load_dataset(mini_zip, limit=100, seed=2, progress=False).images)
+    ood_graph = onnx_det.backend.session.run(["ood"], {"images": images})[0]
+    z = torch_det.predict_logits(images)
+    np.testing.assert_allclose(ood_graph, torch_det.calibration.ood_scores(z), atol=2e-3)
+    assert onnx_det.calibration.ood == torch_det.calibration.ood
+    names = [f"i{k}" for k in range(len(images))]
+    a = torch_det.predictions(names, list(images), [None] * len(images))
+    b = onnx_det.predictions(names, list(images), [None] * len(images))
+    assert [p.label for p in a] == [p.label for p in b] and all(p.ood is not None for p in b)
+    assert max(abs(p.ood - q.ood) for p, q in zip(a, b, strict=True)) <= 2e-3

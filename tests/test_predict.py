@@ -44,7 +44,9 @@ def test_stream_matches_detector_and_reports_bad_items_in_order(tree, detector):
     inputs = [tree / "d", tree / "missing.png", tree / "a.zip"]
     one_batch = list(predict_paths(detector, inputs, batch_size=1000, progress=False))
     many_batches = list(predict_paths(detector, inputs, batch_size=2, workers=2, progress=False))
-    assert [p.to_dict() for p in one_batch] == [p.to_dict() for p in many_batches]
+    # the OOD score is steeper than p_fake, so the float noise of another batch size can move its last digit
+    assert [{**p.to_dict(), "ood": None} for p in one_batch] == [{**p.to_dict(), "ood": None} for p in many_batches]
+    assert max(abs(p.ood - q.ood) for p, q in zip(one_batch, many_batches, strict=True) if p.ood is not None) <= 1e-3
     by_name = {p.source.replace(f"{tree}/", "").replace("d/", ""): p for p in one_batch}
     assert len(one_batch) == 9
     assert by_name["missing.png"].error.startswith("unreadable file (FileNotFoundError")
@@ -57,7 +59,9 @@ def test_stream_matches_detector_and_reports_bad_items_in_order(tree, detector):
 def test_threshold_override_changes_labels(tree, detector):
     low = list(predict_paths(detector, [tree / "d"], threshold=1e-9, progress=False))
     high = list(predict_paths(detector, [tree / "d"], threshold=1 - 1e-9, progress=False))
-    assert {p.label for p in low} == {"FAKE"} and {p.label for p in high} == {"REAL"}
+    # nothing on the other side of the override; the OOD score may call some of them uncertain
+    assert {p.label for p in low} <= {"FAKE", "uncertain"} and "FAKE" in {p.label for p in low}
+    assert {p.label for p in high} <= {"REAL", "uncertain"} and "REAL" in {p.label for p in high}
     assert all(p.threshold == 1e-9 for p in low)
 
 

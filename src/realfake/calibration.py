@@ -6,6 +6,14 @@ decision threshold is then chosen on the same validation split, on the calibrate
 and stored in run.json. Every consumer (evaluate, predict, serve, metrics, plots) turns logits into p with
 `Calibration.p_fake` and p into a verdict with `is_fake` / `label_of`, so they cannot drift apart.
 How well calibrated p is (ECE, Brier) is a figure, and lives in `realfake.metrics`.
+
+"I don't know" (`Typicality`): a detector meets generators it never saw, and their fakes land between the
+classes it learned, where the threshold turns them into confident REALs. So the run also stores, per class,
+the quantiles of its validation logits; an image's `ood` score is how far out it lies in the class it is
+labelled (0.97: more extreme than 97% of validation images of that class, in the direction of the other class),
+and above `level` (0.95) it is labelled uncertain whatever p_fake says. Measured against Mahalanobis and kNN
+scores on the penultimate features (see the README's "Generators it never saw"): those flagged 0-25% of an
+unseen generator's fakes, this flagged 95%, at the same 5% of in-distribution REAL images.
 """
 
 from __future__ import annotations
@@ -190,6 +198,67 @@ def labels_of(p_fake: np.ndarray, threshold: float, band: tuple[float, float] | 
     return [label_of(float(p), threshold, band) for p in np.asarray(p_fake, dtype=np.float64).ravel()]
 
 
+# --- "I don't know": how typical an image is of the class it is labelled ----------------------------------------
+
+OOD_LEVEL = 0.95  # the score above which an input is out of distribution: ~5% of validation images pass it
+OOD_POINTS = 101  # quantiles stored per class (every percentile)
+QUANTILE_MIN_WIDTH = 1e-6  # a segment between two equal quantiles is a step, not a division by zero
+
+
+def quantile_cdf(z: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """The share of a class's validation logits below z, read off its stored quantiles q (piecewise linear).
+
+    Written as a sum of clamped ramps, one per segment, so that the ONNX graph computes the very same
+    function with elementwise ops (see `realfake.export`).
+    """
+    z = np.asarray(z, dtype=np.float64).reshape(-1, 1)
+    q = np.asarray(q, dtype=np.float64)
+    width = np.maximum(q[1:] - q[:-1], QUANTILE_MIN_WIDTH)
+    return np.clip((z - q[:-1]) / width, 0.0, 1.0).sum(axis=1) / (len(q) - 1)
+
+
+@dataclass(frozen=True)
+class Typicality:
+    """Per class, OOD_POINTS quantiles of the validation logits, and the level above which an input is OOD."""
+
+    real: tuple[float, ...]
+    fake: tuple[float, ...]
+    level: float = OOD_LEVEL
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray, level: float = OOD_LEVEL) -> Typicality | None:
+        """From validation logits and labels; None without at least two images of each class."""
+        y, z = paired(labels, logits)
+        if min(int((y == 0).sum()), int((y == 1).sum())) < 2 or not np.all(np.isfinite(z)):
+            return None
+        grid = np.linspace(0, 1, OOD_POINTS)
+        return cls(tuple(float(v) for v in np.quantile(z[y == 0], grid)),
+                   tuple(float(v) for v in np.quantile(z[y == 1], grid)), float(level))
+
+    def scores(self, logits: np.ndarray, fake: np.ndarray) -> np.ndarray:
+        """OOD score in [0, 1] of each logit, in the class it is labelled (`fake`: labelled FAKE)."""
+        z = np.asarray(logits, dtype=np.float64).ravel()
+        return np.where(np.asarray(fake).ravel(), 1.0 - quantile_cdf(z, np.array(self.fake)),
+                        quantile_cdf(z, np.array(self.real)))
+
+    def to_info(self) -> dict[str, Any]:
+        return {"level": self.level, "real": [round(v, 6) for v in self.real], "fake": [round(v, 6) for v in self.fake]}
+
+    @classmethod
+    def from_info(cls, d: Any) -> Typicality | None:
+        """From run.json's `ood` (None when the run has none; malformed is a one-line error)."""
+        if not d:
+            return None
+        try:
+            real, fake, level = tuple(map(float, d["real"])), tuple(map(float, d["fake"])), float(d["level"])
+        except (KeyError, TypeError, ValueError):
+            raise RealfakeError("the run's 'ood' entry is malformed (expected level, real, fake)") from None
+        ordered = len(real) >= 2 and len(fake) >= 2 and list(real) == sorted(real) and list(fake) == sorted(fake)
+        if not ordered or not 0 < level < 1:
+            raise RealfakeError("the run's 'ood' entry is malformed (sorted quantiles, level between 0 and 1)")
+        return cls(real, fake, level)
+
+
 # --- what a run stores, and the figures evaluation reports ---------------------------------------------------
 
 
@@ -202,6 +271,7 @@ class Calibration:
     threshold_policy: str = "fixed:0.5"
     uncertain_band: tuple[float, float] | None = None
     tta: str = "none"
+    ood: Typicality | None = None
 
     @classmethod
     def from_info(cls, info: dict[str, Any], default_threshold: float = 0.5) -> Calibration:
@@ -213,6 +283,7 @@ class Calibration:
             threshold_policy=str(info.get("threshold_policy") or f"fixed:{info.get('threshold', default_threshold):g}"),
             uncertain_band=(float(band[0]), float(band[1])) if band else None,
             tta=str(info.get("tta") or "none"),
+            ood=Typicality.from_info(info.get("ood")),
         )
 
     def to_info(self) -> dict[str, Any]:
@@ -222,6 +293,7 @@ class Calibration:
             "threshold_policy": self.threshold_policy,
             "uncertain_band": list(self.uncertain_band) if self.uncertain_band else None,
             "tta": self.tta,
+            "ood": self.ood.to_info() if self.ood else None,
         }
 
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
@@ -235,19 +307,44 @@ class Calibration:
     def is_fake(self, p_fake: np.ndarray | float) -> np.ndarray:
         return is_fake(p_fake, self.threshold)
 
-    def label(self, p_fake: float) -> str:
-        """REAL / FAKE by the threshold, or 'uncertain' inside the stored band."""
+    def ood_scores(self, logits: np.ndarray) -> np.ndarray | None:
+        """Each raw logit's OOD score in the class this threshold labels it (None: the run stores none)."""
+        if self.ood is None:
+            return None
+        return self.ood.scores(logits, self.is_fake(self.p_fake(logits)))
+
+    def out_of_distribution(self, ood: np.ndarray | float | None) -> np.ndarray:
+        """True where an OOD score is above the stored level."""
+        if self.ood is None or ood is None:
+            return np.zeros(np.shape(ood) if ood is not None else (), dtype=bool)
+        return np.asarray(ood, dtype=np.float64) > self.ood.level
+
+    def label(self, p_fake: float, ood: float | None = None) -> str:
+        """REAL / FAKE by the threshold, or 'uncertain' inside the stored band or out of distribution."""
+        if ood is not None and bool(self.out_of_distribution(ood)):
+            return UNCERTAIN
         return label_of(float(p_fake), self.threshold, self.uncertain_band)
 
-    def labels(self, p_fake: np.ndarray) -> list[str]:
-        return labels_of(p_fake, self.threshold, self.uncertain_band)
+    def labels(self, p_fake: np.ndarray, ood: np.ndarray | None = None) -> list[str]:
+        out = labels_of(p_fake, self.threshold, self.uncertain_band)
+        if ood is not None:
+            out = [UNCERTAIN if o else lab for lab, o in zip(out, self.out_of_distribution(ood).ravel(), strict=True)]
+        return out
+
+    def uncertain(self, p_fake: np.ndarray, ood: np.ndarray | None = None) -> np.ndarray:
+        """True where the verdict is 'uncertain' (the band, or out of distribution)."""
+        mask = in_band(p_fake, self.uncertain_band)
+        return mask | self.out_of_distribution(ood) if ood is not None else mask
 
 
 def calibrate(
-    val_logits: np.ndarray, val_labels: np.ndarray, policy: str, band: str | None = None, tta: str = "none"
+    val_logits: np.ndarray, val_labels: np.ndarray, policy: str, band: str | None = None, tta: str = "none",
+    ood_level: float | None = OOD_LEVEL,
 ) -> Calibration:
-    """Fit T on validation logits, then pick the threshold on the calibrated validation p_fake."""
+    """Fit T on validation logits, pick the threshold on the calibrated validation p_fake, and fit the OOD
+    score's quantiles there too (`ood_level` None: no OOD score)."""
     pol = parse_policy(policy)
     t = fit_temperature(val_logits, val_labels)
     threshold = choose_threshold(val_labels, apply_temperature(val_logits, t), pol)
-    return Calibration(t, threshold, str(pol), parse_band(band), tta)
+    ood = Typicality.fit(val_logits, val_labels, ood_level) if ood_level is not None else None
+    return Calibration(t, threshold, str(pol), parse_band(band), tta, ood)

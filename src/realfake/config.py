@@ -45,6 +45,10 @@ class RunConfig(BaseModel):
         "balanced", description="how the threshold is chosen on validation: balanced | fpr:RATE | fixed:P | fixed"
     )
     uncertain: str | None = Field(None, description="LOW:HIGH band of calibrated p_fake labelled 'uncertain'")
+    ood_level: float | None = Field(
+        0.95, gt=0.5, lt=1, description="'uncertain' when an image is less typical of its class than this share of "
+        "validation images of that class (see calibration.Typicality); None: no out-of-distribution score",
+    )
     augment: Literal["flips", "robust"] = Field("flips", description="robust = flips + random JPEG and blur")
     aug_jpeg_p: float = Field(0.3, ge=0, le=1, description="robust: share of images JPEG re-compressed")
     aug_jpeg_quality: tuple[int, int] = Field((30, 95), description="robust: JPEG quality range (inclusive)")

@@ -40,18 +40,24 @@ class Backend(Protocol):
 
 @dataclass
 class Prediction:
-    """One verdict. `error` is set (and p_fake/label are None) when the input could not be read."""
+    """One verdict. `error` is set (and p_fake/label are None) when the input could not be read.
+
+    `ood` is how atypical the image is of the class it was labelled (0..1, see calibration.Typicality): above
+    the run's level the label is 'uncertain' whatever p_fake says. None when the run stores no OOD score.
+    """
 
     source: str
     p_fake: float | None
     label: str | None
     threshold: float
     error: str | None = None
+    ood: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if d["error"] is None:
-            del d["error"]
+        for key in ("error", "ood"):  # absent rather than null: no error; a run without an OOD score
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -176,9 +182,9 @@ class Detector:
         """Calibrated p_fake for (N, 32, 32, 3) uint8 images already in model form."""
         return self.calibration.p_fake(self.predict_logits(images, batch_size))
 
-    def label_for(self, p_fake: float, threshold: float | None = None) -> str:
-        """REAL / FAKE by the threshold, or "uncertain" inside the run's uncertain_band (if it stored one)."""
-        return self.calibration.with_threshold(threshold).label(p_fake)
+    def label_for(self, p_fake: float, threshold: float | None = None, ood: float | None = None) -> str:
+        """REAL / FAKE by the threshold, or "uncertain" inside the run's uncertain_band or out of distribution."""
+        return self.calibration.with_threshold(threshold).label(p_fake, ood)
 
     def predict(self, x: Any, threshold: float | None = None) -> Prediction | list[Prediction]:
         """A path, PIL image, array or bytes gives one Prediction; a list gives a list, bad items included."""
@@ -217,13 +223,15 @@ class Detector:
         in one model call; the batch predictor decodes in worker processes and hands its results here."""
         cal = self.calibration.with_threshold(threshold)
         good = [i for i, a in enumerate(decoded) if a is not None]
-        p = self.predict_proba(np.stack([decoded[i] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
-        p_by_index = dict(zip(good, p, strict=True))
+        z = self.predict_logits(np.stack([decoded[i] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
+        p, ood = cal.p_fake(z), cal.ood_scores(z)
+        by_index = {i: (float(p[k]), None if ood is None else float(ood[k])) for k, i in enumerate(good)}
         out: list[Prediction] = []
         for i, name in enumerate(names):
-            if i in p_by_index:
-                pf = float(p_by_index[i])
-                out.append(Prediction(name, round(pf, 6), cal.label(pf), cal.threshold))
+            if i in by_index:
+                pf, o = by_index[i]
+                out.append(Prediction(name, round(pf, 6), cal.label(pf, o), cal.threshold,
+                                      ood=None if o is None else round(o, 4)))
             else:
                 out.append(Prediction(name, None, None, cal.threshold, error=errors[i] or "unreadable"))
         return out

@@ -21,36 +21,53 @@ import torch
 from torch import nn
 
 from realfake.atomic import atomic_write_bytes, check_writable
+from realfake.calibration import QUANTILE_MIN_WIDTH, Calibration
 from realfake.contract import IMAGE_SIZE, check_tta
 from realfake.data.batches import to_float
 from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.infer import tta_logits
-from realfake.onnxfile import INPUT_NAME, LOGIT_NAME, OUTPUT_NAME, metadata
+from realfake.onnxfile import INPUT_NAME, LOGIT_NAME, OOD_NAME, OUTPUT_NAME, metadata
 from realfake.rundir import RunDir
 
 FORMATS = ("onnx",)
 
 
+def _quantile_cdf(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """`calibration.quantile_cdf` in torch ops (clamped ramps summed), so the graph's ood is the Detector's."""
+    width = (q[1:] - q[:-1]).clamp_min(QUANTILE_MIN_WIDTH)
+    return ((z.unsqueeze(1) - q[:-1]) / width).clamp(0.0, 1.0).sum(dim=1) / (q.numel() - 1)
+
+
 class OnnxGraph(nn.Module):
-    """uint8 NHWC images in; (p_fake, logit) out. Wraps a registry model, which takes float NCHW in [0, 1].
+    """uint8 NHWC images in; (p_fake, logit[, ood]) out. Wraps a registry model (float NCHW in [0, 1]).
 
     The run's prediction settings go inside too, so the file answers exactly as `Detector` does: test-time
-    augmentation (tta="flip": the logit is the mean of the image's and its mirror image's) and the
-    calibration temperature (p_fake = sigmoid(logit / T)).
+    augmentation (tta="flip": the logit is the mean of the image's and its mirror image's), the calibration
+    temperature (p_fake = sigmoid(logit / T)) and, when the run has one, the OOD score of the labelled class.
     """
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0, tta: str = "none") -> None:
+    def __init__(self, model: nn.Module, cal: Calibration) -> None:
         super().__init__()
-        check_tta(tta)
+        check_tta(cal.tta)
         self.model = model
-        self.temperature = float(temperature)
-        self.tta = tta
+        self.temperature = float(cal.temperature)
+        self.threshold = float(cal.threshold)
+        self.tta = cal.tta
+        self.with_ood = cal.ood is not None
+        if cal.ood is not None:
+            self.register_buffer("q_real", torch.tensor(cal.ood.real, dtype=torch.float32))
+            self.register_buffer("q_fake", torch.tensor(cal.ood.fake, dtype=torch.float32))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = to_float(images.permute(0, 3, 1, 2))  # the trainer's own scaling, traced into the graph
         logit = tta_logits(self.model, x, self.tta)
-        return torch.sigmoid(logit / self.temperature), logit
+        p_fake = torch.sigmoid(logit / self.temperature)
+        if not self.with_ood:
+            return p_fake, logit
+        ood = torch.where(p_fake >= self.threshold, 1.0 - _quantile_cdf(logit, self.q_fake),
+                          _quantile_cdf(logit, self.q_real))
+        return p_fake, logit, ood
 
 
 def _to_proto(graph: OnnxGraph) -> Any:
@@ -58,7 +75,8 @@ def _to_proto(graph: OnnxGraph) -> Any:
     import onnx
 
     example = (torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, 3, dtype=torch.uint8),)
-    names = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME, LOGIT_NAME]}
+    outputs = [OUTPUT_NAME, LOGIT_NAME] + ([OOD_NAME] if graph.with_ood else [])
+    names = {"input_names": [INPUT_NAME], "output_names": outputs}
     try:
         program = torch.onnx.export(
             graph, example, None, dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
@@ -73,7 +91,7 @@ def _to_proto(graph: OnnxGraph) -> Any:
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph, example, buf, dynamo=False, opset_version=17,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}, LOGIT_NAME: {0: "batch"}}, **names,
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]}, **names,
         )
     return onnx.load_from_string(buf.getvalue())
 
@@ -92,7 +110,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None) -> Path:
         check_writable(path)
     detector = Detector.from_run(run_dir, device="cpu")
     cal = detector.calibration
-    graph = OnnxGraph(detector.model.float().eval(), cal.temperature, cal.tta).eval()
+    graph = OnnxGraph(detector.model.float().eval(), cal).eval()
     proto = _to_proto(graph)
     proto.doc_string = f"realfake detector ({detector.info.get('model', '')}): p_fake for 32x32 RGB uint8 images"
     del proto.metadata_props[:]

@@ -146,7 +146,33 @@ def calibration_metrics(labels: np.ndarray, logits: np.ndarray, cal: Calibration
             "accuracy_decided": rounded(right[outside].mean()) if outside.any() else None,
             "accuracy_all": rounded(right.mean()) if len(y) else None,
         }
+    ood = cal.ood_scores(logits)
+    if ood is not None:
+        out["ood"] = ood_metrics(y, p, cal, ood)
     return out
+
+
+def ood_metrics(labels: np.ndarray, p_fake: np.ndarray, cal: Calibration, ood: np.ndarray) -> dict[str, Any]:
+    """How many images "I don't know" caught: flagged out of distribution, per true class, and how many were
+    still confidently wrong (a wrong REAL/FAKE label, not uncertain), the figure a user pays for."""
+    y = np.asarray(labels).astype(int).ravel()
+    flagged = cal.out_of_distribution(ood)
+    unsure = cal.uncertain(p_fake, ood)
+    wrong = (cal.is_fake(p_fake) != (y == 1)) & ~unsure
+
+    def share(mask: np.ndarray, where: np.ndarray) -> float | None:
+        return rounded(mask[where].mean()) if where.any() else None
+
+    return {
+        "level": cal.ood.level if cal.ood else None,
+        "n_flagged": int(flagged.sum()),
+        "fraction_flagged": share(flagged, np.ones_like(flagged)),
+        "fraction_flagged_real": share(flagged, y == 0),
+        "fraction_flagged_fake": share(flagged, y == 1),
+        "fraction_uncertain": share(unsure, np.ones_like(unsure)),
+        "confidently_wrong": share(wrong, np.ones_like(wrong)),
+        "accuracy_decided": rounded((~wrong[~unsure]).mean()) if (~unsure).any() else None,
+    }
 
 
 # --- by source, and under degradations ----------------------------------------------------------------------

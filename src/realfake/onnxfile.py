@@ -3,7 +3,8 @@
 A realfake ONNX file takes exactly what realfake's preprocessing produces, `images`: uint8 [N, 32, 32, 3]
 RGB (NHWC, the layout of `realfake.data.images.decode_bytes` and of the cache), and does the rest inside:
 NHWC -> NCHW, /255, the model, the run's test-time augmentation (if any), the calibration temperature and
-the sigmoid. Outputs: `p_fake` [N] float and `logit` [N] (before calibration). A consumer in another
+the sigmoid. Outputs: `p_fake` [N] float, `logit` [N] (before calibration) and, for a run with an OOD score,
+`ood` [N] (see `calibration.Typicality`; the metadata's `ood` holds its level and quantiles). A consumer in another
 language only has to decode, centre-crop and Lanczos-resize to 32x32; nothing about scaling or layout can
 be got wrong.
 
@@ -29,6 +30,7 @@ from realfake.errors import RealfakeError
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_fake"
 LOGIT_NAME = "logit"
+OOD_NAME = "ood"  # only in files of runs with an OOD score
 INPUT_DESCRIPTION = (
     f"images: uint8 [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3] RGB, NHWC, values 0-255, as realfake.data.images produces "
     f"(EXIF-rotated, centre-cropped to a square, Lanczos-downscaled to {IMAGE_SIZE}x{IMAGE_SIZE}); "
@@ -36,9 +38,11 @@ INPUT_DESCRIPTION = (
 )
 OUTPUT_DESCRIPTION = (
     "p_fake: float [N], calibrated probability that the image is AI-generated (FAKE); "
-    "logit: float [N], the logit before calibration; label = FAKE when p_fake >= threshold"
+    "logit: float [N], the logit before calibration; label = FAKE when p_fake >= threshold; "
+    "ood: float [N] (when the run has an OOD score), how atypical the image is of the class it is labelled, "
+    "0..1: above the metadata's ood level the label is 'uncertain'"
 )
-_JSON_KEYS = ("class_names", "uncertain_band")
+_JSON_KEYS = ("class_names", "uncertain_band", "ood")
 _FLOAT_KEYS = ("threshold", "temperature")
 
 
@@ -58,7 +62,7 @@ def metadata(info: dict[str, Any], cal: Calibration, source_run: str, torch_vers
         "output": OUTPUT_DESCRIPTION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    for key in ("threshold_policy", "uncertain_band", "tta"):  # calibration settings, when the run has them
+    for key in ("threshold_policy", "uncertain_band", "tta", "ood"):  # calibration settings, when the run has them
         if info.get(key) is not None:
             meta[key] = info[key] if isinstance(info[key], str) else json.dumps(info[key])
     return {k: str(v) for k, v in meta.items()}

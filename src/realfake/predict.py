@@ -137,7 +137,7 @@ def save_overlay(explanation: Explanation, out_dir: str | Path, taken: set[str] 
 
 
 FORMATS = ("jsonl", "csv")
-CSV_FIELDS = ["path", "p_fake", "label", "threshold", "error"]
+CSV_FIELDS = ["path", "p_fake", "label", "threshold", "ood", "error"]
 
 
 def write_rows(

@@ -192,7 +192,7 @@ def _finish(
     backend = TorchBackend(model.to(memory_format=torch.contiguous_format), device, cfg.tta)
     val = split["val"]
     val_logits = backend.logits(np.asarray(ds.images[val]), cfg.eval_batch_size)
-    cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta)
+    cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta, cfg.ood_level)
     info = run.update_info(
         status="trained",
         epochs_run=len(result.history),

@@ -53,9 +53,13 @@ class ImageResult(BaseModel):
     filename: str
     p_fake: float | None = Field(description="probability that the image is AI-generated, 0..1")
     label: Literal["REAL", "FAKE", "uncertain"] | None = Field(
-        description="FAKE when p_fake >= threshold, else REAL; 'uncertain' inside the run's uncertain band, if any"
+        description="FAKE when p_fake >= threshold, else REAL; 'uncertain' when out of distribution (ood above the "
+        "run's ood_level) or inside the run's uncertain band, if any"
     )
     threshold: float
+    ood: float | None = Field(None, description="how atypical the image is of the class it was labelled, 0..1 "
+                              "(0.97: more extreme than 97% of validation images of that class); null when the run "
+                              "has no OOD score")
     error: str | None = None
     heatmap_png: str | None = Field(None, description="base64 PNG of where the model looked (explain=true only)")
 
@@ -79,6 +83,8 @@ class ModelInfo(BaseModel):
     model: str
     threshold: float
     uncertain_band: list[float] | None = Field(description="p_fake range labelled 'uncertain', if the run has one")
+    ood_level: float | None = Field(description="an image whose ood score is above this is labelled 'uncertain'; "
+                                    "null when the run has no OOD score")
     created: str | None
     weights_used: str | None
     training_data: TrainingData | None
@@ -153,8 +159,8 @@ class Service:
             items = list(zip(names, decoded, errors, strict=True))
             preds = self.batcher.submit(items) if self.batcher is not None else self._judge(items)
         return [
-            ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, error=p.error,
-                        heatmap_png=h)
+            ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, ood=p.ood,
+                        error=p.error, heatmap_png=h)
             for name, p, h in zip(names, preds, heatmaps, strict=True)
         ]
 
@@ -194,6 +200,7 @@ class Service:
             model=str(det.info.get("model", "unknown")),
             threshold=det.threshold,
             uncertain_band=list(band) if band else None,
+            ood_level=det.calibration.ood.level if det.calibration.ood else None,
             created=det.info.get("created"),
             weights_used=det.info.get("weights_used"),
             training_data=self.training_data,

@@ -168,4 +168,7 @@ def test_holdout_protocol_trains_without_the_source_and_reports_it(tmp_path):
     assert report["split_sources"]["test"]["genB"] == 20
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["per_source"]["genB"]["n"] == 20 and metrics["per_source"]["genB"]["classes"] == ["FAKE"]
+    # what "I don't know" did for the held-out source: its uncertain and confidently wrong shares, consistent
+    held = metrics["per_source"]["genB"]
+    assert 0 <= held["fraction_uncertain"] <= 1 and held["confidently_wrong"] <= 1 - held["accuracy"] + 1e-9
     assert "genB" in (run / "report.html").read_text() and "holdout:genB" in (run / "MODEL_CARD.md").read_text()

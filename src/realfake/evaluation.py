@@ -52,7 +52,10 @@ def metrics_line(m: dict[str, Any]) -> str:
     """The headline figures in one line, for the terminal."""
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
     ece = "" if m.get("ece") is None else f"  ece {m['ece']:.4f} (uncalibrated {m['ece_uncalibrated']:.4f})"
-    return f"test: accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}{ece}  n {m['n']}"
+    ood = m.get("ood") or {}
+    unsure = "" if ood.get("fraction_uncertain") is None else (
+        f"  uncertain {ood['fraction_uncertain']:.1%}  confidently wrong {ood['confidently_wrong']:.1%}")
+    return f"test: accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}{ece}{unsure}  n {m['n']}"
 
 
 def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector) -> dict[str, Any]:
@@ -61,12 +64,13 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
     cal = detector.calibration
     images, labels = ds.images[idx], ds.labels[idx]
     logits = detector.predict_logits(np.asarray(images))
-    p_fake = cal.p_fake(logits)
+    p_fake, ood = cal.p_fake(logits), cal.ood_scores(logits)
+    verdicts = cal.labels(p_fake, ood)
     metrics = compute_metrics(labels, p_fake, cal.threshold)
     metrics.update(calibration_metrics(labels, logits, cal))
     sources = [ds.sources[int(i)] for i in idx]
     if any(s is not None for s in sources):
-        metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources)
+        metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources, cal.uncertain(p_fake, ood))
     out.path.mkdir(parents=True, exist_ok=True)
     out.write_json(RunDir.METRICS, metrics)
     buf = io.StringIO()
@@ -74,7 +78,7 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
     w.writerow(PREDICTION_FIELDS)
     w.writerows(
         (ds.paths[i], int(y), f"{p:.6f}", f"{z:.6f}", v, ds.sources[int(i)] or "")
-        for i, y, p, z, v in zip(idx, labels, p_fake, logits, cal.labels(p_fake), strict=True)
+        for i, y, p, z, v in zip(idx, labels, p_fake, logits, verdicts, strict=True)
     )
     out.write_text(RunDir.PREDICTIONS, buf.getvalue())
     _write_samples(out, images, labels, p_fake, detector)

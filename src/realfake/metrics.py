@@ -183,10 +183,12 @@ def _source_names(sources: list[str | None]) -> np.ndarray:
 
 
 def per_source_metrics(
-    labels: np.ndarray, p_fake: np.ndarray, threshold: float, sources: list[str | None]
+    labels: np.ndarray, p_fake: np.ndarray, threshold: float, sources: list[str | None],
+    uncertain: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """compute_metrics for each source's images; for a one-class source, also its AUC against every image of
-    the other class in the set (how separable this generator is from the real photos, say)."""
+    the other class in the set (how separable this generator is from the real photos, say). With `uncertain`
+    (the verdicts that were 'uncertain'), also each source's share of uncertain and of confidently wrong."""
     src = _source_names(sources)
     y = np.asarray(labels).astype(int)
     out: dict[str, Any] = {}
@@ -194,6 +196,10 @@ def per_source_metrics(
         sel = src == name
         m = compute_metrics(y[sel], p_fake[sel], threshold)
         m.pop("per_class", None)
+        if uncertain is not None:
+            wrong = is_fake(p_fake[sel], threshold) != (y[sel] == 1)
+            m["fraction_uncertain"] = rounded(uncertain[sel].mean())
+            m["confidently_wrong"] = rounded((wrong & ~uncertain[sel]).mean())
         classes = np.unique(y[sel])
         if len(classes) == 1:
             other = y != classes[0]

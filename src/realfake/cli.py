@@ -61,6 +61,10 @@ def train(
         None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P [default: balanced]"
     ),
     uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
+    ood_level: float | None = typer.Option(
+        None, help="label 'uncertain' an image less typical of its class than this share of validation images "
+        "[default: 0.95; config ood_level: null turns it off]"
+    ),
     augment: str | None = typer.Option(None, help="flips | robust (flips + random JPEG and blur) [default: flips]"),
     tta: str | None = typer.Option(
         None, help="none | flip (average with the mirror image) [default: none, or the model's recipe]"
@@ -79,7 +83,7 @@ def train(
                 config, data=data, protocol=protocol, model=model, weights=weights, epochs=epochs,
                 patience=patience, batch_size=batch_size, lr=lr, seed=seed, device=device, limit=limit,
                 out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
-                augment=augment, tta=tta,
+                ood_level=ood_level, augment=augment, tta=tta,
             )
             run_dir = train_run(cfg)
     except KeyboardInterrupt:

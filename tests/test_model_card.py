@@ -58,8 +58,34 @@ def test_no_standin_warning_for_other_data_and_measured_data_listed(run_copy):
     text = write_model_card(run_copy).read_text()
     assert "p_fake from 0.4000 to 0.6000 is labelled `uncertain`" in text and "`flip`" in text
     assert "stand-in" not in text
-    assert "| midjourney\\|set.zip | 0.6123 | 0.7000 | 300 |" in text  # a pipe in a name cannot break the table
+    # a pipe in a name cannot break the table; the name is shown without its archive ending
+    assert "| midjourney\\|set | other data set | 300 | 61.2% | n/a | n/a | 0.7000 | n/a |" in text
     assert "None yet" not in text
+    assert "on other data it was measured on: midjourney|set 61.2%" in text.splitlines()[2]  # the card opens with it
+    assert text.index("## Measured on other data") < text.index("## Model")
+
+
+def test_card_opens_with_the_summary_and_counts_ood_flags(run_copy):
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    text = write_model_card(run_copy).read_text()
+    assert text.splitlines()[2].startswith(f"**Test accuracy {metrics['accuracy']:.1%} on images like its training")
+    assert "Performance on generators it was not trained on is unknown" in text
+    ood = metrics["ood"]  # a run trained now stores the OOD score
+    assert "## I don't know (out of distribution)" in text
+    assert f"| test split | {metrics['n']:,} | {ood['n_flagged']:,} (" in text
+    assert "is labelled `uncertain`" in text
+
+
+def test_card_of_an_old_run_without_ood(run_copy):
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    metrics.pop("ood")
+    (run_copy / "metrics.json").write_text(json.dumps(metrics))
+    info = json.loads((run_copy / "run.json").read_text())
+    info.pop("ood", None)
+    (run_copy / "run.json").write_text(json.dumps(info))
+    text = write_model_card(run_copy).read_text()
+    assert "out of distribution" not in text and "I don't know" not in text
+    assert "Test accuracy" in text
 
 
 def test_report_command_rewrites_the_card(run_copy):

@@ -223,3 +223,38 @@ def test_empty_history_and_grid_edge_cases(tmp_path: Path) -> None:
     assert out is not None and out.is_file()
     with pytest.raises(RealfakeError, match="disagree"):
         plots.prediction_grid(imgs, [0, 1], [0.2, 0.9], 0.5, tmp_path / "bad.png")
+
+
+def test_summary_opens_the_report_and_other_data_comes_first(tmp_path: Path) -> None:
+    """The summary line sits above every table; measured other data is right under the test metrics, labelled."""
+    run_dir = make_run(tmp_path / "run", [0, 1] * 10)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["ood"] = {"level": 0.95, "n_flagged": 3, "fraction_flagged": 0.15, "fraction_flagged_real": 0.1,
+                      "fraction_flagged_fake": 0.2, "fraction_uncertain": 0.15, "confidently_wrong": 0.05,
+                      "accuracy_decided": 0.94}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    ev = run_dir / "evaluations" / "ganC-fake.zip"
+    ev.mkdir(parents=True)
+    (ev / "metrics.json").write_text(json.dumps({
+        "accuracy": 0.792, "n": 4000, "roc_auc": 0.998, "confusion_matrix": [[1998, 2], [830, 1170]],
+        "ood": {"level": 0.95, "n_flagged": 1234, "fraction_flagged": 0.3085, "confidently_wrong": 0.031}}))
+    (ev / "data_report.json").write_text(json.dumps({"data": "/data/ganC-fake.zip"}))
+    page = write_report(run_dir, {}).read_text(encoding="utf-8")
+    summary = page.index('class="summary"')
+    assert summary < page.index("<h2>Test metrics</h2>") < page.index("<h2>Other data")
+    assert page.index("<h2>Other data") < page.index("<h2>Figures</h2>")
+    assert "on other data it was measured on: ganC-fake 79.2% (41.5% of fakes called REAL" in page
+    assert "<th>fakes called REAL</th>" in page and "<th>ganC-fake</th>" in page  # people's labels, not keys
+    assert "1234 (30.9%)" in page and "3 (15.0%)" in page  # OOD flags: other data and the test split
+    assert "out of distribution</strong>" in page and "above 0.95" in page  # what uncertain means
+    parser = _WellFormed()
+    parser.feed(page)
+    assert parser.errors == [] and parser.stack == []
+
+
+def test_old_run_without_ood_renders_and_says_unknown(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "old", [0, 1] * 10)  # metrics.json and run.json from before the OOD score
+    page = write_report(run_dir, {}).read_text(encoding="utf-8")
+    assert "Performance on generators it was not trained on is unknown" in page
+    assert "<code>realfake evaluate RUN --data OTHER</code>" in page
+    assert "Out of distribution" not in page and "confidently wrong" not in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import struct
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from realfake.detector import Detector
+from realfake.report.summary import run_summary
 from realfake.serve.app import create_app
 
 
@@ -102,6 +104,36 @@ def test_model_info_comes_from_the_run(client: TestClient, trained_run: Path, de
     assert info["test_metrics"]["accuracy"] == metrics["accuracy"]
     assert info["limits"] == {"max_upload_bytes": 10_000_000, "max_images": 32, "max_decode_bytes": 200_000_000,
                               "body_timeout_s": 10.0}
+
+
+def test_model_info_opens_with_the_summary(client: TestClient, trained_run: Path) -> None:
+    """/v1/model says what the report and the model card say first, with the figures it is made from."""
+    info = client.get("/v1/model").json()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert info["summary"] == run_summary(trained_run).text
+    assert "Performance on generators it was not trained on is unknown" in info["summary"]
+    figures = info["summary_figures"]
+    assert figures["test_accuracy"] == pytest.approx(metrics["accuracy"]) and figures["measured"] == []
+    assert figures["test_ood"]["n_flagged"] == metrics["ood"]["n_flagged"]
+    assert info["ood_level"] == pytest.approx(metrics["ood"]["level"])
+
+
+def test_model_info_names_measured_other_data(detector: Detector, trained_run: Path, tmp_path: Path) -> None:
+    """An evaluation on other data in the run folder shows up in the summary and its figures (old ones too)."""
+    (tmp_path / "metrics.json").write_bytes((trained_run / "metrics.json").read_bytes())
+    for name, m in [("ganC-fake.zip", {"accuracy": 0.792, "n": 4000, "confusion_matrix": [[1998, 2], [830, 1170]],
+                                       "ood": {"level": 0.95, "n_flagged": 7, "confidently_wrong": 0.031}}),
+                    ("old-set", {"accuracy": 0.5, "n": 2})]:  # evaluated before the OOD score existed
+        (tmp_path / "evaluations" / name).mkdir(parents=True)
+        (tmp_path / "evaluations" / name / "metrics.json").write_text(json.dumps(m))
+    det = copy.copy(detector)
+    det.run_dir = tmp_path  # the same model, a run folder with evaluations
+    info = TestClient(create_app(det, batch_wait_ms=0)).get("/v1/model").json()
+    assert "on other data it was measured on: ganC-fake 79.2% (41.5% of fakes called REAL" in info["summary"]
+    assert "3.1% confidently wrong after 'I don't know'); old-set 50.0%." in info["summary"]
+    ganc, old = info["summary_figures"]["measured"]
+    assert (ganc["name"], ganc["kind"], ganc["ood"]["n_flagged"]) == ("ganC-fake", "other data", 7)
+    assert old["ood"] is None and old["fakes_called_real"] is None
 
 
 def test_predict_one_png_matches_the_detector(client: TestClient, detector: Detector, images: dict) -> None:
@@ -244,6 +276,7 @@ def test_page_and_docs_are_served(client: TestClient) -> None:
     assert r.headers["content-type"].startswith("text/html")
     assert 'id="file-input"' in r.text
     assert "http://" not in r.text and "https://" not in r.text  # self-contained: nothing fetched from elsewhere
+    assert 'id="summary"' in r.text  # filled in from /v1/model
     assert client.get("/docs").status_code == 200
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 

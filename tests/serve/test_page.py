@@ -149,3 +149,38 @@ def test_drop_two_images_with_explain(page: Any, server: str, tmp_path: Path) ->
         assert len(page.query_selector_all(".result img.heatmap")) == 2
     page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
     assert_only_local(page, server)
+
+
+def test_summary_is_at_the_top(page: Any, server: str) -> None:
+    """The page opens with the server's summary sentence, not a bare test accuracy."""
+    info = httpx.get(server + "/v1/model", timeout=60).json()
+    page.wait_for_function("document.querySelector('#summary').textContent.length > 0")
+    assert page.inner_text("#summary") == info["summary"].replace("`", "")
+    assert page.query_selector("#summary code").inner_text() == "realfake evaluate RUN --data OTHER"
+    box = page.eval_on_selector("#summary", "e => e.getBoundingClientRect().top")
+    assert box < page.eval_on_selector("#model-info", "e => e.getBoundingClientRect().top")
+
+
+def test_uncertain_result_says_why(browser: Any, server: str, tmp_path: Path) -> None:
+    """An 'uncertain' label out of distribution shows its ood and the reason (answers stubbed: a small trained run
+    rarely meets such an image on demand)."""
+    info = httpx.get(server + "/v1/model", timeout=60).json()
+    info.update(ood_level=0.95, uncertain_band=None, summary="Test accuracy 99.9% on images like its training data; "
+                "on other data it was measured on: ganC-fake 79.2% (41.5% of fakes called REAL).")
+    answer = [{"filename": "odd.png", "p_fake": 0.2, "label": "uncertain", "threshold": 0.5, "ood": 0.991,
+               "error": None, "heatmap_png": None}]
+    pg = browser.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.route("**/v1/model", lambda route: route.fulfill(json=info))
+    pg.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    try:
+        pg.goto(server + "/")
+        pg.wait_for_selector("#model-info b")
+        assert "ganC-fake 79.2%" in pg.inner_text("#summary")
+        pg.set_input_files("#file-input", str(write_image(tmp_path / "odd.png", (32, 32), 4)))
+        assert pg.wait_for_selector(".result .verdict").inner_text() == "UNCERTAIN"
+        assert pg.inner_text(".result .ood") == "ood 0.991 (uncertain above 0.95)"
+        why = pg.inner_text(".result .why")
+        assert "Out of distribution" in why and "0.991 is above 0.95" in why
+    finally:
+        pg.close()

@@ -18,12 +18,13 @@ from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.plots import draw_all
+from realfake.report.summary import HELD_OUT, Measured, OodFigures, Summary, evaluations_of, summarize
 from realfake.rundir import RunDir
 
 MAX_SKIPPED_SHOWN = 20
 
 _METRIC_ROWS = list(METRIC_LABELS.items())  # key in metrics.json -> label shown
-_NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training"}
+_NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training", "ood"}
 
 _CAPTIONS = {
     "training_curves": "Loss and accuracy per epoch on the training and validation splits.",
@@ -54,6 +55,7 @@ figure img { max-width: 100%; height: auto; border: 1px solid #d0d7de; }
 figcaption { color: #59636e; font-size: .92em; }
 pre { background: #f6f8fa; border: 1px solid #d0d7de; padding: .8em; overflow-x: auto; font-size: .9em; }
 .muted { color: #59636e; }
+.summary { font-size: 1.08em; background: #f6f8fa; border-left: 4px solid #0969da; padding: .7em 1em; }
 .note { background: #fff8c5; border: 1px solid #d4a72c; padding: .7em 1em; margin-top: 2.5em; }
 """
 
@@ -222,19 +224,80 @@ def _robustness_html(rob: dict[str, Any]) -> str:
     return intro + f"<table><tr><th>condition</th>{head}</tr>{body}</table>"
 
 
-def _evaluations_html(run: RunDir, seen: set[str] | None) -> str:
-    """Evaluations on other data sets (`realfake evaluate RUN --data OTHER`), newest files as they are."""
-    parts = []
-    for ev in run.evaluations():
-        m = ev.read_json(RunDir.METRICS)
-        if not m:
-            continue
-        d = ev.read_json(RunDir.DATA_REPORT)
-        name = d.get("data") or ev.path.name
-        keys = ["n", "accuracy", "roc_auc", "ece", "brier"]
-        summary = {k: m.get(k) for k in keys if k in m}
-        parts.append(f"<h3>{escape(str(name))}</h3>{_kv_table(summary)}{_uncertain_html(m)}{_per_source_html(m, seen)}")
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def summary_html(summary: Summary) -> str:
+    """The summary sentence as a paragraph; `code` spans (the command to run) as <code>."""
+    parts = escape(summary.text).split("`")
+    text = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return f'<p class="summary">{text}</p>'
+
+
+def _measured_table(measured: list[Measured]) -> str:
+    cols = ["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC", "ECE",
+            "confidently wrong after 'I don't know'"]
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr><th>{escape(m.name)}</th><td>{'held out of training' if m.kind == HELD_OUT else 'other data set'}</td>"
+        f"<td class=num>{_fmt(m.n)}</td><td class=num>{_pct(m.accuracy)}</td>"
+        f"<td class=num>{_pct(m.fakes_called_real)}</td><td class=num>{_pct(m.reals_called_fake)}</td>"
+        f"<td class=num>{_fmt(m.roc_auc)}</td><td class=num>{_fmt(m.ece)}</td>"
+        f"<td class=num>{_pct(m.confidently_wrong)}</td></tr>"
+        for m in measured
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _other_data_html(summary: Summary, evaluations: list[tuple[str, dict[str, Any]]], seen: set[str] | None) -> str:
+    """Every figure measured on data unlike the training data, with people's labels; details per evaluation."""
+    if not summary.measured:
+        return ('<p>None measured yet. Accuracy on images from other generators, cameras or processing is '
+                "<strong>unknown</strong>: measure it with <code>realfake evaluate RUN --data OTHER</code> "
+                "(or train with <code>--protocol holdout:SOURCE</code>).</p>")
+    parts = [_measured_table(summary.measured),
+             '<p class="muted">Fakes called REAL and real photos called FAKE count the REAL/FAKE decision at the '
+             "threshold; images labelled <em>uncertain</em> are among them (see Out of distribution below).</p>"]
+    for (name, m), measured in zip(evaluations, [x for x in summary.measured if x.kind != HELD_OUT], strict=True):
+        details = _uncertain_html(m) + _per_source_html(m, seen)
+        if details:
+            parts.append(f"<h3>{escape(measured.name)} <span class=muted>({escape(str(name))})</span></h3>{details}")
     return "".join(parts)
+
+
+def _ood_rows(summary: Summary) -> list[tuple[str, OodFigures]]:
+    rows = [("test split", summary.test_ood)] if summary.test_ood else []
+    return rows + [(m.name, m.ood) for m in summary.measured if m.ood]
+
+
+def _ood_html(summary: Summary) -> str:
+    """How many images "I don't know" flagged, on the test split and on each other data set; empty for old runs."""
+    rows = _ood_rows(summary)
+    if not rows:
+        return ""
+    levels = {o.level for _, o in rows if o.level is not None}
+    level = f"{levels.pop():g}" if len(levels) == 1 else "the run's level"
+    cols = ["data", "images", "flagged out of distribution", "of REAL images", "of FAKE images",
+            "labelled uncertain (any reason)", "confidently wrong", "accuracy on the rest"]
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr><th>{escape(name)}</th><td class=num>{_fmt(o.n)}</td>"
+        f"<td class=num>{_fmt(o.n_flagged)} ({_pct(o.fraction_flagged)})</td>"
+        f"<td class=num>{_pct(o.fraction_flagged_real)}</td><td class=num>{_pct(o.fraction_flagged_fake)}</td>"
+        f"<td class=num>{_pct(o.fraction_uncertain)}</td><td class=num>{_pct(o.confidently_wrong)}</td>"
+        f"<td class=num>{_pct(o.accuracy_decided)}</td></tr>"
+        for name, o in rows
+    )
+    intro = (
+        "<p>An image is labelled <em>uncertain</em> (&ldquo;I don&rsquo;t know&rdquo;) instead of REAL or FAKE when "
+        f"it is <strong>out of distribution</strong>: its ood score, how atypical it is of the class it would be "
+        f"labelled compared with this run&rsquo;s validation images of that class, is above {escape(level)} "
+        "(0.97: more extreme than 97% of them, towards the other class). Inside the uncertain band, if the run has "
+        "one, it is uncertain too. <em>Confidently wrong</em> is the share of all images that still got a wrong "
+        "REAL/FAKE label; <em>accuracy on the rest</em> counts only the images that got one.</p>"
+    )
+    return intro + f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _figures_section(plots: dict[str, Path]) -> str:
@@ -260,7 +323,9 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
     data = rd.read_json(RunDir.DATA_REPORT)
     seen = rd.training_sources()
     robustness = rd.read_json(RunDir.ROBUSTNESS)
-    evaluations = _evaluations_html(rd, seen)
+    evaluations = evaluations_of(rd)
+    summary = summarize(metrics, evaluations, seen)
+    ood = _ood_html(summary)
     config = rd.read_text(RunDir.CONFIG)
 
     name = run_dir.resolve().name
@@ -288,15 +353,18 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
 <body>
 <h1>{escape(title)}</h1>
 <p class="sub">Real vs AI-generated image detector; labels: {labels} (FAKE is positive).</p>
+{summary_html(summary) if metrics else ""}
 <h2>Test metrics</h2>
 {_metrics_section(metrics)}
 {_uncertain_html(metrics)}
 {_per_source_html(metrics, seen)}
+<h2>Other data and held-out generators</h2>
+{_other_data_html(summary, evaluations, seen)}
+{f"<h2>Out of distribution (&ldquo;I don&rsquo;t know&rdquo;)</h2>{ood}" if ood else ""}
 <h2>Figures</h2>
 {_figures_section(plots)}
 <h2>Robustness</h2>
 {_robustness_html(robustness)}
-{f"<h2>Evaluations on other data</h2>{evaluations}" if evaluations else ""}
 <h2>Data</h2>
 {_data_section(data)}
 <h2>Run</h2>

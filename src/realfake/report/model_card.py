@@ -13,6 +13,7 @@ from typing import Any
 from realfake.contract import CLASS_NAMES, HOLDOUT, IMAGE_SIZE, __version__
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
+from realfake.report.summary import HELD_OUT, Summary, run_summary
 from realfake.rundir import RunDir
 
 STANDIN_WARNING = (
@@ -100,17 +101,46 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     return out
 
 
-def _other_data(run: RunDir) -> list[str]:
-    """Results of `realfake evaluate RUN --data OTHER`, the only evidence about data unlike the training set."""
-    rows = []
-    for ev in run.evaluations():
-        metrics, data = ev.read_json(RunDir.METRICS), ev.read_json(RunDir.DATA_REPORT)
-        rows.append([data.get("data") or ev.path.name, metrics.get("accuracy"), metrics.get("roc_auc"),
-                     metrics.get("n")])
-    if not rows:
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _other_data(summary: Summary) -> list[str]:
+    """Figures measured on other data (`realfake evaluate RUN --data OTHER`) or on a held-out source: the only
+    evidence about data unlike the training set."""
+    if not summary.measured:
         return ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
                 "measure it with `realfake evaluate RUN --data OTHER`."]
-    return [_table(["data", "accuracy", "ROC AUC", "images"], rows)]
+    rows = [[m.name, "held out of training" if m.kind == HELD_OUT else "other data set", m.n, _pct(m.accuracy),
+             _pct(m.fakes_called_real), _pct(m.reals_called_fake), m.roc_auc, _pct(m.confidently_wrong)]
+            for m in summary.measured]
+    return [_table(["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC",
+                    "confidently wrong after 'I don't know'"], rows)]
+
+
+def _ood_section(summary: Summary) -> list[str]:
+    """How many images were flagged out of distribution; nothing for a run made before the OOD score existed."""
+    rows = [("test split", summary.test_ood)] if summary.test_ood else []
+    rows += [(m.name, m.ood) for m in summary.measured if m.ood]
+    if not rows:
+        return []
+    level = next((o.level for _, o in rows if o and o.level is not None), None)
+    return [
+        "## I don't know (out of distribution)",
+        "",
+        "An image is labelled `uncertain` instead of REAL or FAKE when it is out of distribution: its `ood` score "
+        "(how atypical it is of the class it would be labelled, against this run's validation images of that "
+        f"class) is above {_cell(level) if level is not None else 'the run level'}, or when p_fake falls in the "
+        "uncertain band, if any. *Confidently wrong* is the share of all images that still got a wrong REAL/FAKE "
+        "label.",
+        "",
+        _table(["data", "images", "flagged out of distribution", "of REAL", "of FAKE", "labelled uncertain",
+                "confidently wrong", "accuracy on the rest"],
+               [[name, o.n, f"{_cell(o.n_flagged)} ({_pct(o.fraction_flagged)})", _pct(o.fraction_flagged_real),
+                 _pct(o.fraction_flagged_fake), _pct(o.fraction_uncertain), _pct(o.confidently_wrong),
+                 _pct(o.accuracy_decided)] for name, o in rows if o]),
+        "",
+    ]
 
 
 def _decision_extras(run: dict[str, Any]) -> list[str]:
@@ -118,6 +148,11 @@ def _decision_extras(run: dict[str, Any]) -> list[str]:
     band = run.get("uncertain_band")
     if isinstance(band, list) and len(band) == 2:
         out.append(f"- **Uncertain**: p_fake from {_cell(band[0])} to {_cell(band[1])} is labelled `uncertain`.")
+    ood = run.get("ood")
+    if isinstance(ood, dict) and isinstance(ood.get("level"), (int, float)):
+        out.append(f"- **I don't know**: an image whose `ood` score is above {_cell(float(ood['level']))} (more "
+                   "atypical of the class it would be labelled than that share of validation images) is labelled "
+                   "`uncertain`.")
     if run.get("tta") not in (None, "none"):
         out.append(f"- **Test-time augmentation**: `{_cell(run['tta'])}` (flip: the logit is averaged with the "
                    "mirror image's).")
@@ -138,13 +173,20 @@ def model_card(run_dir: str | Path) -> str:
     temperature = run.get("temperature")
     policy = run.get("threshold_policy")
     standin = _is_standin(data.get("data"), cfg.get("data"))
+    summary = run_summary(rd)
 
     lines = [f"# Model card: realfake run `{name}`", ""]
+    if metrics:
+        lines += [f"**{summary.text}**", ""]
     if standin:
         lines += [f"> {STANDIN_WARNING}", ""]
     lines += [
         "A binary classifier that estimates whether a small image is AI-generated (**FAKE**) or a real photograph "
         "(**REAL**). It outputs `p_fake`, a probability for FAKE, and a label from a decision threshold.",
+        "",
+        "## Measured on other data",
+        "",
+        *_other_data(summary),
         "",
         "## Model",
         "",
@@ -176,10 +218,7 @@ def model_card(run_dir: str | Path) -> str:
         "",
         *_metrics_section(metrics),
         "",
-        "## Measured on other data",
-        "",
-        *_other_data(rd),
-        "",
+        *_ood_section(summary),
         "## Intended use",
         "",
         "- Research, teaching and triage: flagging images for a closer look by a person, and studying how well "

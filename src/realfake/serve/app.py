@@ -34,6 +34,7 @@ from realfake.contract import __version__
 from realfake.data.images import BadImage, header_decoded_bytes
 from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
+from realfake.report.summary import Summary, run_summary, summarize
 from realfake.rundir import RunDir
 from realfake.serve.batching import MicroBatcher
 from realfake.serve.guards import BodyGuard, TokenGuard
@@ -79,7 +80,53 @@ class Limits(BaseModel):
     body_timeout_s: float = Field(description="seconds a client has to send its whole request body")
 
 
+class OodFigures(BaseModel):
+    """How many images of one evaluation "I don't know" flagged (its metrics.json's `ood` block)."""
+
+    n: int | None = Field(description="images evaluated")
+    level: float | None = Field(description="ood score above which an image was labelled 'uncertain'")
+    n_flagged: int | None = Field(description="images flagged out of distribution")
+    fraction_flagged: float | None = Field(description="n_flagged / n")
+    fraction_flagged_real: float | None = Field(description="share of the REAL images flagged; null without any")
+    fraction_flagged_fake: float | None = Field(description="share of the FAKE images flagged; null without any")
+    fraction_uncertain: float | None = Field(description="share labelled 'uncertain' for any reason (OOD or band)")
+    confidently_wrong: float | None = Field(description="share of all images that still got a wrong REAL/FAKE label")
+    accuracy_decided: float | None = Field(description="accuracy on the images that got a REAL/FAKE label")
+
+
+class MeasuredFigure(BaseModel):
+    """One figure measured on data unlike the training data."""
+
+    name: str = Field(description="the data's name for people, e.g. 'ganC-fake' (no path, no .zip)")
+    kind: Literal["other data", "held-out source"] = Field(
+        description="'other data': `realfake evaluate RUN --data OTHER`; 'held-out source': a source kept out of "
+        "training by `--protocol holdout:SOURCE`, measured in the test split")
+    n: int | None = Field(description="images measured")
+    accuracy: float | None = Field(description="share labelled right at the threshold, 0..1")
+    fakes_called_real: float | None = Field(description="share of its FAKE images labelled REAL; null without any")
+    reals_called_fake: float | None = Field(description="share of its REAL images labelled FAKE; null without any")
+    roc_auc: float | None
+    ece: float | None
+    ood: OodFigures | None = Field(description="out-of-distribution flags; null when measured without an OOD score")
+
+
+class RunSummary(BaseModel):
+    """The figures the `summary` sentence is made from (realfake.report.summary)."""
+
+    test_accuracy: float | None = Field(description="accuracy on the test images like the training data (without "
+                                        "a held-out source's images), 0..1")
+    test_n: int | None = Field(description="test images that figure is measured on")
+    test_ood: OodFigures | None = Field(description="out-of-distribution flags on the test split; null for a run "
+                                        "made before the OOD score existed")
+    measured: list[MeasuredFigure] = Field(description="every other data set and held-out source measured; empty: "
+                                           "performance on generators it was not trained on is unknown")
+
+
 class ModelInfo(BaseModel):
+    summary: str = Field(description="one plain sentence for people: the test accuracy on images like the training "
+                         "data beside every figure measured on other data or a held-out generator, or that "
+                         "performance there is unknown; the same sentence opens the run's report and model card")
+    summary_figures: RunSummary = Field(description="the figures `summary` is made from")
     model: str
     threshold: float
     uncertain_band: list[float] | None = Field(description="p_fake range labelled 'uncertain', if the run has one")
@@ -118,6 +165,8 @@ class Service:
             MicroBatcher(self._judge, max_items=max_batch, wait_s=batch_wait_ms / 1000) if batch_wait_ms > 0 else None
         )
         self.training_data, self.test_metrics = self._run_facts()
+        run = self.detector.run_dir
+        self.summary: Summary = run_summary(run) if run is not None else summarize({}, [])
 
     def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
         """Each upload decoded, or None with the reason, within the request's decode budget (in upload order).
@@ -196,7 +245,10 @@ class Service:
     def model_info(self) -> ModelInfo:
         det = self.detector
         band = det.calibration.uncertain_band
+        figures = self.summary.to_dict()
         return ModelInfo(
+            summary=self.summary.text,
+            summary_figures=RunSummary(**{k: v for k, v in figures.items() if k != "text"}),
             model=str(det.info.get("model", "unknown")),
             threshold=det.threshold,
             uncertain_band=list(band) if band else None,
@@ -259,7 +311,8 @@ async def index() -> HTMLResponse:
 
 @v1.get("/model", response_model=ModelInfo)
 async def model(service: ServiceDep) -> ModelInfo:
-    """The model being served: name, training data, test metrics, threshold, creation time, weights, limits."""
+    """The model being served: a summary sentence and its figures, name, training data, test metrics, threshold,
+    creation time, weights, limits."""
     return service.model_info()
 
 

@@ -94,8 +94,8 @@ def test_pick_an_image_and_see_its_verdict(page: Any, server: str, tmp_path: Pat
     page.set_input_files("#file-input", str(img))
     verdict = page.wait_for_selector(".result .verdict")
     expected = api_predict(server, img)
-    assert verdict.inner_text() in ("REAL", "FAKE")
-    assert verdict.inner_text() == expected["label"]
+    assert verdict.inner_text() in ("REAL", "FAKE", "UNCERTAIN")  # noise may well be out of distribution
+    assert verdict.inner_text() == expected["label"].upper()
     shown = float(page.inner_text(".result .p-fake"))
     assert abs(shown - expected["p_fake"]) <= 0.0005 + 1e-9  # displayed to 3 decimals
     assert page.inner_text(".result .filename") == "photo.png"

@@ -18,7 +18,7 @@ from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.plots import draw_all
-from realfake.report.summary import HELD_OUT, Measured, OodFigures, Summary, evaluations_of, summarize
+from realfake.report.summary import HELD_OUT, Measured, Summary, evaluations_of, summarize
 from realfake.rundir import RunDir
 
 MAX_SKIPPED_SHOWN = 20
@@ -266,14 +266,9 @@ def _other_data_html(summary: Summary, evaluations: list[tuple[str, dict[str, An
     return "".join(parts)
 
 
-def _ood_rows(summary: Summary) -> list[tuple[str, OodFigures]]:
-    rows = [("test split", summary.test_ood)] if summary.test_ood else []
-    return rows + [(m.name, m.ood) for m in summary.measured if m.ood]
-
-
 def _ood_html(summary: Summary) -> str:
     """How many images "I don't know" flagged, on the test split and on each other data set; empty for old runs."""
-    rows = _ood_rows(summary)
+    rows = summary.ood_rows()
     if not rows:
         return ""
     levels = {o.level for _, o in rows if o.level is not None}

@@ -120,8 +120,7 @@ def _other_data(summary: Summary) -> list[str]:
 
 def _ood_section(summary: Summary) -> list[str]:
     """How many images were flagged out of distribution; nothing for a run made before the OOD score existed."""
-    rows = [("test split", summary.test_ood)] if summary.test_ood else []
-    rows += [(m.name, m.ood) for m in summary.measured if m.ood]
+    rows = summary.ood_rows()
     if not rows:
         return []
     level = next((o.level for _, o in rows if o and o.level is not None), None)

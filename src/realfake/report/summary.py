@@ -64,7 +64,7 @@ class Measured:
     reals_called_fake: float | None  # share of its REAL images labelled FAKE; None when it has none
     roc_auc: float | None = None
     ece: float | None = None
-    ood: OodFigures | None = None  # None: measured before the OOD score existed, or a per-source figure
+    ood: OodFigures | None = None  # None: measured before the OOD score existed
 
     @property
     def confidently_wrong(self) -> float | None:
@@ -83,6 +83,11 @@ class Summary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def ood_rows(self) -> list[tuple[str, OodFigures]]:
+        """(data name, its OOD figures): the test split, then every measured data set that has them."""
+        rows = [("test split", self.test_ood)] if self.test_ood else []
+        return rows + [(m.name, m.ood) for m in self.measured if m.ood]
 
 
 def _num(v: Any) -> float | None:
@@ -116,7 +121,17 @@ def measured_from(name: str, kind: str, metrics: dict[str, Any]) -> Measured:
     missed, alarms = _class_errors(metrics)
     return Measured(name=name, kind=kind, n=_int(metrics.get("n")), accuracy=_num(metrics.get("accuracy")),
                     fakes_called_real=missed, reals_called_fake=alarms, roc_auc=_num(metrics.get("roc_auc")),
-                    ece=_num(metrics.get("ece")), ood=OodFigures.from_metrics(metrics))
+                    ece=_num(metrics.get("ece")), ood=OodFigures.from_metrics(metrics) or _per_source_ood(metrics))
+
+
+def _per_source_ood(metrics: dict[str, Any]) -> OodFigures | None:
+    """A per_source entry carries only its uncertain and confidently wrong shares (no level or flag counts)."""
+    if _num(metrics.get("confidently_wrong")) is None:
+        return None
+    return OodFigures(n=_int(metrics.get("n")), level=None, n_flagged=None, fraction_flagged=None,
+                      fraction_flagged_real=None, fraction_flagged_fake=None,
+                      fraction_uncertain=_num(metrics.get("fraction_uncertain")),
+                      confidently_wrong=_num(metrics.get("confidently_wrong")), accuracy_decided=None)
 
 
 def held_out_sources(metrics: dict[str, Any], seen: set[str] | None) -> list[str]:

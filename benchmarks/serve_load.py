@@ -64,6 +64,14 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
 def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
@@ -136,8 +144,14 @@ def summary(records: list[tuple[str, float]], wall_s: float) -> dict[str, Any]:
     }
 
 
-def load_phase(port: int, args: argparse.Namespace, images: list[bytes], heavy: bytes | None) -> dict[str, Any]:
-    """--clients clients x --requests light requests; with `heavy`, --heavy clients keep heavy ones in flight."""
+def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes], heavy: bytes | None
+               ) -> dict[str, Any]:
+    """--clients clients x --requests light requests; with `heavy`, --heavy clients keep heavy ones in flight.
+
+    Also records the CPU seconds the server (`pid`) and this client process used during the light requests:
+    client and server share the machine's cores, so a client that needs as much CPU as the server caps what
+    the server can be shown to do.
+    """
     deadline = time.monotonic() + args.max_seconds
     light: list[tuple[str, float]] = []
     heavy_records: list[tuple[str, float]] = []
@@ -169,16 +183,20 @@ def load_phase(port: int, args: argparse.Namespace, images: list[bytes], heavy: 
     if heavies:
         time.sleep(1.0)  # let the heavy uploads reach the server's decoders first
     lights = [threading.Thread(target=light_client, args=(i,), daemon=True) for i in range(args.clients)]
+    server_cpu, client_cpu = cpu_s(pid), cpu_s(os.getpid())
     start = time.perf_counter()
     for t in lights:
         t.start()
     for t in lights:
         t.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_S)
     wall = time.perf_counter() - start
+    cpu = {"server": cpu_s(pid), "client": cpu_s(os.getpid())}
     light_done.set()
     for t in heavies:
         t.join(REQUEST_TIMEOUT_S)
     result = summary(light, wall)
+    result["cpu_s"] = {k: round(v - v0, 2) if v is not None and v0 is not None else None
+                       for (k, v), v0 in zip(cpu.items(), (server_cpu, client_cpu), strict=True)}
     if heavy is not None:
         result["heavy"] = summary(heavy_records, time.perf_counter() - heavy_start)
     result["stopped_at_max_seconds"] = time.monotonic() > deadline
@@ -272,9 +290,9 @@ def main(argv: list[str] | None = None) -> Path:
                 warm.close()
                 entry: dict[str, Any] = {"rss_mb_before": rss_mb(pid), "load_average_before": list(os.getloadavg())}
                 log(f"{name}: light load ({args.clients} clients x {args.requests} requests)")
-                entry["light"] = load_phase(port, args, images, None)
+                entry["light"] = load_phase(port, pid, args, images, None)
                 log(f"{name}: light load with {args.heavy} decode-heavy uploads in flight")
-                entry["light_with_heavy"] = load_phase(port, args, images, heavy)
+                entry["light_with_heavy"] = load_phase(port, pid, args, images, heavy)
                 entry["rss_mb_after"] = rss_mb(pid)
                 entry["load_average_after"] = list(os.getloadavg())
             results["settings"][name] = entry

@@ -226,8 +226,9 @@ def unreadable_status(results: list[ImageResult]) -> int:
     return 415 if all(r.error == NOT_AN_IMAGE for r in results) else 422
 
 
-def get_service(request: Request) -> Service:
-    """The app's one Service, as a FastAPI dependency."""
+async def get_service(request: Request) -> Service:
+    """The app's one Service, as a FastAPI dependency (async: FastAPI runs a plain `def` dependency in its
+    thread pool, which cost every request a thread hop for one attribute lookup)."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -8,7 +8,12 @@ interface), then runs two phases against it:
   of --heavy-side x --heavy-side pixels: a small file that decodes to ~150 MB), which is what decoding inside
   the model lock used to turn into a stall for everyone.
 It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
-(VmRSS from /proc), the CPU model and the load average, and writes benchmarks/results/serve-<date>-<host>.json.
+(VmRSS from /proc), the CPU seconds the server and the clients used during the light requests, the CPU model
+and the load average, and writes benchmarks/results/serve-<date>-<host>.json.
+The clients are threads of this one process, on the same cores as the server. That is fair only while the
+clients need far less CPU than the server: `cpu_s` in each phase says (2026-11-27, 2-core VM: about 0.4 CPU
+seconds for the clients against 4-5 for the server per 1,000 light requests), so they were not moved to a
+process of their own.
 Without --run it first trains a tiny `fast` run on the stand-in data in a temporary folder. Everything is
 bounded: each request has a timeout, each phase stops at --max-seconds, and the servers are stopped at the end.
 """
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_start": list(os.getloadavg())},
         "settings": {},
+        "clients": "threads of the benchmark's own process, on the same machine as the server (see cpu_s)",
     }
     with tempfile.TemporaryDirectory(prefix="realfake-serve-load-") as tmp:
         work = Path(tmp)

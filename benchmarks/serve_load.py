@@ -9,7 +9,8 @@ interface), then runs two phases against it:
   the model lock used to turn into a stall for everyone.
 It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
 (VmRSS from /proc), the CPU seconds the server and the clients used during the light requests, the CPU model
-and the load average, and writes benchmarks/results/serve-<date>-<host>.json.
+and the load average, and writes benchmarks/results/serve-<date>-<host>.json
+(serve-<date>-<host>-2.json, ... when that file exists).
 The clients are threads of this one process, on the same cores as the server. That is fair only while the
 clients need far less CPU than the server: `cpu_s` in each phase says (2026-11-27, 2-core VM: about 0.4 CPU
 seconds for the clients against 4-5 for the server per 1,000 light requests), so they were not moved to a
@@ -305,7 +306,12 @@ def main(argv: list[str] | None = None) -> Path:
             log(f"{name}: {json.dumps({k: entry[k]['latency_ms'] for k in ('light', 'light_with_heavy')})}")
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    path = args.out_dir / f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
+    stem = f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    path = args.out_dir / f"{stem}.json"
+    n = 1
+    while path.exists():  # a second run on the same day keeps the first one's file (a README may cite it)
+        n += 1
+        path = args.out_dir / f"{stem}-{n}.json"
     atomic_write_json(path, results)
     print(f"wrote {path}")
     return path

@@ -8,7 +8,13 @@ interface), then runs two phases against it:
   of --heavy-side x --heavy-side pixels: a small file that decodes to ~150 MB), which is what decoding inside
   the model lock used to turn into a stall for everyone.
 It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
-(VmRSS from /proc), the CPU model and the load average, and writes benchmarks/results/serve-<date>-<host>.json.
+(VmRSS from /proc), the CPU seconds the server and the clients used during the light requests, the CPU model
+and the load average, and writes benchmarks/results/serve-<date>-<host>.json
+(serve-<date>-<host>-2.json, ... when that file exists).
+The clients are threads of this one process, on the same cores as the server. That is fair only while the
+clients need far less CPU than the server: `cpu_s` in each phase says (2026-11-27, 2-core VM: about 0.4 CPU
+seconds for the clients against 4-5 for the server per 1,000 light requests), so they were not moved to a
+process of their own.
 Without --run it first trains a tiny `fast` run on the stand-in data in a temporary folder. Everything is
 bounded: each request has a timeout, each phase stops at --max-seconds, and the servers are stopped at the end.
 """
@@ -61,6 +67,14 @@ def rss_mb(pid: int) -> float | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
+    return None
+
+
+def cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return None
 
 
@@ -136,8 +150,14 @@ def summary(records: list[tuple[str, float]], wall_s: float) -> dict[str, Any]:
     }
 
 
-def load_phase(port: int, args: argparse.Namespace, images: list[bytes], heavy: bytes | None) -> dict[str, Any]:
-    """--clients clients x --requests light requests; with `heavy`, --heavy clients keep heavy ones in flight."""
+def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes], heavy: bytes | None
+               ) -> dict[str, Any]:
+    """--clients clients x --requests light requests; with `heavy`, --heavy clients keep heavy ones in flight.
+
+    Also records the CPU seconds the server (`pid`) and this client process used during the light requests:
+    client and server share the machine's cores, so a client that needs as much CPU as the server caps what
+    the server can be shown to do.
+    """
     deadline = time.monotonic() + args.max_seconds
     light: list[tuple[str, float]] = []
     heavy_records: list[tuple[str, float]] = []
@@ -169,16 +189,20 @@ def load_phase(port: int, args: argparse.Namespace, images: list[bytes], heavy: 
     if heavies:
         time.sleep(1.0)  # let the heavy uploads reach the server's decoders first
     lights = [threading.Thread(target=light_client, args=(i,), daemon=True) for i in range(args.clients)]
+    server_cpu, client_cpu = cpu_s(pid), cpu_s(os.getpid())
     start = time.perf_counter()
     for t in lights:
         t.start()
     for t in lights:
         t.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_S)
     wall = time.perf_counter() - start
+    cpu = {"server": cpu_s(pid), "client": cpu_s(os.getpid())}
     light_done.set()
     for t in heavies:
         t.join(REQUEST_TIMEOUT_S)
     result = summary(light, wall)
+    result["cpu_s"] = {k: round(v - v0, 2) if v is not None and v0 is not None else None
+                       for (k, v), v0 in zip(cpu.items(), (server_cpu, client_cpu), strict=True)}
     if heavy is not None:
         result["heavy"] = summary(heavy_records, time.perf_counter() - heavy_start)
     result["stopped_at_max_seconds"] = time.monotonic() > deadline
@@ -254,6 +278,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_start": list(os.getloadavg())},
         "settings": {},
+        "clients": "threads of the benchmark's own process, on the same machine as the server (see cpu_s)",
     }
     with tempfile.TemporaryDirectory(prefix="realfake-serve-load-") as tmp:
         work = Path(tmp)
@@ -272,16 +297,21 @@ def main(argv: list[str] | None = None) -> Path:
                 warm.close()
                 entry: dict[str, Any] = {"rss_mb_before": rss_mb(pid), "load_average_before": list(os.getloadavg())}
                 log(f"{name}: light load ({args.clients} clients x {args.requests} requests)")
-                entry["light"] = load_phase(port, args, images, None)
+                entry["light"] = load_phase(port, pid, args, images, None)
                 log(f"{name}: light load with {args.heavy} decode-heavy uploads in flight")
-                entry["light_with_heavy"] = load_phase(port, args, images, heavy)
+                entry["light_with_heavy"] = load_phase(port, pid, args, images, heavy)
                 entry["rss_mb_after"] = rss_mb(pid)
                 entry["load_average_after"] = list(os.getloadavg())
             results["settings"][name] = entry
             log(f"{name}: {json.dumps({k: entry[k]['latency_ms'] for k in ('light', 'light_with_heavy')})}")
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    path = args.out_dir / f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
+    stem = f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}"
+    path = args.out_dir / f"{stem}.json"
+    n = 1
+    while path.exists():  # a second run on the same day keeps the first one's file (a README may cite it)
+        n += 1
+        path = args.out_dir / f"{stem}-{n}.json"
     atomic_write_json(path, results)
     print(f"wrote {path}")
     return path

@@ -305,3 +305,17 @@ def test_cli_serve_bad_run_is_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "is not a trained run" in result.output
     assert "Traceback" not in result.output
+
+
+def test_uvicorn_runs_on_uvloop_and_httptools() -> None:
+    """`realfake serve` leaves uvicorn's loop and http at "auto": with uvicorn[standard] installed they are
+    uvloop and httptools, which spend less CPU per request than asyncio's loop and h11."""
+    from uvicorn.loops.auto import auto_loop_factory
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    assert AutoHTTPProtocol.__name__ == "HttpToolsProtocol"
+    loop = auto_loop_factory()()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()

@@ -2,11 +2,12 @@
 
 The app is thin: routes live on APIRouters, and each handler gets the one shared `Service` (the Detector,
 the run's facts and the limits) as a FastAPI dependency. The model is loaded once. Every upload is decoded by
-`realfake.data.images.read_and_decode` (the trainer's own preprocessing) in a worker thread, outside the model
-lock, and judged by `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict`
-answer; concurrent requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte
-(`guards`): a body over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read,
-and a request's images may not decode to more than `max_decode_bytes` together. With a token, /v1/* needs
+`realfake.data.images.read_and_decode` (the trainer's own preprocessing) outside the model lock, in a worker
+thread (a decode-heavy one on the server's one low-priority thread: `decoding`), and judged by
+`Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict` answer; concurrent
+requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte (`guards`): a body
+over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read, and a request's
+images may not decode to more than `max_decode_bytes` together. With a token, /v1/* needs
 `Authorization: Bearer TOKEN`; / and /healthz stay open.
 """
 
@@ -37,6 +38,7 @@ from realfake.errors import RealfakeError
 from realfake.report.summary import Summary, run_summary, summarize
 from realfake.rundir import RunDir
 from realfake.serve.batching import MicroBatcher
+from realfake.serve.decoding import HEAVY_DECODE_BYTES, HeavyDecoder
 from realfake.serve.guards import BodyGuard, TokenGuard
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
@@ -151,16 +153,19 @@ class ErrorBody(BaseModel):
 class Service:
     """What the handlers share: the Detector, the run's facts and the limits.
 
-    Decoding runs in the request's worker thread, outside any lock, so a few large uploads being decoded
-    never hold up the others; only model calls take turns (through the batcher's one thread, or `_model_lock`
-    when batching is off and for explanations), which keeps memory flat under load. The run's files are read
-    once, here, so a damaged run folder stops the server from starting (one line) instead of failing requests.
+    Decoding runs outside any lock: small uploads in the request's worker thread, decode-heavy ones one at a
+    time on one low-priority thread (`decoding.HeavyDecoder`), so large uploads being decoded never hold up
+    the others, nor take all the cores or keep their memory; only model calls take turns (through the batcher's
+    one thread, or `_model_lock` when batching is off and for explanations), which keeps memory flat under
+    load. The run's files are read once, here, so a damaged run folder stops the server from starting (one
+    line) instead of failing requests.
     """
 
     def __init__(self, detector: Detector, limits: Limits, batch_wait_ms: float = 5.0, max_batch: int = 64):
         self.detector = detector
         self.limits = limits
         self._model_lock = threading.Lock()
+        self.heavy = HeavyDecoder()
         self.batcher: MicroBatcher[Any, Prediction] | None = (
             MicroBatcher(self._judge, max_items=max_batch, wait_s=batch_wait_ms / 1000) if batch_wait_ms > 0 else None
         )
@@ -172,20 +177,32 @@ class Service:
         """Each upload decoded, or None with the reason, within the request's decode budget (in upload order).
 
         The budget is checked from each header before its pixels are read, so an image that would pass it is
-        never decoded; the ones that fit are still judged.
+        never decoded; the ones that fit are still judged. An upload that fits but decodes to more than
+        HEAVY_DECODE_BYTES is decoded on the server's one heavy-decode thread (`decoding.HeavyDecoder`), the
+        others here, in the request's worker thread; one upload at a time either way, so the budget is spent
+        in upload order as before.
         """
         left = self.limits.max_decode_bytes
 
-        def within_budget(upload: bytes) -> bytes:
+        def within_budget(upload: tuple[bytes, int]) -> bytes:
             nonlocal left
-            need = header_decoded_bytes(upload)
+            data, need = upload
             if need > left:
                 raise BadImage(f"request decode budget exceeded ({need:,} bytes decoded; {left:,} of "
                                f"{self.limits.max_decode_bytes:,} left)")
             left -= need
-            return upload
+            return data
 
-        _, decoded, errors = self.detector.decode(list(data), within_budget)
+        decoded: list[np.ndarray | None] = []
+        errors: list[str | None] = []
+        for upload in data:
+            item = (upload, header_decoded_bytes(upload))  # the header is read once: for the route and the budget
+            if HEAVY_DECODE_BYTES < item[1] <= left:  # one over the budget is refused here, without queueing
+                _, d, e = self.heavy.run(self.detector.decode, [item], within_budget)
+            else:
+                _, d, e = self.detector.decode([item], within_budget)
+            decoded += d
+            errors += e
         return decoded, errors
 
     def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
@@ -222,6 +239,7 @@ class Service:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.heavy.close()
 
     def _run_facts(self) -> tuple[TrainingData | None, dict[str, Any] | None]:
         """Training data and test metrics from the run folder (none for an ONNX file), read once."""
@@ -267,8 +285,9 @@ def unreadable_status(results: list[ImageResult]) -> int:
     return 415 if all(r.error == NOT_AN_IMAGE for r in results) else 422
 
 
-def get_service(request: Request) -> Service:
-    """The app's one Service, as a FastAPI dependency."""
+async def get_service(request: Request) -> Service:
+    """The app's one Service, as a FastAPI dependency (async: FastAPI runs a plain `def` dependency in its
+    thread pool, which cost every request a thread hop for one attribute lookup)."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 

@@ -52,6 +52,7 @@ LAYERS = [
     "realfake.evaluation",
     "realfake.robustness",
     "realfake.training",
+    "realfake.adapt",
     "realfake.serve.batching",
     "realfake.serve.guards",
     "realfake.serve.app",
@@ -60,7 +61,7 @@ LAYERS = [
     "realfake.__main__",
     "realfake",
 ]
-TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training"}
+TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt"}
 PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.export", "realfake.predict",
               "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]
 

@@ -109,6 +109,38 @@ def evaluate(
 
 @app.command()
 @friendly
+def adapt(
+    run_dir: Path = typer.Argument(..., help="the trained run to adapt (only read, never changed)"),
+    data: str = typer.Option(..., help="labelled images of the new generator: REAL/ and FAKE/ folders, a zip, a CSV"),
+    out: Path | None = typer.Option(None, help="the new run folder [default: RUN-adapted-<data name>, beside RUN]"),
+    finetune_head: bool = typer.Option(
+        False, help="also fine-tune the model's head on part of the set (the rest calibrates)"
+    ),
+    epochs: int = typer.Option(5, min=1, help="fine-tuning epochs (with --finetune-head)"),
+    lr: float = typer.Option(1e-3, help="fine-tuning learning rate (with --finetune-head)"),
+    calibration_share: float = typer.Option(
+        0.5, help="with --finetune-head: share of each class kept for calibration, the rest fine-tunes"
+    ),
+    threshold_policy: str | None = typer.Option(
+        None, help="balanced | fpr:RATE | fixed:P [default: the parent run's policy]"
+    ),
+    seed: int = typer.Option(0, help="seed of the fine-tune/calibration split and of fine-tuning"),
+    overwrite: bool = typer.Option(False, help="replace --out if it already exists"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+) -> None:
+    """Re-fit a run's calibration (temperature, threshold, OOD score) on a small labelled set of a new
+    generator, optionally fine-tuning its head; writes a new run folder and prints its path."""
+    from realfake.adapt import adapt as adapt_run
+
+    child = adapt_run(
+        run_dir, data, out, finetune_head=finetune_head, epochs=epochs, lr=lr, calibration_share=calibration_share,
+        threshold_policy=threshold_policy, seed=seed, overwrite=overwrite, device=device,
+    )
+    typer.echo(str(child))
+
+
+@app.command()
+@friendly
 def robustness(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
     data: str | None = typer.Option(None, help="sweep every image of this data set instead of the test split"),

@@ -29,6 +29,17 @@ from realfake.config import RunConfig, validated
 from realfake.errors import RealfakeError
 
 
+def data_slug(data: str | Path) -> str:
+    """A data path's last component made only of safe characters: never empty, '.' or '..', never a path, never
+    starting with '.' (a temporary's mark) nor ending in '.old' (an aside copy, see realfake.atomic.atomic_dir)."""
+    text = str(data).rstrip("/\\")
+    base = re.split(r"[/\\]", text)[-1] if text else ""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "data"
+    if slug.endswith(".old"):
+        slug = slug[: -len(".old")] + "-old"
+    return slug
+
+
 class RunDir:
     """A run folder (or one evaluation inside it), by path; cheap to make, touches no file until asked."""
 
@@ -184,12 +195,13 @@ class RunDir:
         starts with '.' (the evaluation's temporary) nor ends in '.old' (the aside copy of another
         evaluation while it is replaced, see realfake.atomic.atomic_dir).
         """
-        text = str(data).rstrip("/\\")
-        base = re.split(r"[/\\]", text)[-1] if text else ""
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-.") or "data"
-        if slug.endswith(".old"):
-            slug = slug[: -len(".old")] + "-old"
-        return RunDir(self.path / self.EVALUATIONS / slug)
+        return RunDir(self.path / self.EVALUATIONS / data_slug(data))
+
+    def adapted(self, data: str | Path) -> RunDir:
+        """Where `realfake adapt RUN --data SET` writes by default: a sibling folder RUN-adapted-<set name>
+        (the set's name without its .zip/.csv suffix), never inside the parent run."""
+        slug = re.sub(r"\.(zip|csv)$", "", data_slug(data), flags=re.IGNORECASE) or "data"
+        return RunDir(self.path.parent / f"{self.path.name}-adapted-{slug}")
 
     def evaluations(self) -> list[RunDir]:
         """Every evaluation that wrote metrics, in name order.

@@ -1,0 +1,295 @@
+"""The `adapt` command: a trained run meets a new generator, and the user has a few hundred labelled images
+of it. Re-fit the run's calibration on them, and optionally fine-tune the model's head, into a NEW run folder.
+
+Why this and not retraining: on a generator it never saw, a detector's *ranking* usually transfers while its
+*decision* does not (README "Generators it never saw": ROC AUC 0.998, yet 41.5% of the unseen generator's
+fakes called REAL, ECE 0.24). The threshold, the temperature and the OOD quantiles (`calibration.Typicality`)
+were all fitted on the old generator's validation logits; re-fitting them on a small labelled set of the new
+one is cheap (no gradient), needs few images, and leaves the weights exactly as they were. When the ranking
+itself is off, `finetune_head` also trains the model's last layers (`model.head`; every other weight, and
+every BatchNorm statistic, stays frozen) on part of the set and calibrates on the rest, so the calibration is
+never fitted on the images the head was just trained on.
+
+The parent run is only read. The child is written whole into a temporary sibling folder and swapped in at
+the end (`atomic_dir`, every file through `RunDir`), so a failure leaves no half run. It holds what a trained
+run holds for prediction (config.yaml, model.safetensors, run.json, and the parent's split.json and
+data_report.json, so `realfake evaluate NEW` still tests on the parent's own test split), so Detector.load,
+predict, evaluate, serve and export work on it unchanged. run.json records `parent` (path, name and its
+calibration) and `adapted_on` (the set, its counts per class, what was re-fitted or fine-tuned, the split).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from realfake.atomic import WriteError, atomic_dir, check_writable
+from realfake.calibration import Calibration, calibrate, parse_policy
+from realfake.config import RunConfig
+from realfake.contract import CLASS_NAMES, __version__
+from realfake.data.batches import random_flips, to_device_uint8, to_float
+from realfake.data.cache import load_dataset
+from realfake.device import select_device
+from realfake.errors import RealfakeError
+from realfake.evaluation import Log, log_to_stderr
+from realfake.fit import state_to_cpu
+from realfake.infer import TorchBackend
+from realfake.models import load_weights
+from realfake.rundir import RunDir
+
+MIN_IMAGES = 20  # below this neither a temperature nor a threshold means anything
+MIN_PER_CLASS = 5  # per class, and per part when the set is split for fine-tuning
+FINETUNE_EPOCHS = 5
+FINETUNE_LR = 1e-3
+FINETUNE_BATCH = 64
+CALIBRATION_SHARE = 0.5  # with --finetune-head: this share of each class calibrates, the rest trains the head
+COPIED = (RunDir.SPLIT, RunDir.DATA_REPORT)  # the parent's training facts, still true of the child's backbone
+
+
+def adapt(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path | None = None,
+    *,
+    finetune_head: bool = False,
+    epochs: int = FINETUNE_EPOCHS,
+    lr: float = FINETUNE_LR,
+    calibration_share: float = CALIBRATION_SHARE,
+    threshold_policy: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    log: Log = log_to_stderr,
+) -> Path:
+    """Adapt the run at `run_dir` to the labelled set `data` (any layout the data loader reads: REAL/ and
+    FAKE/ folders, a zip, a CSV list); returns the new run folder (default: RUN-adapted-<data name>)."""
+    parent = _parent(run_dir)
+    child = RunDir(out) if out is not None else parent.adapted(data)
+    _check_out(parent, child, overwrite)
+    ds = load_dataset(data, None, seed, parent.config().workers, progress)
+    log(f"data: {len(ds):,} images from {ds.source_name} ({len(ds.skipped)} unreadable skipped)")
+    return adapt_arrays(
+        parent.path, np.asarray(ds.images), ds.labels, ds.source_name, child.path, finetune_head=finetune_head,
+        epochs=epochs, lr=lr, calibration_share=calibration_share, threshold_policy=threshold_policy, seed=seed,
+        overwrite=overwrite, device=device, log=log, n_skipped=len(ds.skipped),
+    )
+
+
+def adapt_arrays(
+    run_dir: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    data_name: str,
+    out: str | Path,
+    *,
+    finetune_head: bool = False,
+    epochs: int = FINETUNE_EPOCHS,
+    lr: float = FINETUNE_LR,
+    calibration_share: float = CALIBRATION_SHARE,
+    threshold_policy: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str = "auto",
+    log: Log = log_to_stderr,
+    n_skipped: int = 0,
+) -> Path:
+    """`adapt` on images already decoded ((N, 32, 32, 3) uint8 and 0/1 labels): what the benchmark calls."""
+    parent, child = _parent(run_dir), RunDir(out)
+    _check_out(parent, child, overwrite)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    _check_set(y, data_name, finetune_head, calibration_share)
+    if finetune_head and (epochs < 1 or not lr > 0):
+        raise RealfakeError(f"fine-tuning needs at least 1 epoch and a learning rate above 0; got {epochs}, {lr}")
+    cfg = parent.config()
+    info = parent.info()
+    parent_cal = Calibration.from_info(info, cfg.threshold)
+    if threshold_policy is not None:
+        cfg.threshold_policy = str(parse_policy(threshold_policy))
+    torch_device = select_device(device)
+    model = load_weights(cfg.model, parent / RunDir.WEIGHTS)
+
+    cal_idx, tune_idx = split_for_finetune(y, calibration_share, seed) if finetune_head else (np.arange(len(y)), None)
+    finetuned: dict[str, Any] | None = None
+    if tune_idx is not None:
+        torch.manual_seed(seed)
+        losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=epochs, lr=lr, seed=seed)
+        finetuned = {"layers": "head", "epochs": epochs, "lr": lr, "batch_size": FINETUNE_BATCH,
+                     "train_loss": [round(v, 6) for v in losses], "images": _counts(y[tune_idx])}
+        log(f"fine-tuned the head for {epochs} epochs on {len(tune_idx)} images (loss {losses[0]:.4f} -> "
+            f"{losses[-1]:.4f})")
+    # The same memory layout and test-time augmentation as a loaded run, so run.json holds what Detector.load
+    # will compute.
+    model = model.to(memory_format=torch.contiguous_format)
+    backend = TorchBackend(model, torch_device, parent_cal.tta)
+    logits = backend.logits(np.asarray(images[cal_idx]), cfg.eval_batch_size)
+    cal = calibrate(logits, y[cal_idx], cfg.policy, cfg.uncertain, parent_cal.tta,
+                    cfg.ood_level if parent_cal.ood is not None else None)
+    refit = ["temperature", "threshold"] + (["ood"] if cal.ood is not None else [])
+    adapted_on = {
+        "data": data_name,
+        "n_images": int(len(y)),
+        "per_class": _counts(y),
+        "n_skipped": n_skipped,
+        "refit": refit,
+        "calibration_images": _counts(y[cal_idx]),
+        "finetuned": finetuned,
+        "seed": seed,
+    }
+    child_info = {
+        **{k: v for k, v in info.items() if k not in Calibration().to_info()},
+        **cal.to_info(),
+        "status": "adapted",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "realfake": __version__,
+        "parent": {"path": str(parent.path.resolve()), "name": parent.path.name, **parent_cal.to_info()},
+        "adapted_on": adapted_on,
+    }
+    state = state_to_cpu(model) if finetuned else None
+    _write_child(parent, child, cfg, child_info, state)
+    log(f"calibration on {len(cal_idx)} images of {data_name}: temperature {parent_cal.temperature:.3f} -> "
+        f"{cal.temperature:.3f}, threshold {parent_cal.threshold:.4f} -> {cal.threshold:.4f} ({cal.threshold_policy})")
+    return child.path
+
+
+# --- checks: one line each, before any work --------------------------------------------------------------
+
+
+def _parent(run_dir: str | Path) -> RunDir:
+    parent = RunDir(run_dir)
+    if not parent.path.is_dir():
+        raise RealfakeError(f"{parent.path} is not a run directory (no such folder)")
+    parent.require(RunDir.CONFIG, RunDir.WEIGHTS)
+    parent.info()  # a damaged run.json fails now, in one line
+    return parent
+
+
+def _check_out(parent: RunDir, child: RunDir, overwrite: bool) -> None:
+    """The child never is, holds or sits inside the parent; an existing folder is replaced only when told."""
+    p, c = parent.path.resolve(), child.path.resolve()
+    if c == p or p.is_relative_to(c) or c.is_relative_to(p):
+        raise RealfakeError(f"--out {child.path} would change the parent run {parent.path}: pick a folder outside it")
+    if child.path.exists() and (not child.path.is_dir() or any(child.path.iterdir())) and not overwrite:
+        raise RealfakeError(f"{child.path} already exists: pick another --out, or pass --overwrite to replace it")
+    check_writable(child / RunDir.CONFIG)
+
+
+def _check_set(y: np.ndarray, name: str, finetune_head: bool, calibration_share: float) -> None:
+    counts = _counts(y)
+    missing = [c for c, n in counts.items() if n == 0]
+    if missing:
+        raise RealfakeError(f"{name} has only one class (no {', '.join(missing)} images): adapting needs both")
+    if len(y) < MIN_IMAGES or min(counts.values()) < MIN_PER_CLASS:
+        raise RealfakeError(f"{name} has too few images to adapt on ({_said(counts)}): at least {MIN_IMAGES} in all "
+                            f"and {MIN_PER_CLASS} per class")
+    if finetune_head:
+        if not 0 < calibration_share < 1:
+            raise RealfakeError(f"the calibration share must be between 0 and 1; got {calibration_share}")
+        least = min(counts.values())
+        if min(math.ceil(least * calibration_share), least - math.ceil(least * calibration_share)) < MIN_PER_CLASS:
+            raise RealfakeError(f"{name} has too few images to fine-tune and calibrate on separate parts "
+                                f"({_said(counts)}): at least {MIN_PER_CLASS} per class in each part")
+
+
+def _counts(y: np.ndarray) -> dict[str, int]:
+    return {c: int((y == i).sum()) for i, c in enumerate(CLASS_NAMES)}
+
+
+def _said(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {c}" for c, n in counts.items())
+
+
+# --- fine-tuning the head -------------------------------------------------------------------------------
+
+
+def split_for_finetune(labels: np.ndarray, calibration_share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, fine-tuning) indices: per class, a seeded `calibration_share` calibrates, the rest trains."""
+    rng = np.random.default_rng(seed)
+    cal: list[np.ndarray] = []
+    tune: list[np.ndarray] = []
+    for c in range(len(CLASS_NAMES)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = math.ceil(len(idx) * calibration_share)
+        cal.append(idx[:k])
+        tune.append(idx[k:])
+    return np.sort(np.concatenate(cal)), np.sort(np.concatenate(tune))
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The model's last layer(s): every registered model names them `head` (see realfake.models)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise RealfakeError(f"{type(model).__name__} has no `head` to fine-tune")
+    return head
+
+
+def finetune(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, device: torch.device, *, epochs: int = FINETUNE_EPOCHS,
+    lr: float = FINETUNE_LR, batch_size: int = FINETUNE_BATCH, seed: int = 0,
+) -> list[float]:
+    """Train only `model.head` (Adam, class-balanced BCE, random flips as in training); returns each epoch's loss.
+
+    The model stays in eval mode: dropout is off and no BatchNorm statistic moves, so outside the head's
+    parameters the weights file is byte for byte the parent's.
+    """
+    head = head_of(model)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    x = to_device_uint8(np.ascontiguousarray(images), device)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.float32, device=device)
+    n_fake = float(y.sum())
+    pos_weight = torch.tensor((len(y) - n_fake) / max(n_fake, 1.0), device=device)  # a lopsided set still balances
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=gen).to(device)
+        total = 0.0
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            xb = random_flips(to_float(x[idx]), gen)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(xb).float(), y[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        losses.append(total / len(y))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return losses
+
+
+# --- writing the child ---------------------------------------------------------------------------------------
+
+
+def _write_child(
+    parent: RunDir, child: RunDir, cfg: RunConfig, info: dict[str, Any], state: dict[str, torch.Tensor] | None
+) -> None:
+    """Every file of the child, written into a temporary sibling and swapped in whole."""
+    cfg = cfg.model_copy(update={"out": str(child.path)})
+    weights = safetensors_bytes(state) if state is not None else (parent / RunDir.WEIGHTS).read_bytes()
+    try:
+        with atomic_dir(child.path) as tmp:
+            tmp.chmod(0o755)  # mkdtemp makes 0700; a run folder is shared like one `train` makes
+            new = RunDir(tmp)
+            new.write_config(cfg)
+            new.write_bytes(RunDir.WEIGHTS, weights)
+            for name in COPIED:
+                if parent.has(name):
+                    new.write_bytes(name, (parent / name).read_bytes())
+            new.write_json(RunDir.INFO, info)
+    except WriteError as e:  # named after the child's own file, not its temporary folder's
+        raise WriteError(child / e.path.name, e.error) from None
+    except OSError as e:
+        raise WriteError(child.path, e) from None

@@ -1,0 +1,126 @@
+"""`realfake adapt`: a child run with a re-fitted calibration (and optionally a fine-tuned head); the parent
+is never touched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clitools import assert_one_line_error, cli
+from realfake.adapt import adapt, adapt_arrays
+from realfake.calibration import Calibration, calibrate
+from realfake.data.cache import load_dataset
+from realfake.detector import Detector
+from realfake.errors import RealfakeError
+from realfake.models import read_state_dict
+from realfake.rundir import RunDir
+
+
+def _tree(mini_zip: Path, root: Path, n_real: int, n_fake: int) -> Path:
+    """REAL/ and FAKE/ folders with the mini zip's first test images."""
+    with zipfile.ZipFile(mini_zip) as zf:
+        for label, n in (("REAL", n_real), ("FAKE", n_fake)):
+            names = sorted(m for m in zf.namelist() if m.startswith(f"test/{label}/") and m.endswith(".jpg"))[:n]
+            (root / label).mkdir(parents=True, exist_ok=True)
+            for m in names:
+                (root / label / Path(m).name).write_bytes(zf.read(m))
+    return root
+
+
+def _digests(run: Path) -> dict[str, str]:
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def new_set(mini_zip, tmp_path_factory):
+    return _tree(mini_zip, tmp_path_factory.mktemp("newgen") / "newgen", 30, 30)
+
+
+def test_adapt_writes_a_child_that_records_its_parent_and_loads(trained_run, new_set, tmp_path):
+    before = _digests(trained_run)
+    out = tmp_path / "child"
+    child = adapt(trained_run, new_set, out, device="cpu", progress=False, log=lambda m: None)
+    assert child == out
+    assert _digests(trained_run) == before  # the parent is only read
+
+    info = RunDir(child).info()
+    parent_info = RunDir(trained_run).info()
+    assert info["parent"]["path"] == str(trained_run.resolve())
+    assert info["parent"]["threshold"] == parent_info["threshold"]
+    assert info["adapted_on"]["per_class"] == {"REAL": 30, "FAKE": 30}
+    assert info["adapted_on"]["finetuned"] is None and "threshold" in info["adapted_on"]["refit"]
+    # Weights copied byte for byte; the calibration is the one fitted on the new set's logits.
+    assert (child / RunDir.WEIGHTS).read_bytes() == (trained_run / RunDir.WEIGHTS).read_bytes()
+    parent = Detector.load(trained_run, device="cpu")
+    ds = load_dataset(new_set, progress=False)
+    cfg = RunDir(trained_run).config()
+    expected = calibrate(parent.predict_logits(ds.images), ds.labels, cfg.policy, cfg.uncertain,
+                         parent.calibration.tta, cfg.ood_level)
+    loaded = Detector.load(child, device="cpu")
+    assert loaded.calibration == Calibration.from_info(expected.to_info())
+    assert loaded.predict(ds.images[0]).label in ("REAL", "FAKE", "uncertain")
+
+    with pytest.raises(RealfakeError, match="already exists"):
+        adapt(trained_run, new_set, out, device="cpu", progress=False, log=lambda m: None)
+    with pytest.raises(RealfakeError, match="parent run"):
+        adapt(trained_run, new_set, trained_run / "inside", device="cpu", progress=False, log=lambda m: None)
+
+
+def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip, tmp_path):
+    """Two sets with the same REAL images, one with the FAKE images the parent scores highest, one with those it
+    scores lowest (a generator it finds harder): the second's threshold is lower."""
+    ds = load_dataset(_tree(mini_zip, tmp_path / "pool", 40, 80), progress=False)
+    parent = Detector.load(trained_run, device="cpu")
+    z = parent.predict_logits(ds.images)
+    real, fake = np.flatnonzero(ds.labels == 0), np.flatnonzero(ds.labels == 1)
+    fake = fake[np.argsort(z[fake])]
+    thresholds = []
+    for name, pick in (("high", fake[-40:]), ("low", fake[:40])):
+        idx = np.concatenate([real, pick])
+        child = adapt_arrays(trained_run, ds.images[idx], ds.labels[idx], name, tmp_path / name, device="cpu",
+                             log=lambda m: None)
+        thresholds.append(RunDir(child).info()["threshold"])
+    assert thresholds[1] < thresholds[0]
+
+
+def test_finetune_head_changes_only_the_head(trained_run, new_set, tmp_path):
+    child = adapt(trained_run, new_set, tmp_path / "tuned", finetune_head=True, epochs=2, device="cpu",
+                  progress=False, log=lambda m: None)
+    before, after = read_state_dict(trained_run / RunDir.WEIGHTS), read_state_dict(child / RunDir.WEIGHTS)
+    assert before.keys() == after.keys()
+    changed = sorted(k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy()))
+    assert changed and all(k.startswith("head.") for k in changed)
+    adapted_on = RunDir(child).info()["adapted_on"]
+    assert adapted_on["finetuned"]["images"] == {"REAL": 15, "FAKE": 15}  # the other half calibrated
+    assert adapted_on["calibration_images"] == {"REAL": 15, "FAKE": 15}
+    Detector.load(child, device="cpu")
+
+
+def test_bad_sets_and_runs_are_one_line_errors(trained_run, mini_zip, tmp_path):
+    one_class = _tree(mini_zip, tmp_path / "one", 0, 25)
+    (one_class / "REAL").rmdir()
+    assert_one_line_error(cli("adapt", trained_run, "--data", one_class, "--out", tmp_path / "a", check=False),
+                          "only one class")
+    few = _tree(mini_zip, tmp_path / "few", 6, 6)
+    assert_one_line_error(cli("adapt", trained_run, "--data", few, "--out", tmp_path / "b", check=False),
+                          "too few images")
+    assert_one_line_error(cli("adapt", tmp_path / "no-run", "--data", few, check=False), "not a run directory")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_default_name_sits_beside_the_parent(trained_run, new_set, tmp_path):
+    import shutil
+
+    parent = tmp_path / "run"
+    shutil.copytree(trained_run, parent)
+    proc = cli("adapt", parent, "--data", new_set, "--device", "cpu")
+    child = Path(proc.stdout.strip())
+    assert child == tmp_path / "run-adapted-newgen"
+    assert json.loads((child / RunDir.INFO).read_text())["parent"]["name"] == "run"
+    out = cli("predict", child, new_set / "REAL", "--workers", "1").stdout.splitlines()
+    assert len(out) == 30 and all("p_fake" in json.loads(line) for line in out)

@@ -80,7 +80,7 @@ def figures(detector: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 def measure(run: Path, real: np.ndarray, fake: np.ndarray, sizes: list[int], n_eval: int, seed: int,
             epochs: int, work: Path) -> list[dict[str, Any]]:
-    from realfake.adapt import adapt_arrays
+    from realfake.adapt import AdaptOptions, adapt_arrays
     from realfake.detector import Detector
 
     rng = np.random.default_rng(seed)
@@ -99,8 +99,8 @@ def measure(run: Path, real: np.ndarray, fake: np.ndarray, sizes: list[int], n_e
         images, labels = np.concatenate([real[r], fake[f]]), np.repeat([0, 1], [len(r), len(f)])
         for mode in MODES:
             start = time.perf_counter()
-            child = adapt_arrays(run, images, labels, f"ganC+REAL n={n}", work / f"{mode}-{n}",
-                                 finetune_head=mode == "finetune-head", epochs=epochs, seed=seed, device="cpu",
+            options = AdaptOptions(finetune_head=mode == "finetune-head", epochs=epochs, seed=seed, device="cpu")
+            child = adapt_arrays(run, images, labels, f"ganC+REAL n={n}", work / f"{mode}-{n}", options,
                                  log=lambda m: None)
             seconds = time.perf_counter() - start
             rows.append({"n": n, "mode": mode, "adapt_seconds": round(seconds, 2),

@@ -10,15 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.clitools import assert_one_line_error, cli
 
-from clitools import assert_one_line_error, cli
-from realfake.adapt import adapt, adapt_arrays
+from realfake.adapt import AdaptOptions, adapt, adapt_arrays
 from realfake.calibration import Calibration, calibrate
 from realfake.data.cache import load_dataset
 from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.models import read_state_dict
 from realfake.rundir import RunDir
+
+CPU = AdaptOptions(device="cpu")
 
 
 def _tree(mini_zip: Path, root: Path, n_real: int, n_fake: int) -> Path:
@@ -44,7 +46,7 @@ def new_set(mini_zip, tmp_path_factory):
 def test_adapt_writes_a_child_that_records_its_parent_and_loads(trained_run, new_set, tmp_path):
     before = _digests(trained_run)
     out = tmp_path / "child"
-    child = adapt(trained_run, new_set, out, device="cpu", progress=False, log=lambda m: None)
+    child = adapt(trained_run, new_set, out, CPU, progress=False, log=lambda m: None)
     assert child == out
     assert _digests(trained_run) == before  # the parent is only read
 
@@ -66,9 +68,9 @@ def test_adapt_writes_a_child_that_records_its_parent_and_loads(trained_run, new
     assert loaded.predict(ds.images[0]).label in ("REAL", "FAKE", "uncertain")
 
     with pytest.raises(RealfakeError, match="already exists"):
-        adapt(trained_run, new_set, out, device="cpu", progress=False, log=lambda m: None)
+        adapt(trained_run, new_set, out, CPU, progress=False, log=lambda m: None)
     with pytest.raises(RealfakeError, match="parent run"):
-        adapt(trained_run, new_set, trained_run / "inside", device="cpu", progress=False, log=lambda m: None)
+        adapt(trained_run, new_set, trained_run / "inside", CPU, progress=False, log=lambda m: None)
 
 
 def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip, tmp_path):
@@ -82,14 +84,14 @@ def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip,
     thresholds = []
     for name, pick in (("high", fake[-40:]), ("low", fake[:40])):
         idx = np.concatenate([real, pick])
-        child = adapt_arrays(trained_run, ds.images[idx], ds.labels[idx], name, tmp_path / name, device="cpu",
+        child = adapt_arrays(trained_run, ds.images[idx], ds.labels[idx], name, tmp_path / name, CPU,
                              log=lambda m: None)
         thresholds.append(RunDir(child).info()["threshold"])
     assert thresholds[1] < thresholds[0]
 
 
 def test_finetune_head_changes_only_the_head(trained_run, new_set, tmp_path):
-    child = adapt(trained_run, new_set, tmp_path / "tuned", finetune_head=True, epochs=2, device="cpu",
+    child = adapt(trained_run, new_set, tmp_path / "tuned", AdaptOptions(finetune_head=True, epochs=2, device="cpu"),
                   progress=False, log=lambda m: None)
     before, after = read_state_dict(trained_run / RunDir.WEIGHTS), read_state_dict(child / RunDir.WEIGHTS)
     assert before.keys() == after.keys()

@@ -21,6 +21,7 @@ calibration) and `adapted_on` (the set, its counts per class, what was re-fitted
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -53,77 +54,64 @@ CALIBRATION_SHARE = 0.5  # with --finetune-head: this share of each class calibr
 COPIED = (RunDir.SPLIT, RunDir.DATA_REPORT)  # the parent's training facts, still true of the child's backbone
 
 
+@dataclass(frozen=True)
+class AdaptOptions:
+    """How to adapt: calibration only (the default), or also fine-tune the head on part of the set."""
+
+    finetune_head: bool = False
+    epochs: int = FINETUNE_EPOCHS
+    lr: float = FINETUNE_LR
+    calibration_share: float = CALIBRATION_SHARE
+    threshold_policy: str | None = None  # None: the parent's policy
+    seed: int = 0
+    overwrite: bool = False
+    device: str = "auto"
+
+
 def adapt(
-    run_dir: str | Path,
-    data: str | Path,
-    out: str | Path | None = None,
-    *,
-    finetune_head: bool = False,
-    epochs: int = FINETUNE_EPOCHS,
-    lr: float = FINETUNE_LR,
-    calibration_share: float = CALIBRATION_SHARE,
-    threshold_policy: str | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    device: str = "auto",
-    progress: bool = True,
-    log: Log = log_to_stderr,
+    run_dir: str | Path, data: str | Path, out: str | Path | None = None, options: AdaptOptions = AdaptOptions(),
+    *, progress: bool = True, log: Log = log_to_stderr,
 ) -> Path:
     """Adapt the run at `run_dir` to the labelled set `data` (any layout the data loader reads: REAL/ and
     FAKE/ folders, a zip, a CSV list); returns the new run folder (default: RUN-adapted-<data name>)."""
     parent = _parent(run_dir)
     child = RunDir(out) if out is not None else parent.adapted(data)
-    _check_out(parent, child, overwrite)
-    ds = load_dataset(data, None, seed, parent.config().workers, progress)
+    _check_out(parent, child, options.overwrite)
+    ds = load_dataset(data, None, options.seed, parent.config().workers, progress)
     log(f"data: {len(ds):,} images from {ds.source_name} ({len(ds.skipped)} unreadable skipped)")
-    return adapt_arrays(
-        parent.path, np.asarray(ds.images), ds.labels, ds.source_name, child.path, finetune_head=finetune_head,
-        epochs=epochs, lr=lr, calibration_share=calibration_share, threshold_policy=threshold_policy, seed=seed,
-        overwrite=overwrite, device=device, log=log, n_skipped=len(ds.skipped),
-    )
+    return adapt_arrays(parent.path, np.asarray(ds.images), ds.labels, ds.source_name, child.path, options,
+                        log=log, n_skipped=len(ds.skipped))
 
 
 def adapt_arrays(
-    run_dir: str | Path,
-    images: np.ndarray,
-    labels: np.ndarray,
-    data_name: str,
-    out: str | Path,
-    *,
-    finetune_head: bool = False,
-    epochs: int = FINETUNE_EPOCHS,
-    lr: float = FINETUNE_LR,
-    calibration_share: float = CALIBRATION_SHARE,
-    threshold_policy: str | None = None,
-    seed: int = 0,
-    overwrite: bool = False,
-    device: str = "auto",
-    log: Log = log_to_stderr,
-    n_skipped: int = 0,
+    run_dir: str | Path, images: np.ndarray, labels: np.ndarray, data_name: str, out: str | Path,
+    options: AdaptOptions = AdaptOptions(), *, log: Log = log_to_stderr, n_skipped: int = 0,
 ) -> Path:
     """`adapt` on images already decoded ((N, 32, 32, 3) uint8 and 0/1 labels): what the benchmark calls."""
+    o = options
     parent, child = _parent(run_dir), RunDir(out)
-    _check_out(parent, child, overwrite)
+    _check_out(parent, child, o.overwrite)
     y = np.asarray(labels).astype(np.int64).ravel()
-    _check_set(y, data_name, finetune_head, calibration_share)
-    if finetune_head and (epochs < 1 or not lr > 0):
-        raise RealfakeError(f"fine-tuning needs at least 1 epoch and a learning rate above 0; got {epochs}, {lr}")
+    _check_set(y, data_name, o.finetune_head, o.calibration_share)
+    if o.finetune_head and (o.epochs < 1 or not o.lr > 0):
+        raise RealfakeError(f"fine-tuning needs at least 1 epoch and a learning rate above 0; got {o.epochs}, {o.lr}")
     cfg = parent.config()
     info = parent.info()
     parent_cal = Calibration.from_info(info, cfg.threshold)
-    if threshold_policy is not None:
-        cfg.threshold_policy = str(parse_policy(threshold_policy))
-    torch_device = select_device(device)
+    if o.threshold_policy is not None:
+        cfg.threshold_policy = str(parse_policy(o.threshold_policy))
+    torch_device = select_device(o.device)
     model = load_weights(cfg.model, parent / RunDir.WEIGHTS)
 
-    cal_idx, tune_idx = split_for_finetune(y, calibration_share, seed) if finetune_head else (np.arange(len(y)), None)
+    cal_idx, tune_idx = (split_for_finetune(y, o.calibration_share, o.seed) if o.finetune_head
+                         else (np.arange(len(y)), None))
     finetuned: dict[str, Any] | None = None
     if tune_idx is not None:
-        torch.manual_seed(seed)
-        losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=epochs, lr=lr, seed=seed)
-        finetuned = {"layers": "head", "epochs": epochs, "lr": lr, "batch_size": FINETUNE_BATCH,
+        torch.manual_seed(o.seed)
+        losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr, seed=o.seed)
+        finetuned = {"layers": "head", "epochs": o.epochs, "lr": o.lr, "batch_size": FINETUNE_BATCH,
                      "train_loss": [round(v, 6) for v in losses], "images": _counts(y[tune_idx])}
-        log(f"fine-tuned the head for {epochs} epochs on {len(tune_idx)} images (loss {losses[0]:.4f} -> "
+        log(f"fine-tuned the head for {o.epochs} epochs on {len(tune_idx)} images (loss {losses[0]:.4f} -> "
             f"{losses[-1]:.4f})")
     # The same memory layout and test-time augmentation as a loaded run, so run.json holds what Detector.load
     # will compute.
@@ -141,7 +129,7 @@ def adapt_arrays(
         "refit": refit,
         "calibration_images": _counts(y[cal_idx]),
         "finetuned": finetuned,
-        "seed": seed,
+        "seed": o.seed,
     }
     child_info = {
         **{k: v for k, v in info.items() if k not in Calibration().to_info()},

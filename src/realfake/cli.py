@@ -130,12 +130,13 @@ def adapt(
 ) -> None:
     """Re-fit a run's calibration (temperature, threshold, OOD score) on a small labelled set of a new
     generator, optionally fine-tuning its head; writes a new run folder and prints its path."""
+    from realfake.adapt import AdaptOptions
     from realfake.adapt import adapt as adapt_run
 
-    child = adapt_run(
-        run_dir, data, out, finetune_head=finetune_head, epochs=epochs, lr=lr, calibration_share=calibration_share,
+    child = adapt_run(run_dir, data, out, AdaptOptions(
+        finetune_head=finetune_head, epochs=epochs, lr=lr, calibration_share=calibration_share,
         threshold_policy=threshold_policy, seed=seed, overwrite=overwrite, device=device,
-    )
+    ))
     typer.echo(str(child))
 
 

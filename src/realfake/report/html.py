@@ -235,19 +235,23 @@ def summary_html(summary: Summary) -> str:
     return f'<p class="summary">{text}</p>'
 
 
+def _table(cols: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """A table with a header row; each row is (its heading, cell contents already escaped), numbers right."""
+    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
+    body = "".join(f"<tr><th>{escape(name)}</th>{''.join(f'<td class=num>{c}</td>' for c in cells)}</tr>"
+                   for name, cells in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def _measured_table(measured: list[Measured]) -> str:
     cols = ["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC", "ECE",
             "confidently wrong after 'I don't know'"]
-    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = "".join(
-        f"<tr><th>{escape(m.name)}</th><td>{'held out of training' if m.kind == HELD_OUT else 'other data set'}</td>"
-        f"<td class=num>{_fmt(m.n)}</td><td class=num>{_pct(m.accuracy)}</td>"
-        f"<td class=num>{_pct(m.fakes_called_real)}</td><td class=num>{_pct(m.reals_called_fake)}</td>"
-        f"<td class=num>{_fmt(m.roc_auc)}</td><td class=num>{_fmt(m.ece)}</td>"
-        f"<td class=num>{_pct(m.confidently_wrong)}</td></tr>"
+    return _table(cols, [
+        (m.name, ["held out of training" if m.kind == HELD_OUT else "other data set", _fmt(m.n), _pct(m.accuracy),
+                  _pct(m.fakes_called_real), _pct(m.reals_called_fake), _fmt(m.roc_auc), _fmt(m.ece),
+                  _pct(m.confidently_wrong)])
         for m in measured
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    ])
 
 
 def _other_data_html(summary: Summary, evaluations: list[tuple[str, dict[str, Any]]], seen: set[str] | None) -> str:
@@ -275,15 +279,12 @@ def _ood_html(summary: Summary) -> str:
     level = f"{levels.pop():g}" if len(levels) == 1 else "the run's level"
     cols = ["data", "images", "flagged out of distribution", "of REAL images", "of FAKE images",
             "labelled uncertain (any reason)", "confidently wrong", "accuracy on the rest"]
-    head = "".join(f"<th>{escape(c)}</th>" for c in cols)
-    body = "".join(
-        f"<tr><th>{escape(name)}</th><td class=num>{_fmt(o.n)}</td>"
-        f"<td class=num>{_fmt(o.n_flagged)} ({_pct(o.fraction_flagged)})</td>"
-        f"<td class=num>{_pct(o.fraction_flagged_real)}</td><td class=num>{_pct(o.fraction_flagged_fake)}</td>"
-        f"<td class=num>{_pct(o.fraction_uncertain)}</td><td class=num>{_pct(o.confidently_wrong)}</td>"
-        f"<td class=num>{_pct(o.accuracy_decided)}</td></tr>"
+    table = _table(cols, [
+        (name, [_fmt(o.n), f"{_fmt(o.n_flagged)} ({_pct(o.fraction_flagged)})", _pct(o.fraction_flagged_real),
+                _pct(o.fraction_flagged_fake), _pct(o.fraction_uncertain), _pct(o.confidently_wrong),
+                _pct(o.accuracy_decided)])
         for name, o in rows
-    )
+    ])
     intro = (
         "<p>An image is labelled <em>uncertain</em> (&ldquo;I don&rsquo;t know&rdquo;) instead of REAL or FAKE when "
         f"it is <strong>out of distribution</strong>: its ood score, how atypical it is of the class it would be "
@@ -292,7 +293,7 @@ def _ood_html(summary: Summary) -> str:
         "one, it is uncertain too. <em>Confidently wrong</em> is the share of all images that still got a wrong "
         "REAL/FAKE label; <em>accuracy on the rest</em> counts only the images that got one.</p>"
     )
-    return intro + f"<table><tr>{head}</tr>{body}</table>"
+    return intro + table
 
 
 def _figures_section(plots: dict[str, Path]) -> str:

@@ -63,7 +63,7 @@ def train(
     uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
     ood_level: float | None = typer.Option(
         None, help="label 'uncertain' an image less typical of its class than this share of validation images "
-        "[default: 0.95; config ood_level: null turns it off]"
+        "[default: 0.96; config ood_level: null turns it off]"
     ),
     augment: str | None = typer.Option(None, help="flips | robust (flips + random JPEG and blur) [default: flips]"),
     tta: str | None = typer.Option(

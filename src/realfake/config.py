@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     )
     uncertain: str | None = Field(None, description="LOW:HIGH band of calibrated p_fake labelled 'uncertain'")
     ood_level: float | None = Field(
-        0.95, gt=0.5, lt=1, description="'uncertain' when an image is less typical of its class than this share of "
+        0.96, gt=0.5, lt=1, description="'uncertain' when an image is less typical of its class than this share of "
         "validation images of that class (see calibration.Typicality); None: no out-of-distribution score",
     )
     augment: Literal["flips", "robust"] = Field("flips", description="robust = flips + random JPEG and blur")

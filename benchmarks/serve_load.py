@@ -62,20 +62,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (the worker processes of `serve --workers N`), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    return tree
+
+
 def rss_mb(pid: int) -> float | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return None
+    """Resident memory of the server, summed over its worker processes (VmRSS)."""
+    total = None
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total = (total or 0.0) + int(line.split()[1]) / 1024
+    return total
 
 
 def cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, all threads) a process has used so far, from /proc/PID/stat."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return None
+    """CPU seconds (user + system, all threads) the server and its live workers have used, /proc/PID/stat."""
+    total = None
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def png(img: Image.Image) -> bytes:
@@ -215,7 +235,8 @@ def server(run: Path, batch_wait_ms: float, args: argparse.Namespace, work: Path
     port = free_port()
     logfile = work / f"serve-{batch_wait_ms:g}ms.log"
     cmd = [sys.executable, "-m", "realfake.cli", "serve", str(run), "--host", HOST, "--port", str(port),
-           "--device", args.device, "--batch-wait-ms", str(batch_wait_ms), "--max-batch", str(args.max_batch)]
+           "--device", args.device, "--batch-wait-ms", str(batch_wait_ms), "--max-batch", str(args.max_batch),
+           "--workers", str(args.workers)]
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -230,6 +251,8 @@ def server(run: Path, batch_wait_ms: float, args: argparse.Namespace, work: Path
                     conn.close()
                     break
             time.sleep(0.2)
+        if args.workers > 1:
+            time.sleep(10)  # /healthz answers from the first worker up; let the others load their models too
         yield port, proc.pid
     finally:
         proc.terminate()
@@ -262,6 +285,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5.0, 0.0],
                    help="server settings to compare (0: micro-batching off)")
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="server processes (`realfake serve --workers`)")
     p.add_argument("--max-seconds", type=float, default=300, help="a phase stops sending after this long")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")

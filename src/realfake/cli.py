@@ -217,6 +217,8 @@ def serve(
     batch_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to share its forward pass; "
                                                   "0 turns micro-batching off"),
     max_batch: int = typer.Option(64, help="most images in one shared forward pass"),
+    workers: int = typer.Option(1, help="server processes, each with its own model and an equal share of the "
+                                       "cores (more requests/s on a multi-core machine; N x the memory)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
 ) -> None:
     """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
@@ -226,19 +228,30 @@ def serve(
 
     if max_upload_mb <= 0 or max_images < 1 or max_decode_mb <= 0 or body_timeout <= 0:
         raise RealfakeError("--max-upload-mb, --max-decode-mb and --body-timeout must be above 0, --max-images 1+")
-    if batch_wait_ms < 0 or max_batch < 1:
-        raise RealfakeError("--batch-wait-ms must be at least 0 and --max-batch at least 1")
-    api = create_app(
-        run_dir, max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
+    if batch_wait_ms < 0 or max_batch < 1 or workers < 1:
+        raise RealfakeError("--batch-wait-ms must be at least 0, --max-batch and --workers at least 1")
+    settings = dict(
+        max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
         max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout, token=token or None,
         batch_wait_ms=batch_wait_ms, max_batch=max_batch,
     )
+    api = create_app(run_dir, **settings)  # also with workers: a damaged run stops here, in one line
     if not token and not _is_loopback(host):
         typer.echo(f"warning: {host} is reachable from other machines and no --token (or REALFAKE_TOKEN) is set: "
                    "anyone who can reach this port can use the model", err=True)
     guarded = "; /v1/* needs the token" if token else ""
     typer.echo(f"serving {run_dir} at http://{host}:{port}/  (API docs: /docs{guarded}; Ctrl-C stops)", err=True)
-    uvicorn.run(api, host=host, port=port)
+    if workers == 1:
+        uvicorn.run(api, host=host, port=port)
+        return
+    import json
+    import os
+
+    from realfake.serve.app import SETTINGS_ENV
+
+    del api  # each worker loads its own
+    os.environ[SETTINGS_ENV] = json.dumps({"run": str(run_dir), "workers": workers, **settings})
+    uvicorn.run("realfake.serve.app:app_from_env", factory=True, workers=workers, host=host, port=port)
 
 
 def _is_loopback(host: str) -> bool:

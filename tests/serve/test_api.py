@@ -319,3 +319,28 @@ def test_uvicorn_runs_on_uvloop_and_httptools() -> None:
         assert type(loop).__module__.startswith("uvloop")
     finally:
         loop.close()
+
+
+def test_each_worker_builds_the_app_from_the_settings_serve_hands_it(trained_run, monkeypatch):
+    """`serve --workers N`: every worker process builds its app from SETTINGS_ENV, with the same limits, and
+    takes its share of the cores; a missing or malformed setting is one line, not a traceback."""
+    import torch
+
+    from realfake.errors import RealfakeError
+    from realfake.serve.app import SETTINGS_ENV, app_from_env
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(SETTINGS_ENV, json.dumps({"run": str(trained_run), "workers": 64, "max_images": 3,
+                                                     "device": "cpu", "token": "s3cret"}))
+        with TestClient(app_from_env()) as client:
+            assert client.get("/v1/model").status_code == 401  # the token travelled too
+            info = client.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).json()
+            assert info["limits"]["max_images"] == 3
+        assert torch.get_num_threads() == 1  # 64 workers share the cores: one thread each
+    finally:
+        torch.set_num_threads(threads)
+    for bad in ("", "{not json", json.dumps({"workers": 2})):
+        monkeypatch.setenv(SETTINGS_ENV, bad)
+        with pytest.raises(RealfakeError, match="realfake serve --workers"):
+            app_from_env()

@@ -72,9 +72,11 @@ def test_predict_files_folders_and_bad_files(trained, tmp_path):
     proc = cli("predict", trained, tmp_path / "a.png", tmp_path / "d", tmp_path / "bad.jpg", "--device", "cpu")
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["a.png", "b.jpg", "bad.jpg"]
+    level = json.loads((trained / "run.json").read_text())["ood"]["level"]
     for line in lines[:2]:
         want = "FAKE" if line["p_fake"] >= line["threshold"] else "REAL"  # the run's stored threshold
-        assert 0 <= line["p_fake"] <= 1 and line["label"] == want
+        want = "uncertain" if line["ood"] > level else want  # ... unless out of distribution
+        assert 0 <= line["p_fake"] <= 1 and 0 <= line["ood"] <= 1 and line["label"] == want
     assert lines[2]["p_fake"] is None and "empty" in lines[2]["error"]
 
     forced = cli("predict", trained, tmp_path / "a.png", "--threshold", "0.999999", "--device", "cpu")
@@ -99,7 +101,7 @@ def test_predict_zip_glob_and_csv(trained, tmp_path):
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     names = [r["path"].replace(f"{tmp_path}/", "") for r in rows]
     assert names == ["a.png", "b.png", "z.zip::x/a.png", "z.zip::x/bad.png"]
-    assert rows[0]["p_fake"] == rows[2]["p_fake"] != ""
+    assert rows[0]["p_fake"] == rows[2]["p_fake"] != "" and rows[0]["ood"] == rows[2]["ood"] != ""
     assert rows[3]["p_fake"] == "" and rows[3]["error"] == "not an image"
     assert_one_line_error(cli("predict", trained, tmp_path / "a.png", "--format", "xml", check=False), "--format")
 

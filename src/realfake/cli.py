@@ -58,14 +58,18 @@ def train(
     config: Path | None = typer.Option(None, help="YAML file of options; flags given here win"),
     resume: Path | None = typer.Option(None, help="continue this run from its last checkpoint"),
     threshold_policy: str | None = typer.Option(
-        None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P [default: balanced]"
+        None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P "
+             "[default: balanced, or the model's recipe: fpr:0.005 for fast]"
     ),
     uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
     ood_level: float | None = typer.Option(
         None, help="label 'uncertain' an image less typical of its class than this share of validation images "
         "[default: 0.96; config ood_level: null turns it off]"
     ),
-    augment: str | None = typer.Option(None, help="flips | robust (flips + random JPEG and blur) [default: flips]"),
+    augment: str | None = typer.Option(
+        None, help="flips | robust (flips + random JPEG and blur)"
+        " [default: flips, or the model's recipe: robust for fast]"
+    ),
     tta: str | None = typer.Option(
         None, help="none | flip (average with the mirror image) [default: none, or the model's recipe]"
     ),

@@ -36,10 +36,12 @@ BN_MOMENTUM = 0.4
 # Batch 128 rather than airbench's 1024: on a CPU a bigger batch buys no speed for a net this small, and a
 # quick run on a few thousand images needs the steps (2,100 images x 3 epochs: batch 256 gave 71% test
 # accuracy, 128 gave 71-74%, 64 gave 74%, with lr 2e-3). One-cycle + label smoothing 0.1 as in airbench.
-# The threshold is set by the REAL photos alone (at most 0.5% of validation REAL called FAKE), not halfway to
-# this generator's fakes: fakes are an open set, and a generator the model never saw lands between the classes
-# (README "Generators it never saw": on the full stand-in, `balanced` caught 55% of an unseen generator's fakes
-# at 99.92% home accuracy, fpr:0.005 caught 93% at 99.54%).
+# Two choices made for generators the model never saw (README "Generators it never saw"; full stand-in, 3
+# epochs, judged on the held-out ganC generator): the threshold is set by the REAL photos alone (at most 0.5% of
+# validation REAL called FAKE), not halfway to this generator's fakes, since fakes are an open set; and training
+# sees CNNDetection-style JPEG and blur degradations (`augment: robust`), so it leans less on one generator's
+# exact pixels. Flips + `balanced`: 99.92% at home, 77.7% balanced accuracy on ganC; flips + fpr:0.005: 99.55%,
+# 95.6%; robust + fpr:0.005: 99.56%, 98.5% (ROC AUC 0.9988, ECE 0.107).
 RECIPE = {
     "batch_size": 128,
     "lr": 2e-3,
@@ -47,6 +49,7 @@ RECIPE = {
     "label_smoothing": 0.1,
     "tta": "flip",
     "threshold_policy": "fpr:0.005",
+    "augment": "robust",
 }
 
 

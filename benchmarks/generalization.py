@@ -211,7 +211,7 @@ def run_method(name: str, args: argparse.Namespace, heldout_dir: Path, work: Pat
 
 
 def pct(x: Any) -> str:
-    return f"{100 * x:.1f}%" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+    return f"{100 * x:.2f}%" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
 
 
 def num(x: Any, fmt: str) -> str:
@@ -232,7 +232,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             f"{r['method']} ({r['note']})" if r["method"] != "fast" else "fast",
             f"{r['n_train']:,} ({lim}), {r['epochs_run']}",
-            pct(h["accuracy"]), pct(g["balanced_accuracy"]), pct(g["fakes_caught"]), num(g["roc_auc"], "{:.3f}"),
+            pct(h["accuracy"]), pct(g["balanced_accuracy"]), pct(g["fakes_caught"]), num(g["roc_auc"], "{:.4f}"),
             num(g["ece"], "{:.3f}"), pct(g["fakes_confidently_wrong"]), pct(h["real_uncertain"]),
             pct(g["fakes_flagged_ood"]), num(r["train_seconds"], "{:,.0f}"),
         ]) + " |")

@@ -181,3 +181,17 @@ def test_ood_metrics_count_flags_and_the_confidently_wrong():
     m = calibration_metrics(np.ones(4, int), unseen, cal)["ood"]
     assert m["n_flagged"] == 2 and m["fraction_flagged_fake"] == 0.5 and m["fraction_flagged_real"] is None
     assert m["confidently_wrong"] == 0.25  # -7: called REAL with the typicality of a real photo
+
+
+def test_real_policy_is_fpr_when_the_real_photos_allow_it_and_never_stricter_than_balanced():
+    z, y = _two_classes()  # well separated: the REAL-anchored cut sits below the balanced one
+    p = apply_temperature(z)
+    anchored = choose_threshold(y, p, "real:0.005")
+    assert anchored == choose_threshold(y, p, "fpr:0.005") < choose_threshold(y, p, "balanced")
+    rng = np.random.default_rng(2)  # a weak model: REAL scores spread into the fakes' range
+    y2 = rng.integers(0, 2, 2000)
+    p2 = apply_temperature(np.where(y2 == 1, rng.normal(1, 1.5, 2000), rng.normal(-1, 1.5, 2000)))
+    assert choose_threshold(y2, p2, "real:0.005") == choose_threshold(y2, p2, "balanced")
+    assert str(parse_policy("real:0.005")) == "real:0.005"
+    with pytest.raises(RealfakeError, match="threshold policy"):
+        parse_policy("real:1.5")

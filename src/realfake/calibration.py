@@ -31,7 +31,7 @@ from realfake.errors import RealfakeError
 
 UNCERTAIN = "uncertain"
 T_MIN, T_MAX = 0.05, 20.0  # beyond these a "temperature" means the logits carry no usable scale at all
-POLICY_HELP = "balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P (e.g. fixed:0.5)"
+POLICY_HELP = "balanced | fpr:RATE (e.g. fpr:0.01) | real:RATE (e.g. real:0.005) | fixed:P (e.g. fixed:0.5)"
 
 
 def paired(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +85,8 @@ def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarra
 
 @dataclass(frozen=True)
 class ThresholdPolicy:
-    """How the threshold is chosen on validation data: `balanced`, `fpr` (a target rate) or `fixed`."""
+    """How the threshold is chosen on validation data: `balanced`, `fpr` (a target rate), `real` (the lower
+    of the two) or `fixed`."""
 
     kind: str
     value: float | None = None
@@ -99,12 +100,12 @@ def parse_policy(text: str) -> ThresholdPolicy:
     kind, _, arg = str(text).strip().lower().partition(":")
     if kind in ("balanced", "balanced-accuracy") and not arg:
         return ThresholdPolicy("balanced")
-    if kind in ("fpr", "fixed") and arg:
+    if kind in ("fpr", "real", "fixed") and arg:
         try:
             value = float(arg)
         except ValueError:
             value = math.nan
-        if kind == "fpr" and 0 <= value < 1 or kind == "fixed" and 0 < value < 1:
+        if kind in ("fpr", "real") and 0 <= value < 1 or kind == "fixed" and 0 < value < 1:
             return ThresholdPolicy(kind, value)
     raise RealfakeError(f"threshold policy must be {POLICY_HELP}; got {text!r}")
 
@@ -152,6 +153,12 @@ def choose_threshold(labels: np.ndarray, p_fake: np.ndarray, policy: str | Thres
         return float(pol.value)  # type: ignore[arg-type]
     if pol.kind == "fpr":
         return fpr_threshold(labels, p_fake, float(pol.value))  # type: ignore[arg-type]
+    if pol.kind == "real":
+        # Anchored on the REAL photos: as low as `fpr:RATE` allows (fakes are an open set, and an unseen
+        # generator's land between the classes), but never stricter than `balanced` (a weak model, whose REAL
+        # scores spread wide, would otherwise let most fakes through).
+        rate = float(pol.value)  # type: ignore[arg-type]
+        return min(fpr_threshold(labels, p_fake, rate), balanced_accuracy_threshold(labels, p_fake))
     return balanced_accuracy_threshold(labels, p_fake)
 
 

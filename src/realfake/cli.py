@@ -58,8 +58,9 @@ def train(
     config: Path | None = typer.Option(None, help="YAML file of options; flags given here win"),
     resume: Path | None = typer.Option(None, help="continue this run from its last checkpoint"),
     threshold_policy: str | None = typer.Option(
-        None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | fixed:P "
-             "[default: balanced, or the model's recipe: fpr:0.005 for fast]"
+        None, help="threshold chosen on validation: balanced | fpr:RATE (e.g. fpr:0.01) | real:RATE "
+             "(the lower of balanced and fpr:RATE) | fixed:P "
+             "[default: balanced, or the model's recipe: real:0.005 for fast]"
     ),
     uncertain: str | None = typer.Option(None, help="LOW:HIGH band of calibrated p_fake labelled 'uncertain'"),
     ood_level: float | None = typer.Option(
@@ -126,7 +127,7 @@ def adapt(
         0.5, help="with --finetune-head: share of each class kept for calibration, the rest fine-tunes"
     ),
     threshold_policy: str | None = typer.Option(
-        None, help="balanced | fpr:RATE | fixed:P [default: the parent run's policy]"
+        None, help="balanced | fpr:RATE | real:RATE | fixed:P [default: the parent run's policy]"
     ),
     seed: int = typer.Option(0, help="seed of the fine-tune/calibration split and of fine-tuning"),
     overwrite: bool = typer.Option(False, help="replace --out if it already exists"),

@@ -42,7 +42,8 @@ class RunConfig(BaseModel):
     out: str | None = None
     threshold: float = Field(0.5, gt=0, lt=1, description="the threshold when threshold_policy is 'fixed'")
     threshold_policy: str = Field(
-        "balanced", description="how the threshold is chosen on validation: balanced | fpr:RATE | fixed:P | fixed"
+        "balanced",
+        description="how the threshold is chosen on validation: balanced | fpr:RATE | real:RATE | fixed:P | fixed",
     )
     uncertain: str | None = Field(None, description="LOW:HIGH band of calibrated p_fake labelled 'uncertain'")
     ood_level: float | None = Field(

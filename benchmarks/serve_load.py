@@ -88,10 +88,11 @@ def rss_mb(pid: int) -> float | None:
     return total
 
 
-def cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, all threads) the server and its live workers have used, /proc/PID/stat."""
+def cpu_s(pid: int, tree: bool = True) -> float | None:
+    """CPU seconds (user + system, all threads) a process has used, with its live descendants (the server's
+    workers) unless `tree` is False (the client: the server is its child, and is counted apart)."""
     total = None
-    for p in process_tree(pid):
+    for p in process_tree(pid) if tree else [pid]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -209,14 +210,14 @@ def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes
     if heavies:
         time.sleep(1.0)  # let the heavy uploads reach the server's decoders first
     lights = [threading.Thread(target=light_client, args=(i,), daemon=True) for i in range(args.clients)]
-    server_cpu, client_cpu = cpu_s(pid), cpu_s(os.getpid())
+    server_cpu, client_cpu = cpu_s(pid), cpu_s(os.getpid(), tree=False)
     start = time.perf_counter()
     for t in lights:
         t.start()
     for t in lights:
         t.join(max(0.0, deadline - time.monotonic()) + REQUEST_TIMEOUT_S)
     wall = time.perf_counter() - start
-    cpu = {"server": cpu_s(pid), "client": cpu_s(os.getpid())}
+    cpu = {"server": cpu_s(pid), "client": cpu_s(os.getpid(), tree=False)}
     light_done.set()
     for t in heavies:
         t.join(REQUEST_TIMEOUT_S)

@@ -1,12 +1,20 @@
 """Degradations (determinism, effect), class-restricted application, the sweep, per-source grouping and the
-robust training augmentation."""
+robust training augmentation, with its artefact simulation."""
 
 import numpy as np
 import pytest
 import torch
 
 from realfake.calibration import Calibration
-from realfake.data.batches import RobustAugment, gaussian_blur, jpeg_roundtrip, train_batches
+from realfake.data.batches import (
+    SIM_KINDS,
+    ArtefactSimulation,
+    RobustAugment,
+    decoder_residual,
+    gaussian_blur,
+    jpeg_roundtrip,
+    train_batches,
+)
 from realfake.errors import RealfakeError
 from realfake.metrics import condition_metrics
 from realfake.robustness import DEGRADATIONS, Degradation, apply_to, degrade, sweep
@@ -131,3 +139,38 @@ def test_robust_augment_changes_some_images_and_repeats_with_the_seed(images):
     assert 0.5 < changed.float().mean() < 1.0  # about 1 - 0.5 * 0.5 = 75% touched
     off = RobustAugment(jpeg_p=0.0, blur_p=0.0)
     assert torch.equal(one_epoch(0, off), plain)
+
+
+def test_artefact_simulation_repeats_with_the_seed_and_only_makes_fakes_from_reals(images):
+    x = torch.from_numpy(np.concatenate([images] * 20)).permute(0, 3, 1, 2).contiguous()  # 120 images
+    y = (torch.arange(len(x)) % 2).float()  # odd slots FAKE
+    sim = ArtefactSimulation(fake_share=0.5)
+
+    def once(seed):
+        return sim.apply(x, y, torch.Generator().manual_seed(seed))
+
+    a, b, other = once(3), once(3), once(4)
+    assert torch.equal(a, b)  # the same generator state draws the same decoders, picks and amplitudes
+    assert not torch.equal(a, other)
+    changed = (a.int() - x.int()).abs().flatten(1).amax(1) > 0
+    fake_changed = changed[y > 0.5].float().mean()
+    assert 0.25 < fake_changed < 0.75  # about half the FAKE slots replaced
+    assert 0.25 < changed[y < 0.5].float().mean() < 0.75  # as many REAL slots re-compressed, labels untouched
+    # a simulated FAKE is a REAL image of the batch, JPEG-saved, plus a residual of at most 8/255 x its std
+    reals = x[y < 0.5]
+    saved = torch.from_numpy(jpeg_roundtrip(reals.permute(0, 2, 3, 1).numpy(), 75)).permute(0, 3, 1, 2).float()
+    for i in torch.nonzero(changed & (y > 0.5)).flatten()[:5]:
+        gaps = (saved - a[i].float()).abs().mean(dim=(1, 2, 3))
+        assert gaps.min() < 8 < gaps.median()  # near its source, not near the batch's other REALs
+    assert torch.equal(ArtefactSimulation(fake_share=0.0).apply(x, y, torch.Generator().manual_seed(3)), x)
+
+
+@pytest.mark.parametrize("kind", SIM_KINDS)
+def test_each_decoder_kind_doubles_the_size_and_is_normalised(kind):
+    down = torch.rand(4, 3, 16, 16)
+    r = decoder_residual(down, torch.Generator().manual_seed(0), kind)
+    assert r.shape == (4, 3, 32, 32)
+    assert torch.allclose(r.flatten(1).std(1), torch.ones(4), atol=1e-3)
+    assert torch.equal(r, decoder_residual(down, torch.Generator().manual_seed(0), kind))
+    with pytest.raises(ValueError, match="unknown decoder kind"):
+        decoder_residual(down, torch.Generator(), "lanczos")

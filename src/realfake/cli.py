@@ -68,7 +68,8 @@ def train(
         "[default: 0.96; config ood_level: null turns it off]"
     ),
     augment: str | None = typer.Option(
-        None, help="flips | robust (flips + random JPEG and blur)"
+        None, help="flips | robust (flips + random JPEG and blur) | simulate (robust + simulated up-sampling"
+        " artefacts as extra FAKEs)"
         " [default: flips, or the model's recipe: robust for fast]"
     ),
     tta: str | None = typer.Option(

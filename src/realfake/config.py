@@ -50,11 +50,15 @@ class RunConfig(BaseModel):
         0.96, gt=0.5, lt=1, description="'uncertain' when an image is less typical of its class than this share of "
         "validation images of that class (see calibration.Typicality); None: no out-of-distribution score",
     )
-    augment: Literal["flips", "robust"] = Field("flips", description="robust = flips + random JPEG and blur")
+    augment: Literal["flips", "robust", "simulate"] = Field(
+        "flips", description="robust = flips + random JPEG and blur; simulate = robust + artefact simulation "
+        "(REAL images through random up-sampling decoders, as extra FAKEs)",
+    )
     aug_jpeg_p: float = Field(0.3, ge=0, le=1, description="robust: share of images JPEG re-compressed")
     aug_jpeg_quality: tuple[int, int] = Field((30, 95), description="robust: JPEG quality range (inclusive)")
     aug_blur_p: float = Field(0.1, ge=0, le=1, description="robust: share of images blurred")
     aug_blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="robust: blur sigma range, pixels")
+    aug_sim_share: float = Field(0.25, ge=0, le=1, description="simulate: share of FAKE slots made by simulation")
     tta: Literal[TTA_MODES] = Field(  # type: ignore[valid-type]  # the modes named once, in contract.py
         "none", description="flip = average the logits of image and mirror"
     )

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from realfake.atomic import WriteError, atomic_write_bytes, existing_dir
 from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
-from realfake.data.batches import RobustAugment, to_device_uint8, train_batches
+from realfake.data.batches import ArtefactSimulation, RobustAugment, to_device_uint8, train_batches
 from realfake.device import amp_dtype, autocast
 from realfake.infer import predict_logits
 from realfake.rundir import RunDir
@@ -233,10 +233,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_e
 
 
 def robust_augment(cfg: RunConfig) -> RobustAugment | None:
-    """The JPEG + blur training augmentation when the config asks for it (`augment: robust`)."""
-    if cfg.augment != "robust":
+    """The JPEG + blur training augmentation when the config asks for it (`augment: robust`), with the
+    artefact simulation on top for `augment: simulate`."""
+    if cfg.augment not in ("robust", "simulate"):
         return None
-    return RobustAugment(cfg.aug_jpeg_p, tuple(cfg.aug_jpeg_quality), cfg.aug_blur_p, tuple(cfg.aug_blur_sigma))
+    sim = ArtefactSimulation(cfg.aug_sim_share) if cfg.augment == "simulate" else None
+    return RobustAugment(
+        cfg.aug_jpeg_p, tuple(cfg.aug_jpeg_quality), cfg.aug_blur_p, tuple(cfg.aug_blur_sigma), simulation=sim
+    )
 
 
 def _tensorboard(run_dir: Path) -> Any:

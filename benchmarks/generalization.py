@@ -57,6 +57,13 @@ METHODS: dict[str, dict[str, Any]] = {
         "overrides": {"model": "fast", "augment": "robust", "threshold_policy": "fpr:0.005"}, "limit": None,
         "epochs_x": 1, "note": "augment=robust (random JPEG + blur); fpr:0.005: fast's recipe now",
     },
+    "fast-simulate": {
+        "overrides": {"model": "fast", "augment": "simulate", "threshold_policy": "real:0.005"}, "limit": None,
+        "epochs_x": 1, "note": "augment=simulate (robust + artefact simulation: REAL images through random "
+        "up-sampling decoders as extra FAKEs); real:0.005",
+    },
+    "fast-recipe": {"overrides": {"model": "fast"}, "limit": None, "epochs_x": 1,
+                    "note": "fast's recipe as it stands (models/fast.py RECIPE)"},
     "seed-resnet50": {
         # weights none: the notebook's architecture from random initialisation, never a download attempt
         "overrides": {"model": "seed-resnet50", "weights": "none"}, "limit": 30_000, "epochs_x": 1,

@@ -75,7 +75,8 @@ def test_adapt_writes_a_child_that_records_its_parent_and_loads(trained_run, new
 
 def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip, tmp_path):
     """Two sets with the same REAL images, one with the FAKE images the parent scores highest, one with those it
-    scores lowest (a generator it finds harder): the second's threshold is lower."""
+    scores lowest (a generator it finds harder): the second's decision logit (the threshold, centred into the
+    calibration as its offset) is lower."""
     ds = load_dataset(_tree(mini_zip, tmp_path / "pool", 40, 80), progress=False)
     parent = Detector.load(trained_run, device="cpu")
     z = parent.predict_logits(ds.images)
@@ -86,7 +87,9 @@ def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip,
         idx = np.concatenate([real, pick])
         child = adapt_arrays(trained_run, ds.images[idx], ds.labels[idx], name, tmp_path / name, CPU,
                              log=lambda m: None)
-        thresholds.append(RunDir(child).info()["threshold"])
+        info = RunDir(child).info()
+        assert info["threshold"] == 0.5  # the policy's cut lives in the offset
+        thresholds.append(info["logit_offset"])
     assert thresholds[1] < thresholds[0]
 
 

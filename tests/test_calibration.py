@@ -130,8 +130,32 @@ def test_calibrate_stores_what_from_info_reads_back():
     again = Calibration.from_info(cal.to_info())
     assert again.threshold == cal.threshold and again.uncertain_band == (0.4, 0.6) and again.tta == "flip"
     assert again.temperature == pytest.approx(cal.temperature, abs=1e-5)
+    assert again.offset == cal.offset != 0
     old_run = Calibration.from_info({"threshold": 0.7})
     assert old_run.temperature == 1.0 and old_run.threshold == 0.7 and old_run.uncertain_band is None
+    assert old_run.offset == 0.0  # runs from before the offset keep their p_fake
+
+
+@pytest.mark.parametrize("policy", ["balanced", "fpr:0.005", "real:0.005"])
+def test_a_chosen_threshold_becomes_p_half_with_the_same_verdicts(policy):
+    """The policy's cut moves into the calibration: FAKE means p_fake >= 0.5, and no verdict changes."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 3000)
+    z = np.where(y == 1, rng.normal(2.5, 1.2, y.size), rng.normal(-3.5, 0.6, y.size))  # REAL tight, FAKE spread
+    cal = calibrate(z, y, policy)
+    t = fit_temperature(z, y)
+    before = choose_threshold(y, apply_temperature(z, t), policy)
+    assert cal.threshold == 0.5 and cal.temperature == t
+    held = np.concatenate([z, rng.uniform(-6, 6, 5000)])  # validation and unseen logits alike
+    assert np.array_equal(cal.is_fake(cal.p_fake(held)), apply_temperature(held, t) >= before)
+    if policy != "balanced":  # a REAL-anchored cut lies far below p = 0.5 before centring
+        assert before < 0.05 and cal.offset < 0
+
+
+def test_a_fixed_threshold_is_kept_on_p():
+    z, y = _two_classes()
+    cal = calibrate(z, y, "fixed:0.3")
+    assert cal.threshold == 0.3 and cal.offset == 0.0
 
 
 def _two_classes(n: int = 4000, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:

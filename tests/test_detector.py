@@ -65,12 +65,12 @@ def test_temperature_from_run_json_is_applied(trained_run, detector, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "temperature": 2.0, "threshold": 0.3}))
+    (run / "run.json").write_text(json.dumps({**info, "temperature": 2.0, "threshold": 0.3, "logit_offset": 0.4}))
     calibrated = Detector.load(run, device="cpu")
     assert calibrated.threshold == 0.3 and calibrated.info["model"] == "seed-resnet50"
     x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     logits = detector.predict_logits(x)
-    np.testing.assert_allclose(calibrated.predict_proba(x), 1 / (1 + np.exp(-logits / 2.0)), rtol=1e-6)
+    np.testing.assert_allclose(calibrated.predict_proba(x), 1 / (1 + np.exp(-(logits - 0.4) / 2.0)), rtol=1e-6)
 
 
 def test_load_errors_are_one_line(trained_run, tmp_path):

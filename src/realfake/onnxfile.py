@@ -43,7 +43,7 @@ OUTPUT_DESCRIPTION = (
     "0..1: above the metadata's ood level the label is 'uncertain'"
 )
 _JSON_KEYS = ("class_names", "uncertain_band", "ood")
-_FLOAT_KEYS = ("threshold", "temperature")
+_FLOAT_KEYS = ("threshold", "temperature", "logit_offset")
 
 
 def metadata(info: dict[str, Any], cal: Calibration, source_run: str, torch_version: str) -> dict[str, str]:
@@ -51,6 +51,7 @@ def metadata(info: dict[str, Any], cal: Calibration, source_run: str, torch_vers
     meta: dict[str, Any] = {
         "threshold": repr(float(cal.threshold)),
         "temperature": repr(float(cal.temperature)),
+        "logit_offset": repr(float(cal.offset)),
         "class_names": json.dumps(list(CLASS_NAMES)),
         "positive_class": CLASS_NAMES[1],
         "model": str(info.get("model", "")),

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 from realfake.atomic import atomic_write_bytes, remove_stale_temporaries
-from realfake.calibration import apply_temperature, is_fake
+from realfake.calibration import Calibration, is_fake, sigmoid
 from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 from realfake.metrics import ece, reliability_bins
@@ -217,9 +217,9 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
     return _save(fig, out)
 
 
-def reliability_diagram(labels: Any, logits: Any, temperature: float, out: Path) -> Path | None:
-    """Fraction truly FAKE against mean p_fake per bin, before and after temperature scaling: on the
-    diagonal, p_fake means what it says."""
+def reliability_diagram(labels: Any, logits: Any, cal: Calibration, out: Path) -> Path | None:
+    """Fraction truly FAKE against mean p_fake per bin, before and after calibration (`cal.p_fake`: the
+    temperature and the decision's offset): on the diagonal, p_fake means what it says."""
 
     y = np.asarray(labels).astype(int).ravel()
     z = np.asarray(logits, dtype=np.float64).ravel()
@@ -228,8 +228,8 @@ def reliability_diagram(labels: Any, logits: Any, temperature: float, out: Path)
     fig = Figure(figsize=(5.2, 4.6))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
-    for t, style, name in ((1.0, "s--", "uncalibrated"), (temperature, "o-", f"calibrated (T = {temperature:.3g})")):
-        p = apply_temperature(z, t)
+    calibrated = f"calibrated (T = {cal.temperature:.3g})"
+    for p, style, name in ((sigmoid(z), "s--", "uncalibrated"), (cal.p_fake(z), "o-", calibrated)):
         b = reliability_bins(y, p)
         pts = [(mp, fy) for mp, fy, c in zip(b["mean_p"], b["frac_fake"], b["count"], strict=True) if c]
         ax.plot([a for a, _ in pts], [f for _, f in pts], style, lw=1.5, ms=4, label=f"{name}, ECE {ece(y, p):.3f}")
@@ -322,7 +322,8 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
         logits = read_logits(run / RunDir.PREDICTIONS)
         if logits is not None:
             written["reliability_diagram"] = reliability_diagram(
-                labels, logits, float(metrics.get("temperature") or 1.0), plots_dir / PLOT_FILES["reliability_diagram"]
+                labels, logits, Calibration.from_info(run.info(), threshold),
+                plots_dir / PLOT_FILES["reliability_diagram"],
             )
     if run.has(RunDir.ROBUSTNESS):
         written["robustness"] = robustness_plot(run.read_json(RunDir.ROBUSTNESS), plots_dir / PLOT_FILES["robustness"])

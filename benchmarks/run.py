@@ -8,7 +8,8 @@ Measures, and writes to benchmarks/results/<date>-<host>.json (atomically) with 
   ends with (early stopping restores the best), and that model's accuracy on a fixed test split;
 - inference: images/s on in-memory uint8 images and single-image latency (p50/p95 ms), through realfake's
   Detector (its test-time augmentation included, as a user gets it), and through ONNX Runtime when
-  realfake.export is available;
+  realfake.export is available: the fp32 export and, for --int8-models, its int8 twin (`--quantize int8`,
+  calibrated on the run's training images), with both files' test accuracy and the int8/fp32 speed ratio;
 - ratios realfake / reference (higher is better for every one of them), the machine, threads, load.
 
 All three models see the same images: a stratified `--limit` subset of the stand-in zip, split 70/20/10
@@ -209,6 +210,7 @@ def run_realfake(
     from safetensors.torch import save_file
 
     from realfake.config import RunConfig
+    from realfake.data.splits import split_to_json
     from realfake.detector import Detector
     from realfake.device import select_device
     from realfake.fit import fit, state_to_cpu
@@ -237,10 +239,11 @@ def run_realfake(
     logits = predict_logits(built.model, test_images, device, cfg.eval_batch_size, tta=cfg.tta)
     accuracy = float(((logits > 0) == (ds.labels[test_idx] == 1)).mean())
 
-    # A minimal run directory, enough for Detector.load and realfake.export.
-    cfg.out = str(run_dir)
+    # A minimal run directory, enough for Detector.load and realfake.export (data + split: int8 calibration).
+    cfg.out, cfg.data = str(run_dir), str(args.data)
     run = RunDir(run_dir)
     run.write_config(cfg)
+    run.write_json(RunDir.SPLIT, split_to_json(split, protocol="seed", seed=args.seed, data_key=ds.key))
     save_file(state_to_cpu(built.model), str(run / RunDir.WEIGHTS))
     run.write_json(RunDir.INFO, {"model": name, "threshold": 0.5, "tta": cfg.tta})
     detector = Detector.load(run_dir, device=args.device)
@@ -259,7 +262,7 @@ def run_realfake(
         "test_accuracy": accuracy,
         "test_n": len(test_idx),
         **pred,
-        "onnx": run_onnx(run_dir, test_images, args),
+        "onnx": run_onnx(run_dir, test_images, ds.labels[test_idx], args, int8=name in args.int8_models),
     }
     if device.type == "cpu":
         out["cpu_inference_variants"] = cpu_inference_variants(built.model, test_images, args)
@@ -315,8 +318,17 @@ def time_predict(
     }
 
 
-def run_onnx(run_dir: Path, images: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """The same run exported by realfake.export and run by ONNX Runtime on the CPU; a note when unavailable."""
+ONNX_ROUNDS = 2  # fp32 and int8 timed in turn, each keeping its best round: load bursts hit both alike
+
+
+def run_onnx(
+    run_dir: Path, images: np.ndarray, labels: np.ndarray, args: argparse.Namespace, int8: bool = False
+) -> dict[str, Any]:
+    """The same run exported by realfake.export and run by ONNX Runtime on the CPU; a note when unavailable.
+
+    With `int8`, also its `--quantize int8` twin, timed in turn with the fp32 file (ONNX_ROUNDS), and both
+    files' test accuracy (logit > 0, as for the PyTorch row) and how often their labels agree.
+    """
     try:
         import onnxruntime as ort
 
@@ -325,20 +337,50 @@ def run_onnx(run_dir: Path, images: np.ndarray, args: argparse.Namespace) -> dic
         return {"skipped": f"realfake.export or onnxruntime not importable ({e})"}
     import torch
 
+    def failed(what: str, e: Exception) -> dict[str, Any]:
+        return {"skipped": f"{what} failed: {e.__class__.__name__}: {e}".splitlines()[0][:300]}
+
     try:
-        path = export_onnx(run_dir)
+        paths = {"fp32": export_onnx(run_dir)}
     except Exception as e:  # noqa: BLE001 - a benchmark reports a failed export and goes on
-        return {"skipped": f"export failed: {e.__class__.__name__}: {e}".splitlines()[0][:300]}
+        return failed("export", e)
+    int8_out: dict[str, Any] = {}
+    if int8:
+        try:
+            paths["int8"] = export_onnx(run_dir, quantize="int8")
+        except Exception as e:  # noqa: BLE001 - as above: the fp32 row still stands
+            int8_out = failed("int8 export", e)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    input_name = sessions["fp32"].get_inputs()[0].name
 
-    def predict(x: np.ndarray) -> Any:
-        return session.run(None, {input_name: x})
+    def predictor(session: Any) -> Callable[[np.ndarray], Any]:
+        return lambda x: session.run(None, {input_name: x})
 
-    figures = time_predict(predict, images, args, lambda: None)
-    return {**figures, "note": "ONNX Runtime CPU, no test-time augmentation", "threads": opts.intra_op_num_threads}
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(ONNX_ROUNDS if len(sessions) > 1 else 1):
+        for k, session in sessions.items():
+            figures = time_predict(predictor(session), images, args, lambda: None)
+            if k not in best or figures["predict_images_per_s"] > best[k]["predict_images_per_s"]:
+                best[k] = figures
+    fake = {k: s.run(["logit"], {input_name: np.ascontiguousarray(images)})[0] > 0 for k, s in sessions.items()}
+    accuracy = {k: float((f == (labels == 1)).mean()) for k, f in fake.items()}
+    tta = json.loads((run_dir / "run.json").read_text()).get("tta", "none")
+    out = {**best["fp32"], "test_accuracy": accuracy["fp32"], "threads": opts.intra_op_num_threads,
+           "note": f"ONNX Runtime CPU, test-time augmentation {tta} (inside the graph)"}
+    if "int8" in sessions:
+        meta = sessions["int8"].get_modelmeta().custom_metadata_map
+        int8_out = {
+            **best["int8"],
+            "test_accuracy": accuracy["int8"],
+            "label_agreement_with_fp32": float((fake["int8"] == fake["fp32"]).mean()),
+            "speedup_vs_fp32": ratio(best["int8"]["predict_images_per_s"], best["fp32"]["predict_images_per_s"]),
+            "quantization": json.loads(meta.get("quantization", "{}")),
+        }
+    if int8_out:
+        out["int8"] = int8_out
+    return out
 
 
 # ---------------------------------------------------------------- reference
@@ -411,6 +453,10 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             ratios[f"{short}_onnx_predict_throughput"] = ratio(
                 onnx["predict_images_per_s"], ref.get("predict_images_per_s")
             )
+        if "speedup_vs_fp32" in onnx.get("int8", {}):  # int8 / fp32 ONNX, side by side (not / the reference)
+            ratios[f"{short}_onnx_int8_vs_fp32"] = onnx["int8"]["speedup_vs_fp32"]
+            accuracy[f"{short}_onnx_fp32"] = onnx["test_accuracy"]
+            accuracy[f"{short}_onnx_int8"] = onnx["int8"]["test_accuracy"]
     return {"accuracy": accuracy, "ratios": ratios}
 
 
@@ -424,6 +470,8 @@ def table(results: dict[str, Any]) -> str:
         ("predict img/s", "predict_images_per_s", "{:,.0f}"),
         ("latency p50 / p95, ms", None, ""),
         ("ONNX Runtime predict img/s", None, ""),
+        ("ONNX Runtime int8 img/s (x fp32)", None, ""),
+        ("ONNX fp32 / int8 test accuracy", None, ""),
     ]
     names = [n for n in ("reference", *REALFAKE_MODELS) if n in results["models"]]
     head = ["", *("Keras reference" if n == "reference" else n for n in names)]
@@ -439,6 +487,14 @@ def table(results: dict[str, Any]) -> str:
                 cells.append(f"{m['epochs_run']} ({m['best_epoch']})")
             elif label.startswith("latency"):
                 cells.append(f"{m['latency_ms_p50']:.1f} / {m['latency_ms_p95']:.1f}")
+            elif label.startswith("ONNX Runtime int8"):
+                q = m.get("onnx", {}).get("int8", {})
+                cells.append(f"{q['predict_images_per_s']:,.0f} ({q['speedup_vs_fp32']:.2f}x)"
+                             if q.get("speedup_vs_fp32") is not None else "n/a")
+            elif label.startswith("ONNX fp32 / int8"):
+                onnx, q = m.get("onnx", {}), m.get("onnx", {}).get("int8", {})
+                cells.append(f"{onnx['test_accuracy']:.4f} / {q['test_accuracy']:.4f}" if "test_accuracy" in q
+                             else "n/a")
             else:
                 onnx = m.get("onnx", {})
                 cells.append(f"{onnx['predict_images_per_s']:,.0f}" if "predict_images_per_s" in onnx else "n/a")
@@ -447,8 +503,11 @@ def table(results: dict[str, Any]) -> str:
     lines.append("")
     lines.append(
         "ratios realfake / reference: "
-        + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if v is not None)
+        + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if v is not None and not k.endswith("_vs_fp32"))
     )
+    int8 = {k: v for k, v in r.items() if v is not None and k.endswith("_vs_fp32")}
+    if int8:
+        lines.append("int8 / fp32 ONNX Runtime throughput: " + ", ".join(f"{k} {v:.2f}x" for k, v in int8.items()))
     c = results["cache"]
     lines.append(
         f"cache: {c['n_images']:,} JPEGs decoded at {c['decode_images_per_s']:,.0f} images/s (cold), "
@@ -478,13 +537,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--predict-n", type=int, default=2048, help="images per prediction-throughput measurement")
     p.add_argument("--predict-batch", type=int, default=1024, help="the reference's predict batch size")
     p.add_argument("--latency-n", type=int, default=50, help="single-image predictions timed per model")
+    p.add_argument("--int8-models", default="fast", help="comma-separated models whose int8 ONNX twin is measured "
+                   "too (each costs a second trace and a calibration: minutes for seed-resnet50 on 2 busy cores)")
     p.add_argument("--full-decode", action=argparse.BooleanOptionalAction, default=True,
                    help="also build the cache of the whole zip cold (the decode-speed figure at full size)")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--progress", action="store_true", help="show realfake's training progress bars")
     a = p.parse_args(argv)
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
-    unknown = set(a.models) - {"reference", *REALFAKE_MODELS}
+    a.int8_models = [m.strip() for m in a.int8_models.split(",") if m.strip()]
+    unknown = (set(a.models) - {"reference", *REALFAKE_MODELS}) | (set(a.int8_models) - set(REALFAKE_MODELS))
     if unknown:
         p.error(f"unknown --models {', '.join(sorted(unknown))}")
     return a

@@ -58,3 +58,7 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         assert m["latency_ms_p50"] > 0 and m["predict_images_per_s"] > 0
     assert results["models"]["fast"]["train_mflop"] < results["models"]["seed-resnet50"]["train_mflop"]
     assert results["models"]["reference"]["weights_used"] == "none"
+    int8 = results["models"]["fast"]["onnx"]["int8"]  # --int8-models defaults to fast
+    assert int8["predict_images_per_s"] > 0 and 0.0 <= int8["test_accuracy"] <= 1.0
+    assert int8["quantization"]["dtype"] == "int8" and results["ratios"]["fast_onnx_int8_vs_fp32"] > 0
+    assert "int8" not in results["models"]["seed-resnet50"]["onnx"]

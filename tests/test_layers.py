@@ -43,6 +43,7 @@ LAYERS = [
     "realfake.detector",
     "realfake.checkpoint",
     "realfake.fit",
+    "realfake.quantize",
     "realfake.export",
     "realfake.predict",
     "realfake.report.summary",
@@ -64,7 +65,8 @@ LAYERS = [
     "realfake",
 ]
 TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt"}
-PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.export", "realfake.predict",
+PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.quantize", "realfake.export",
+              "realfake.predict",
               "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]
 
 

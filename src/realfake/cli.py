@@ -277,14 +277,29 @@ def _is_loopback(host: str) -> bool:
 def export(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
     fmt: str = typer.Option("onnx", "--format", help="onnx (the only format so far)"),
-    out: Path | None = typer.Option(None, help="file to write (default: RUN/model.onnx)"),
+    out: Path | None = typer.Option(None, help="file to write (default: RUN/model.onnx, RUN/model.int8.onnx with "
+                                               "--quantize int8)"),
+    quantize: str | None = typer.Option(
+        None, help="int8: a statically quantised file, calibrated on the run's training images"
+    ),
+    calibration_data: str | None = typer.Option(
+        None, help="with --quantize: calibrate on these images (folder, zip or CSV; its train/ part if it has one) "
+                   "instead of the run's training data"
+    ),
+    calibration_images: int | None = typer.Option(
+        None, help="with --quantize: how many images to calibrate on [default: 512]"
+    ),
 ) -> None:
     """Export the detector as one ONNX file (uint8 [N,32,32,3] images in, p_fake out); prints its path."""
     from realfake.export import FORMATS, export_onnx
 
     if fmt not in FORMATS:
         raise RealfakeError(f"--format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    typer.echo(str(export_onnx(run_dir, out)))
+    if quantize is None and (calibration_data is not None or calibration_images is not None):
+        raise RealfakeError("--calibration-data and --calibration-images need --quantize int8")
+    counted = {} if calibration_images is None else {"calibration_images": calibration_images}
+    typer.echo(str(export_onnx(run_dir, out, quantize=quantize, calibration_data=calibration_data, progress=True,
+                               **counted)))
 
 
 @app.command()

@@ -10,7 +10,10 @@ be got wrong.
 
 The file's metadata_props carry the threshold, class names, calibration, model, realfake version, an input
 description and when it was made, so `Detector.load("model.onnx")` needs neither the run directory nor the
-model code. The writer is `realfake.export`; this module is all a reader needs (no torch, no trainer).
+model code. An int8 file (`realfake export RUN --quantize int8`) is the same contract with int8 convolutions
+inside; its metadata add `quantization` (JSON: dtype "int8", the scheme, and what it was calibrated on), and
+a reader needs nothing else to run it.
+The writer is `realfake.export`; this module is all a reader needs (no torch, no trainer).
 """
 
 from __future__ import annotations
@@ -42,12 +45,16 @@ OUTPUT_DESCRIPTION = (
     "ood: float [N] (when the run has an OOD score), how atypical the image is of the class it is labelled, "
     "0..1: above the metadata's ood level the label is 'uncertain'"
 )
-_JSON_KEYS = ("class_names", "uncertain_band", "ood")
+QUANTIZATION_KEY = "quantization"  # only in quantised files: {"dtype": "int8", ...} (see realfake.quantize)
+_JSON_KEYS = ("class_names", "uncertain_band", "ood", QUANTIZATION_KEY)
 _FLOAT_KEYS = ("threshold", "temperature", "logit_offset")
 
 
-def metadata(info: dict[str, Any], cal: Calibration, source_run: str, torch_version: str) -> dict[str, str]:
-    """What the file says about itself (ONNX metadata values are strings; lists are JSON)."""
+def metadata(
+    info: dict[str, Any], cal: Calibration, source_run: str, torch_version: str,
+    quantization: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """What the file says about itself (ONNX metadata values are strings; lists and records are JSON)."""
     meta: dict[str, Any] = {
         "threshold": repr(float(cal.threshold)),
         "temperature": repr(float(cal.temperature)),
@@ -66,6 +73,8 @@ def metadata(info: dict[str, Any], cal: Calibration, source_run: str, torch_vers
     for key in ("threshold_policy", "uncertain_band", "tta", "ood"):  # calibration settings, when the run has them
         if info.get(key) is not None:
             meta[key] = info[key] if isinstance(info[key], str) else json.dumps(info[key])
+    if quantization is not None:
+        meta[QUANTIZATION_KEY] = json.dumps(quantization)
     return {k: str(v) for k, v in meta.items()}
 
 

@@ -60,6 +60,7 @@ class RunDir:
     REPORT = "report.html"
     MODEL_CARD = "MODEL_CARD.md"
     ONNX = "model.onnx"  # where `realfake export RUN` writes by default, and where --backend onnxruntime looks
+    ONNX_INT8 = "model.int8.onnx"  # where `realfake export RUN --quantize int8` writes by default
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

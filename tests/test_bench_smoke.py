@@ -77,7 +77,7 @@ def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, 
     capsys.readouterr()
     assert main(["--table", str(path)]) == path  # the README's table, regenerated from the JSON
     printed = capsys.readouterr().out
-    assert "bf16 / fp32" in printed and f"from {path}" in printed and results["machine"]["cpu"] in printed
+    assert "bf16 / fp32" in printed and f"From `{path}`." in printed and results["machine"]["cpu"] in printed
 
 
 @pytest.mark.slow

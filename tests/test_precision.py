@@ -154,3 +154,12 @@ def test_run_json_records_the_automatic_choice(trained_run):
     info = RunDir(trained_run).info()
     assert info["precision"] == ("bf16" if dev.native_bf16_cpu() else "fp32")
     assert info["precision_reason"].startswith("auto:") and dev.cpu_info()["model"] in info["precision_reason"]
+
+
+def test_precision_parity_benchmark_compares_a_runs_verdicts(bf16_run):
+    from benchmarks.precision_parity import parity
+
+    out = parity(bf16_run)
+    assert set(out["by_precision"]) == {"fp32", "bf16"} and out["n"] > 0
+    assert out["by_precision"]["bf16"]["precision"] == "bf16" and out["by_precision"]["fp32"]["precision"] == "fp32"
+    assert 0 <= out["verdicts_differ"] <= out["n"] and 0 < out["max_abs_logit_diff"] < 1

@@ -154,6 +154,14 @@ class Detector:
         backend = TorchBackend(model, select_device(device), cal.tta, precision or cfg.precision)
         return cls(backend, cal, info, run.path)
 
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> Detector:
+        """An exported file: backend, calibration and facts all come from the file itself."""
+        from realfake.onnxfile import load_onnx
+
+        backend, meta = load_onnx(path)
+        return cls(backend, Calibration.from_info(meta), meta)
+
     # --- what it is ----------------------------------------------------------------------------------------
 
     @property

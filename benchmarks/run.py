@@ -10,7 +10,10 @@ Measures, and writes to benchmarks/results/<date>-<host>.json (atomically) with 
   Detector (its test-time augmentation included, as a user gets it), and through ONNX Runtime when
   realfake.export is available: the fp32 export and, for --int8-models, its int8 twin (`--quantize int8`,
   calibrated on the run's training images), with both files' test accuracy and the int8/fp32 speed ratio;
-- ratios realfake / reference (higher is better for every one of them), the machine, threads, load.
+- ratios realfake / reference (higher is better for every one of them), the machine (CPU model, the ISA flags
+  that decide kernel speed: AVX2, AVX-512, AMX, VNNI, bf16), threads, load at the start and the end;
+- realfake's models at each `--precisions` entry (e.g. fp32,bf16) side by side: training and prediction
+  images/s and test accuracy at each, with the ratios and the accuracy difference (`precision` in the JSON).
 
 All three models see the same images: a stratified `--limit` subset of the stand-in zip, split 70/20/10
 by realfake's `seed` protocol; the reference reads those JPEGs from a temporary CIFAKE-style folder tree
@@ -81,28 +84,46 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    """The CPU's model name, as realfake.device reads it (the one place that reads the CPU)."""
+    from realfake.device import cpu_info
+
+    return str(cpu_info()["model"])
 
 
 def machine_info() -> dict[str, Any]:
+    """What a figure was measured on: CPU model and ISA flags (realfake.device.cpu_info), GPU, threads, load."""
     import torch
 
+    from realfake.device import cpu_info
+
+    cpu = cpu_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "host": socket.gethostname(),
-        "cpu": cpu_model(),
+        "cpu": cpu["model"],
+        "isa": cpu["isa"],
+        "isa_source": cpu["isa_source"],
+        "native_bf16_cpu": cpu["native_bf16"],
+        "torch_cpu_capability": cpu["torch_cpu_capability"],
         "cores": os.cpu_count(),
         "gpu": gpu,
         "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "load_average_start": list(os.getloadavg()),
     }
+
+
+def isa_line(machine: dict[str, Any]) -> str:
+    """The ISA flags that are present, e.g. "avx2 avx512f amx_bf16" (or "ISA flags not recorded")."""
+    isa = machine.get("isa")
+    if not isa:
+        return "ISA flags not recorded"
+    present = [k for k, v in isa.items() if v]
+    return " ".join(present) if present else "none of " + " ".join(isa)
 
 
 def log(msg: str) -> None:
@@ -203,40 +224,44 @@ def flops_per_image(model: Any) -> dict[str, float]:
 
 
 def run_realfake(
-    name: str, ds: Any, split: dict[str, np.ndarray], args: argparse.Namespace, work: Path
+    name: str, ds: Any, split: dict[str, np.ndarray], args: argparse.Namespace, work: Path,
+    precision: str = "auto", extras: bool = True,
 ) -> dict[str, Any]:
-    """Train one registry model with realfake.fit, then time prediction through Detector (and ONNX Runtime)."""
+    """Train one registry model with realfake.fit at `precision`, then time prediction through Detector, and,
+    with `extras`, through ONNX Runtime and TorchScript (fp32 paths: measured once, not per precision)."""
     import torch
     from safetensors.torch import save_file
 
     from realfake.config import RunConfig
     from realfake.data.splits import split_to_json
     from realfake.detector import Detector
-    from realfake.device import select_device
+    from realfake.device import resolve_precision, select_device
     from realfake.fit import fit, state_to_cpu
     from realfake.infer import predict_logits
     from realfake.models import apply_recipe, build
     from realfake.rundir import RunDir
 
     device = select_device(args.device)
+    resolved = resolve_precision(device, precision)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    run_dir = work / name
+    run_dir = work / f"{name}-{precision}"
     run_dir.mkdir(parents=True)
     torch.manual_seed(args.seed)
     built = build(name, args.weights)
     cfg = RunConfig(model=name, epochs=args.epochs, device=args.device, seed=args.seed, limit=args.limit,
-                    weights=args.weights)
+                    weights=args.weights, precision=precision)
     cfg = apply_recipe(cfg, built.recipe)
     flops = flops_per_image(built.model)
     records: list[list[tuple[int, float]]] = []
-    log(f"{name}: training {len(split['train'])} images, {args.epochs} epochs, batch {cfg.batch_size} on {device}")
+    log(f"{name}: training {len(split['train'])} images, {args.epochs} epochs, batch {cfg.batch_size} on {device}, "
+        f"{resolved.name} ({resolved.reason})")
     with timed_train_batches(records, sync):
         result = fit(built.model, ds.images, ds.labels, split, cfg, run_dir, device, progress=args.progress)
     seconds = [row["seconds"] for row in result.history]
     best = max(result.best_epoch, 1)
     test_idx = split["test"]
     test_images = np.asarray(ds.images[test_idx])
-    logits = predict_logits(built.model, test_images, device, cfg.eval_batch_size, tta=cfg.tta)
+    logits = predict_logits(built.model, test_images, device, cfg.eval_batch_size, tta=cfg.tta, precision=resolved)
     accuracy = float(((logits > 0) == (ds.labels[test_idx] == 1)).mean())
 
     # A minimal run directory, enough for Detector.load and realfake.export (data + split: int8 calibration).
@@ -246,9 +271,10 @@ def run_realfake(
     run.write_json(RunDir.SPLIT, split_to_json(split, protocol="seed", seed=args.seed, data_key=ds.key))
     save_file(state_to_cpu(built.model), str(run / RunDir.WEIGHTS))
     run.write_json(RunDir.INFO, {"model": name, "threshold": 0.5, "tta": cfg.tta})
-    detector = Detector.load(run_dir, device=args.device)
+    detector = Detector.load(run_dir, device=args.device, precision=precision)
     pred = time_predict(detector.predict_proba, test_images, args, sync)
     out: dict[str, Any] = {
+        **resolved.to_info(),
         "weights_used": built.weights_used,
         "recipe": {k: getattr(cfg, k) for k in ("batch_size", "lr", "schedule", "label_smoothing", "tta")},
         "device": str(device),
@@ -262,10 +288,11 @@ def run_realfake(
         "test_accuracy": accuracy,
         "test_n": len(test_idx),
         **pred,
-        "onnx": run_onnx(run_dir, test_images, ds.labels[test_idx], args, int8=name in args.int8_models),
     }
-    if device.type == "cpu":
-        out["cpu_inference_variants"] = cpu_inference_variants(built.model, test_images, args)
+    if extras:
+        out["onnx"] = run_onnx(run_dir, test_images, ds.labels[test_idx], args, int8=name in args.int8_models)
+        if device.type == "cpu":
+            out["cpu_inference_variants"] = cpu_inference_variants(built.model, test_images, args)
     return out
 
 
@@ -285,10 +312,10 @@ def cpu_inference_variants(model: Any, images: np.ndarray, args: argparse.Namesp
         example = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
     cpu = torch.device("cpu")
-    eager = time_predict(lambda x: predict_logits(model, x, cpu), images, args, lambda: None)
-    jit = time_predict(lambda x: predict_logits(frozen, x, cpu), images, args, lambda: None)
+    eager = time_predict(lambda x: predict_logits(model, x, cpu, precision="fp32"), images, args, lambda: None)
+    jit = time_predict(lambda x: predict_logits(frozen, x, cpu, precision="fp32"), images, args, lambda: None)
     return {"eager_images_per_s": eager["predict_images_per_s"], "jit_optimized_images_per_s":
-            jit["predict_images_per_s"], "jit_optimized_latency_ms_p50": jit["latency_ms_p50"]}
+            jit["predict_images_per_s"], "jit_optimized_latency_ms_p50": jit["latency_ms_p50"], "precision": "fp32"}
 
 
 def time_predict(
@@ -460,53 +487,152 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": accuracy, "ratios": ratios}
 
 
-def table(results: dict[str, Any]) -> str:
-    """The results as a Markdown table (also what README's Speed section shows)."""
-    rows = [
-        ("train img/s (steady)", "train_images_per_s", "{:,.0f}"),
-        ("time to accuracy, s", "time_to_accuracy_s", "{:,.1f}"),
-        ("test accuracy", "test_accuracy", "{:.4f}"),
-        ("epochs run (best)", None, ""),
-        ("predict img/s", "predict_images_per_s", "{:,.0f}"),
-        ("latency p50 / p95, ms", None, ""),
-        ("ONNX Runtime predict img/s", None, ""),
-        ("ONNX Runtime int8 img/s (x fp32)", None, ""),
-        ("ONNX fp32 / int8 test accuracy", None, ""),
+PRECISION_FIELDS = ("train_images_per_s", "predict_images_per_s", "test_accuracy", "time_to_accuracy_s")
+
+
+def precision_summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One model trained and predicted at each asked precision, side by side; each later one against the
+    first (the baseline): throughput ratios (higher is better) and the accuracy difference in points."""
+    names = list(runs)
+    base = runs[names[0]]
+    return {
+        "baseline": names[0],
+        "runs": {p: {"precision": m["precision"], "precision_reason": m["precision_reason"],
+                     **{k: m[k] for k in PRECISION_FIELDS}} for p, m in runs.items()},
+        "vs_baseline": {
+            p: {
+                "train_throughput": ratio(m["train_images_per_s"], base["train_images_per_s"]),
+                "predict_throughput": ratio(m["predict_images_per_s"], base["predict_images_per_s"]),
+                "accuracy_points": round(100 * (m["test_accuracy"] - base["test_accuracy"]), 3),
+            }
+            for p, m in runs.items() if p != names[0]
+        },
+    }
+
+
+def precision_table(results: dict[str, Any]) -> str:
+    """Each model's figures at each precision, side by side (empty when only one precision was run)."""
+    lines: list[str] = []
+    for name, summary in results.get("precision", {}).get("models", {}).items():
+        runs = summary["runs"]
+        if len(runs) < 2:
+            continue
+        asked = list(runs)
+        later = asked[1:]
+        head = [f"`{name}`", *(f"{p} ({runs[p]['precision']})" if p == "auto" else p for p in asked),
+                *(f"{p} / {asked[0]}" for p in later)]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        vs = summary["vs_baseline"]
+        for label, key, fmt, cmp in (("training, images/s", "train_images_per_s", "{:,.0f}", "train_throughput"),
+                                     ("prediction, images/s", "predict_images_per_s", "{:,.0f}", "predict_throughput"),
+                                     ("test accuracy", "test_accuracy", "{:.4f}", "accuracy_points")):
+            cells = [label, *(fmt.format(runs[p][key]) for p in asked)]
+            for p in later:
+                v = vs[p][cmp]
+                cells.append("n/a" if v is None else (f"{v:+.2f} points" if cmp == "accuracy_points" else f"{v:.2f}x"))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v: Any, fmt: str) -> str:
+    return fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "n/a"
+
+
+def _times(v: float | None) -> str:
+    return f" ({v:.1f}x)" if v is not None else ""
+
+
+def table(results: dict[str, Any], source: str | Path | None = None) -> str:
+    """README's Speed table, regenerated from a bench JSON (`--table JSON`): the models side by side with
+    realfake's ratios to the reference in brackets, each precision's table, the machine and the JSON's name."""
+    models = results["models"]
+    names = [n for n in ("reference", *REALFAKE_MODELS) if n in models]
+    ref = models.get("reference", {})
+    # The reference is the notebook's architecture: its FLOPs are seed-resnet50's (torch's counter, not Keras's).
+    flops_of = {n: models[n] for n in names if "forward_mflop" in models[n]}
+    if "reference" in names and "seed-resnet50" in flops_of:
+        flops_of["reference"] = flops_of["seed-resnet50"]
+    n_test = next((models[n]["test_n"] for n in names if "test_n" in models[n]), None)
+
+    def row(label: str, cell: Any) -> str:
+        return "| " + " | ".join([label, *(cell(n, models[n]) for n in names)]) + " |"
+
+    def vs_ref(n: str, key: str, higher: bool = True) -> str:
+        if n == "reference":
+            return ""
+        a, b = models[n].get(key), ref.get(key)
+        return _times(ratio(a, b) if higher else ratio(b, a))
+
+    def predict_cell(n: str, m: dict[str, Any]) -> str:
+        text = _cell(m.get("predict_images_per_s"), "{:,.0f}")
+        tta = m.get("recipe", {}).get("tta", "none")
+        without = m.get("cpu_inference_variants", {}).get("eager_images_per_s")
+        if tta != "none":
+            text += f" with {tta} TTA"
+        text += vs_ref(n, "predict_images_per_s")
+        if tta != "none" and without is not None:
+            text += f"; {without:,.0f} without"
+        return text
+
+    def onnx_cell(n: str, m: dict[str, Any]) -> str:
+        onnx = m.get("onnx", {})
+        if "predict_images_per_s" not in onnx:
+            return "" if n == "reference" else "n/a"
+        tta = m.get("recipe", {}).get("tta", "none")
+        return f"{onnx['predict_images_per_s']:,.0f}" + (" (no TTA)" if tta != "none" else "")
+
+    def int8_cell(n: str, m: dict[str, Any]) -> str:
+        onnx = m.get("onnx", {})
+        q = onnx.get("int8", {})
+        if q.get("speedup_vs_fp32") is None:
+            return "" if n == "reference" else "n/a"
+        return (f"{q['predict_images_per_s']:,.0f} ({q['speedup_vs_fp32']:.2f}x fp32); accuracy "
+                f"{q['test_accuracy']:.4f} vs {onnx['test_accuracy']:.4f}")
+
+    def flops_cell(n: str, m: dict[str, Any]) -> str:
+        f = flops_of.get(n)
+        return f"{f['forward_mflop']:,.0f} M / {f['train_mflop']:,.0f} M" if f else "n/a"
+
+    head = ["", *("Keras reference" if n == "reference" else f"`{n}`" for n in names)]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        row("training, images/s (steady state)",
+            lambda n, m: _cell(m.get("train_images_per_s"), "{:,.0f}") + vs_ref(n, "train_images_per_s")),
+        row("time to final accuracy, s", lambda n, m: _cell(m.get("time_to_accuracy_s"), "{:,.1f}")),
+        row(f"test accuracy ({n_test:,} images)" if n_test else "test accuracy",
+            lambda n, m: _cell(m.get("test_accuracy"), "{:.3f}")),
+        row("epochs run (best)", lambda n, m: f"{m['epochs_run']} ({m['best_epoch']})"),
+        row("prediction, images/s", predict_cell),
+        row("via ONNX Runtime, images/s", onnx_cell),
+        row("via ONNX Runtime int8 (`--quantize int8`), images/s", int8_cell),
+        row("single-image latency p50 / p95, ms",
+            lambda n, m: f"{_cell(m.get('latency_ms_p50'), '{:.1f}')} / {_cell(m.get('latency_ms_p95'), '{:.1f}')}"),
+        row("FLOPs per image, forward / training", flops_cell),
     ]
-    names = [n for n in ("reference", *REALFAKE_MODELS) if n in results["models"]]
-    head = ["", *("Keras reference" if n == "reference" else n for n in names)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, key, fmt in rows:
-        cells = [label]
-        for n in names:
-            m = results["models"][n]
-            if key is not None:
-                v = m.get(key)
-                cells.append(fmt.format(v) if isinstance(v, int | float) and math.isfinite(v) else "n/a")
-            elif label.startswith("epochs"):
-                cells.append(f"{m['epochs_run']} ({m['best_epoch']})")
-            elif label.startswith("latency"):
-                cells.append(f"{m['latency_ms_p50']:.1f} / {m['latency_ms_p95']:.1f}")
-            elif label.startswith("ONNX Runtime int8"):
-                q = m.get("onnx", {}).get("int8", {})
-                cells.append(f"{q['predict_images_per_s']:,.0f} ({q['speedup_vs_fp32']:.2f}x)"
-                             if q.get("speedup_vs_fp32") is not None else "n/a")
-            elif label.startswith("ONNX fp32 / int8"):
-                onnx, q = m.get("onnx", {}), m.get("onnx", {}).get("int8", {})
-                cells.append(f"{onnx['test_accuracy']:.4f} / {q['test_accuracy']:.4f}" if "test_accuracy" in q
-                             else "n/a")
-            else:
-                onnx = m.get("onnx", {})
-                cells.append(f"{onnx['predict_images_per_s']:,.0f}" if "predict_images_per_s" in onnx else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    r = results["ratios"]
+    if extra := precision_table(results):
+        lines.append(extra)
+    m = results["machine"]
+    used = sorted({f"{v['precision']} ({v['precision_reason']})" for k, v in models.items()
+                   if k != "reference" and "precision" in v})
+    load_end = m.get("load_average_end")
     lines.append("")
     lines.append(
-        "ratios realfake / reference: "
-        + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if v is not None and not k.endswith("_vs_fp32"))
+        f"Machine: {m['cpu']} ({isa_line(m)}), {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch {m['torch']} "
+        f"({m['torch_threads']} threads), load average {m['load_average_start'][0]:.1f} -> "
+        + (f"{load_end[0]:.1f}" if load_end else "n/a")
+        + (f"; realfake computed in {'; '.join(used)}" if used else "")
+        + (f". From `{source}`." if source is not None else ".")
     )
-    int8 = {k: v for k, v in r.items() if v is not None and k.endswith("_vs_fp32")}
-    if int8:
+    return "\n".join(lines)
+
+
+def details(results: dict[str, Any]) -> str:
+    """What the table leaves out: every ratio, and the cache's figures."""
+    r = results["ratios"]
+    lines = ["ratios realfake / reference: "
+             + ", ".join(f"{k} {v:.1f}x" for k, v in r.items() if v is not None and not k.endswith("_vs_fp32"))]
+    if int8 := {k: v for k, v in r.items() if v is not None and k.endswith("_vs_fp32")}:
         lines.append("int8 / fp32 ONNX Runtime throughput: " + ", ".join(f"{k} {v:.2f}x" for k, v in int8.items()))
     c = results["cache"]
     lines.append(
@@ -514,11 +640,6 @@ def table(results: dict[str, Any]) -> str:
         f"reloaded in {c['reload_s']:.3f} s"
         + (f"; full zip {c['full']['n_images']:,} at {c['full']['decode_images_per_s']:,.0f} images/s, "
            f"reload {c['full']['reload_s']:.3f} s" if "full" in c else "")
-    )
-    m = results["machine"]
-    lines.append(
-        f"machine: {m['cpu']}, {m['cores']} cores, GPU {m['gpu'] or 'none'}, torch threads {m['torch_threads']}, "
-        f"load average {m['load_average_start'][0]:.1f} -> {m['load_average_end'][0]:.1f}"
     )
     return "\n".join(lines)
 
@@ -533,6 +654,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default="auto", help="realfake --weights for seed-resnet50 (auto|imagenet|none)")
     p.add_argument("--reference-weights", default="auto", choices=["auto", "imagenet", "none"])
     p.add_argument("--device", default="auto", help="realfake device (auto|cpu|cuda)")
+    p.add_argument("--precision", default="auto", help="realfake's training and inference precision: auto (bf16 "
+                   "where the CPU or GPU has it natively, else fp32) | fp32 | bf16; ONNX Runtime stays fp32")
+    p.add_argument("--precisions", default=None, help="comma-separated, e.g. fp32,bf16: train and predict each "
+                   "realfake model at each, side by side (the first is the baseline); replaces --precision")
+    p.add_argument("--table", type=Path, default=None, metavar="JSON",
+                   help="print the tables of a bench JSON written earlier (e.g. a committed one) and exit")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--predict-n", type=int, default=2048, help="images per prediction-throughput measurement")
     p.add_argument("--predict-batch", type=int, default=1024, help="the reference's predict batch size")
@@ -544,6 +671,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--progress", action="store_true", help="show realfake's training progress bars")
     a = p.parse_args(argv)
+    from realfake.contract import PRECISIONS
+
+    a.precisions = list(dict.fromkeys(x.strip() for x in (a.precisions or a.precision).split(",") if x.strip()))
+    if not a.precisions or set(a.precisions) - set(PRECISIONS):
+        p.error(f"--precision(s) must name {', '.join(PRECISIONS)}; got {a.precisions}")
+    a.precision = a.precisions[0]
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
     a.int8_models = [m.strip() for m in a.int8_models.split(",") if m.strip()]
     unknown = (set(a.models) - {"reference", *REALFAKE_MODELS}) | (set(a.int8_models) - set(REALFAKE_MODELS))
@@ -555,6 +688,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the JSON file written."""
     args = parse_args(argv)
+    if args.table is not None:
+        print(table(json.loads(args.table.read_text()), source=_shown(args.table)))
+        return args.table
     if not args.data.is_file():
         raise SystemExit(f"benchmark data not found: {args.data} (pass --data or set REALFAKE_SHARED_DATA)")
     from realfake.data.splits import make_split
@@ -565,6 +701,7 @@ def main(argv: list[str] | None = None) -> Path:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine_info(),
         "models": {},
+        "precision": {"asked": args.precisions, "models": {}},
         "notes": [],
     }
     old_cache = os.environ.get("REALFAKE_CACHE_DIR")
@@ -584,9 +721,14 @@ def main(argv: list[str] | None = None) -> Path:
             split = make_split(ds.labels, ds.splits, "seed", args.seed)
             results["split"] = {k: int(len(v)) for k, v in split.items()}
             for name in REALFAKE_MODELS:
-                if name in args.models:
-                    results["models"][name] = run_realfake(name, ds, split, args, work / "runs")
-                    log(f"{name}: {json.dumps({k: results['models'][name][k] for k in _BRIEF}, default=str)}")
+                if name not in args.models:
+                    continue
+                runs = {}
+                for i, prec in enumerate(args.precisions):
+                    runs[prec] = run_realfake(name, ds, split, args, work / "runs", prec, extras=i == 0)
+                    log(f"{name} {prec}: {json.dumps({k: runs[prec][k] for k in _BRIEF}, default=str)}")
+                results["models"][name] = runs[args.precisions[0]]
+                results["precision"]["models"][name] = precision_summary(runs)
             if "reference" in args.models:
                 tree = work / "tree"
                 extract_split_tree(args.data, ds, split, tree)
@@ -605,9 +747,18 @@ def main(argv: list[str] | None = None) -> Path:
     name = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
     path = args.out_dir / name
     atomic_write_json(path, results)
-    print(table(results))
+    print(table(results, source=_shown(path)))
+    print(details(results))
     print(f"\nwrote {path}")
     return path
+
+
+def _shown(path: Path) -> str:
+    """A results file as the README names it: relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 _BRIEF = ("train_images_per_s", "test_accuracy", "time_to_accuracy_s", "predict_images_per_s", "latency_ms_p50")

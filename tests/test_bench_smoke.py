@@ -3,9 +3,12 @@
 import importlib.util
 import json
 import math
+import re
 
 import pytest
-from benchmarks.run import main, ratio, steady_throughput
+from benchmarks.run import REPO, machine_info, main, ratio, steady_throughput, table
+
+from realfake.device import ISA_FLAGS, cpu_info
 
 REQUIRED = [
     ("ratios", "seed_resnet50_train_throughput"),
@@ -34,6 +37,49 @@ def test_ratio_is_none_when_a_figure_is_missing():
     assert ratio(None, 2.0) is None and ratio(1.0, 0.0) is None and ratio(float("nan"), 1.0) is None
 
 
+def test_machine_info_names_the_cpu_and_its_isa_flags():
+    m = machine_info()
+    assert m["cpu"] == cpu_info()["model"] and m["cpu"]
+    assert set(m["isa"]) == set(ISA_FLAGS) and m["isa"] == cpu_info()["isa"]  # one place reads the CPU
+    assert isinstance(m["native_bf16_cpu"], bool) and m["torch_threads"] >= 1 and len(m["load_average_start"]) == 3
+
+
+def test_readme_speed_table_is_regenerated_from_the_json_it_names():
+    readme = (REPO / "README.md").read_text()
+    named = re.findall(r"^Machine: .*From `(benchmarks/results/[^`]+\.json)`\.$", readme, flags=re.M)
+    assert named, "README's Speed table should end with the machine line naming its JSON"
+    for source in named:
+        generated = table(json.loads((REPO / source).read_text()), source=source)
+        assert generated in readme, f"README's table differs from `python -m benchmarks.run --table {source}`"
+
+
+@pytest.mark.slow
+def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, monkeypatch):
+    # The fp32-only extras (ONNX export: over a minute on a busy 2-core machine; the FLOP counter; TorchScript)
+    # are covered by the test below: here they are stand-ins, so that only the precisions are timed.
+    monkeypatch.setattr("benchmarks.run.run_onnx", lambda *a: {"skipped": "not measured in this test"})
+    monkeypatch.setattr("benchmarks.run.cpu_inference_variants", lambda *a: {})
+    monkeypatch.setattr("benchmarks.run.flops_per_image", lambda m: {"forward_mflop": 1.0, "train_mflop": 3.0})
+    path = main([
+        "--data", str(mini_zip), "--limit", "100", "--epochs", "1", "--predict-n", "32", "--latency-n", "2",
+        "--no-full-decode", "--models", "fast", "--precisions", "fp32,bf16", "--device", "cpu",
+        "--out-dir", str(tmp_path / "results"),
+    ])
+    results = json.loads(path.read_text())
+    assert set(results["machine"]["isa"]) == set(ISA_FLAGS) and results["precision"]["asked"] == ["fp32", "bf16"]
+    fast = results["precision"]["models"]["fast"]
+    assert fast["baseline"] == "fp32" and [r["precision"] for r in fast["runs"].values()] == ["fp32", "bf16"]
+    for run in fast["runs"].values():
+        assert run["train_images_per_s"] > 0 and run["predict_images_per_s"] > 0 and 0 <= run["test_accuracy"] <= 1
+    vs = fast["vs_baseline"]["bf16"]
+    assert vs["train_throughput"] > 0 and vs["predict_throughput"] > 0 and abs(vs["accuracy_points"]) <= 100
+    assert results["models"]["fast"]["precision"] == "fp32" and "onnx" in results["models"]["fast"]
+    capsys.readouterr()
+    assert main(["--table", str(path)]) == path  # the README's table, regenerated from the JSON
+    printed = capsys.readouterr().out
+    assert "bf16 / fp32" in printed and f"From `{path}`." in printed and results["machine"]["cpu"] in printed
+
+
 @pytest.mark.slow
 def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
     # find_spec, not import: TensorFlow loaded into this process makes a later torch/triton import crash, which
@@ -52,6 +98,7 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         value = results[section][key]
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (section, key, value)
     assert results["machine"]["cores"] >= 1 and results["machine"]["cpu"]
+    assert set(results["machine"]["isa"]) == set(ISA_FLAGS) and results["machine"]["load_average_end"]
     for name in ("reference", "seed-resnet50", "fast"):
         m = results["models"][name]
         assert 0.0 <= m["test_accuracy"] <= 1.0 and m["epochs_run"] == 1

@@ -21,6 +21,8 @@ app = typer.Typer(
     help="Tell AI-generated images from real photographs: train, evaluate, predict, report.",
 )
 F = TypeVar("F", bound=Callable[..., Any])
+PRECISION_HELP = ("auto | fp32 | bf16: what the PyTorch model computes in [default: the run's setting, normally "
+                  "auto: bf16 where the CPU has AMX / AVX-512 BF16, else fp32]; ONNX models always run in fp32")
 CIFAKE_HANDLE = "birdy654/cifake-real-and-ai-generated-synthetic-images"
 
 
@@ -53,6 +55,10 @@ def train(
     lr: float | None = typer.Option(None, help="learning rate [default: 1e-3, or the model's recipe]"),
     seed: int | None = typer.Option(None, help="seed for split, subset and training [default: 42]"),
     device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N | mps"),
+    precision: str | None = typer.Option(
+        None, help="auto (bf16 where the CPU has AMX / AVX-512 BF16 or the GPU has bf16, else fp32) | fp32 | bf16 "
+        "(any CPU; slow without native bf16) [default: auto]"
+    ),
     limit: int | None = typer.Option(None, help="train on a stratified subset of this many images"),
     out: Path | None = typer.Option(None, help="run directory [default: runs/<model>-<time>]"),
     config: Path | None = typer.Option(None, help="YAML file of options; flags given here win"),
@@ -87,7 +93,8 @@ def train(
         else:
             cfg = RunConfig.from_sources(
                 config, data=data, protocol=protocol, model=model, weights=weights, epochs=epochs,
-                patience=patience, batch_size=batch_size, lr=lr, seed=seed, device=device, limit=limit,
+                patience=patience, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
+                limit=limit,
                 out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
                 ood_level=ood_level, augment=augment, tta=tta,
             )
@@ -105,11 +112,12 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="a trained run directory"),
     data: str | None = typer.Option(None, help="evaluate on every image of this data set instead"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """Re-evaluate a run on its test split (or on another data set); prints the metrics as JSON."""
     from realfake.evaluation import evaluate as evaluate_run
 
-    metrics = evaluate_run(run_dir, data, device=device)
+    metrics = evaluate_run(run_dir, data, device=device, precision=precision)
     typer.echo(json.dumps(metrics, indent=2))
 
 
@@ -177,6 +185,7 @@ def predict(
     explain: Path | None = typer.Option(
         None, help="write a Grad-CAM overlay OUTDIR/<stem>.cam.png per image (evidence for FAKE)", metavar="OUTDIR"
     ),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.detector import Detector
@@ -186,7 +195,7 @@ def predict(
         raise RealfakeError("--threshold must be between 0 and 1")
     if backend not in (None, "torch", "onnxruntime"):
         raise RealfakeError(f"--backend must be torch or onnxruntime; got {backend!r}")
-    det = Detector.load(run_dir, device=device, backend=backend or "auto")
+    det = Detector.load(run_dir, device=device, backend=backend or "auto", precision=precision)
     if explain is not None:
         results: Any = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
     else:
@@ -226,6 +235,7 @@ def serve(
     workers: int = typer.Option(1, help="server processes, each with its own model and an equal share of the "
                                        "cores (more requests/s on a multi-core machine; N x the memory)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
     import uvicorn
@@ -239,7 +249,7 @@ def serve(
     settings = dict(
         max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
         max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout, token=token or None,
-        batch_wait_ms=batch_wait_ms, max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms, max_batch=max_batch, precision=precision,
     )
     api = create_app(run_dir, **settings)  # also with workers: a damaged run stops here, in one line
     if not token and not _is_loopback(host):

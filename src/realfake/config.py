@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from realfake.calibration import parse_band, parse_policy
-from realfake.contract import TTA_MODES, check_protocol
+from realfake.contract import PRECISIONS, TTA_MODES, check_protocol
 from realfake.errors import RealfakeError
 
 
@@ -38,6 +38,10 @@ class RunConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="BCE targets become y*(1-e) + e/2")
     seed: int = 42
     device: str = "auto"
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # named once, in contract.py
+        "auto", description="auto = bf16 autocast where the CPU (AMX, AVX-512 BF16) or GPU has it natively, "
+        "else fp32 (fp16 on a GPU without bf16) | fp32 | bf16 (on any CPU; slow without native support)",
+    )
     limit: int | None = Field(None, ge=10, description="stratified subset of this many images")
     out: str | None = None
     threshold: float = Field(0.5, gt=0, lt=1, description="the threshold when threshold_policy is 'fixed'")

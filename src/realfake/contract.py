@@ -19,6 +19,8 @@ CLASS_NAMES: tuple[str, str] = ("REAL", "FAKE")  # label 0 = REAL, label 1 = FAK
 IMAGE_SIZE = 32  # CIFAKE's size; every image is normalised to it
 # Test-time augmentation: "flip" averages the logits of an image and its mirror image (training saw both).
 TTA_MODES: tuple[str, ...] = ("none", "flip")
+# Compute precision asked for: auto = bf16 where the hardware has it natively (see realfake.device), else fp32.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 # How a run splits its data: the notebook's stratified 70/20/10, CIFAKE's own test/ folder, or a source (a
@@ -39,6 +41,13 @@ def check_tta(tta: str) -> str:
     if tta not in TTA_MODES:
         raise RealfakeError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}; got {tta!r}")
     return tta
+
+
+def check_precision(precision: str) -> str:
+    """auto, fp32 or bf16; anything else is a one-line error naming them."""
+    if precision not in PRECISIONS:
+        raise RealfakeError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
 
 
 def check_images(images: Any) -> np.ndarray:

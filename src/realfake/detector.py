@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from realfake.calibration import Calibration
-from realfake.contract import IMAGE_SIZE, check_images
+from realfake.contract import IMAGE_SIZE, check_images, check_precision
 from realfake.data.images import BadImage, read_and_decode
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
@@ -107,26 +107,39 @@ class Detector:
     # --- loading ----------------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", backend: str = "auto") -> Detector:
+    def load(
+        cls, path: str | Path, device: str = "auto", backend: str = "auto", precision: str | None = None
+    ) -> Detector:
         """A run directory (PyTorch) or a .onnx file (ONNX Runtime); backend="onnxruntime" on a run
-        directory uses the run's exported model.onnx."""
+        directory uses the run's exported model.onnx.
+
+        `precision` (auto | fp32 | bf16, see realfake.device) is what the PyTorch model computes in; None means
+        the run's own setting (auto unless it was trained with --precision). ONNX files always run in fp32:
+        asking one for bf16 is an error rather than a silent fp32.
+        """
         path = Path(path)
         if backend not in BACKENDS:
             raise RealfakeError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        if precision is not None:
+            check_precision(precision)
         is_onnx_file = path.suffix.lower() == ".onnx" and not path.is_dir()
         if backend == "torch" and is_onnx_file:
             raise RealfakeError(f"{path} is an ONNX file: use --backend onnxruntime, or pass the run directory")
         if backend == "onnxruntime" or is_onnx_file:
+            if precision == "bf16":
+                raise RealfakeError("--precision bf16 needs the PyTorch backend: an ONNX model runs in fp32 "
+                                    "(use --precision auto or fp32, or predict from the run directory)")
             if not is_onnx_file:
                 if not RunDir(path).has(RunDir.ONNX):
                     raise RealfakeError(f"{path} has no {RunDir.ONNX}: run `realfake export {path}` first")
                 path = path / RunDir.ONNX
             return cls.from_onnx(path)
-        return cls.from_run(path, device)
+        return cls.from_run(path, device, precision)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> Detector:
-        """The PyTorch model of a trained run, with the calibration stored in its run.json."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str | None = None) -> Detector:
+        """The PyTorch model of a trained run, with the calibration stored in its run.json, computing in
+        `precision` (None: the run's own setting)."""
         from realfake.device import select_device
         from realfake.infer import TorchBackend
         from realfake.models import load_weights
@@ -138,7 +151,8 @@ class Detector:
         info.setdefault("model", cfg.model)
         cal = Calibration.from_info(info, cfg.threshold)
         model = load_weights(cfg.model, run / RunDir.WEIGHTS)
-        return cls(TorchBackend(model, select_device(device), cal.tta), cal, info, run.path)
+        backend = TorchBackend(model, select_device(device), cal.tta, precision or cfg.precision)
+        return cls(backend, cal, info, run.path)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> Detector:
@@ -166,6 +180,12 @@ class Detector:
     @property
     def device(self) -> Any:
         return getattr(self.backend, "device", "cpu")
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: fp32, bf16 or fp16 (an ONNX file: fp32)."""
+        p = getattr(self.backend, "precision", None)
+        return p.name if p is not None else "fp32"
 
     @property
     def can_explain(self) -> bool:

@@ -68,6 +68,7 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
     verdicts = cal.labels(p_fake, ood)
     metrics = compute_metrics(labels, p_fake, cal.threshold)
     metrics.update(calibration_metrics(labels, logits, cal))
+    metrics["compute_precision"] = detector.precision  # fp32 / bf16 arithmetic ("precision" is the metric)
     sources = [ds.sources[int(i)] for i in idx]
     if any(s is not None for s in sources):
         metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources, cal.uncertain(p_fake, ood))
@@ -99,12 +100,12 @@ def _write_samples(out: RunDir, images: np.ndarray, labels: np.ndarray, p: np.nd
 
 def evaluation_inputs(
     run_dir: str | Path, data: str | Path | None, *, device: str = "auto", progress: bool = True,
-    log: Log = log_to_stderr,
+    log: Log = log_to_stderr, precision: str | None = None,
 ) -> tuple[Detector, Dataset, np.ndarray, RunDir]:
     """What to evaluate a run on: its own test split (written to the run) or all of `data` (written to
-    run_dir/evaluations/<data>)."""
+    run_dir/evaluations/<data>); `precision` None = the run's own."""
     run = RunDir(run_dir)
-    det = Detector.from_run(run.path, device=device)
+    det = Detector.from_run(run.path, device=device, precision=precision)
     cfg = run.config()
     if data is None:
         run.require(RunDir.SPLIT, what="a run directory")
@@ -116,9 +117,10 @@ def evaluation_inputs(
 
 def evaluate(
     run_dir: str | Path, data: str | Path | None = None, *, device: str = "auto", progress: bool = True,
-    log: Log = log_to_stderr,
+    log: Log = log_to_stderr, precision: str | None = None,
 ) -> dict[str, Any]:
-    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`).
+    """Re-evaluate a run: on its own test split, or on every image of another data set (`data`), computing in
+    `precision` (auto | fp32 | bf16; None = the run's own setting).
 
     An evaluation on other data is written whole into a temporary sibling folder and swapped in at the end
     (atomic_dir): a failure or a kill midway leaves the previous evaluation of that data as it was, never a
@@ -127,7 +129,8 @@ def evaluate(
     from realfake import report
 
     run = RunDir(run_dir)
-    det, ds, idx, out = evaluation_inputs(run.path, data, device=device, progress=progress, log=log)
+    det, ds, idx, out = evaluation_inputs(run.path, data, device=device, progress=progress, log=log,
+                                          precision=precision)
     if data is None:
         metrics = _evaluate_into(out, run, ds, idx, det, None)
     else:

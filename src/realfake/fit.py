@@ -125,7 +125,7 @@ def fit(
         best_state, history, start_epoch = ckpt.best, list(ckpt.history), ckpt.epoch + 1
 
     robust = robust_augment(cfg)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype(device) == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(device, cfg.precision) == torch.float16 else None
     writer = _tensorboard(run_dir)
     t_start = time.perf_counter()
     stopped_early = early.should_stop
@@ -143,7 +143,7 @@ def fit(
             disable=not progress, file=sys.stderr, leave=True,
         )
         for step, (x, y) in enumerate(train_batches(x_train, y_train, cfg.batch_size, gen, robust=robust)):
-            with autocast(device):
+            with autocast(device, cfg.precision):
                 logits = model(x)
             target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
@@ -163,7 +163,7 @@ def fit(
             bar.update(len(y))
             if step % 10 == 0:  # reading the loss syncs the device: not every step
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size, tta=cfg.tta)
+        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size, tta=cfg.tta, precision=cfg.precision)
         val_loss, val_acc = _bce_and_accuracy(val_logits, y_val)
         row = {
             "epoch": epoch + 1,

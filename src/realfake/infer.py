@@ -14,7 +14,7 @@ from torch import nn
 
 from realfake.contract import check_tta
 from realfake.data.batches import eval_batches, to_device_uint8
-from realfake.device import autocast
+from realfake.device import Precision, autocast, resolve_precision
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
@@ -31,20 +31,23 @@ def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Te
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024,
-    tta: str = "none",
+    tta: str = "none", precision: str | Precision = "auto",
 ) -> np.ndarray:
-    """Logits for (N, 32, 32, 3) uint8 images, in large batches, in eval mode.
+    """Logits (fp32) for (N, 32, 32, 3) uint8 images, in large batches, in eval mode.
 
     tta="flip" averages the logits of each image and its mirror image (training saw both orientations).
+    `precision` (auto | fp32 | bf16) is what the model computes in; see realfake.device.
     """
     check_tta(tta)
+    if not isinstance(precision, Precision):
+        precision = resolve_precision(device, precision)  # once, not per batch
     model.eval()
     if isinstance(images, np.ndarray):
         images = to_device_uint8(images, device)
     out = []
     for x in eval_batches(images, batch_size):
         x = x.to(device)
-        with autocast(device):
+        with autocast(device, precision):
             out.append(tta_logits(model, x, tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
@@ -59,14 +62,15 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, tta: str = "none") -> None:
+    def __init__(self, model: nn.Module, device: torch.device, tta: str = "none", precision: str = "auto") -> None:
         self.model = model.to(device).eval()
         self.device = device
         self.tta = check_tta(tta)
+        self.precision: Precision = resolve_precision(device, precision)  # resolved once: a bad value fails here
         self.lock = threading.RLock()
 
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Raw (uncalibrated) logits, float64, for checked (N, 32, 32, 3) uint8 images."""
         with self.lock:
-            z = predict_logits(self.model, images, self.device, batch_size, tta=self.tta)
+            z = predict_logits(self.model, images, self.device, batch_size, tta=self.tta, precision=self.precision)
         return np.asarray(z, dtype=np.float64)

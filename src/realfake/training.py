@@ -28,7 +28,7 @@ from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.cache import Dataset
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
-from realfake.device import select_device
+from realfake.device import resolve_precision, select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
 from realfake.fit import FitResult, fit, save_weights, state_to_cpu
@@ -54,6 +54,7 @@ def train(
     if run.path.exists() and any(run.path.iterdir()):
         raise RealfakeError(f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
     device = select_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)  # bf16 on a GPU without it fails now, not after the data
     ds = run_data(cfg, progress, log)
     split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed, ds.sources)
     torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
@@ -71,7 +72,8 @@ def train(
     except WriteError as e:  # no checkpoint yet, so nothing to resume; the folder is no longer empty, though
         then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
         raise e.then(then) from None
-    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}")
+    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}  "
+        f"precision: {precision.name} ({precision.reason})")
     return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
 
 
@@ -94,6 +96,7 @@ def _write_run_files(
             "status": "training",
             "threshold": cfg.threshold,
             "device": str(device),
+            **resolve_precision(device, cfg.precision).to_info(),
             "realfake": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -125,10 +128,12 @@ def resume(
         cfg.epochs = epochs
         run.write_config(cfg)
     device = select_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
     ds = run_data(cfg, progress, log)
     split = split_from_json(run.read_json(RunDir.SPLIT), len(ds))
     model = build(cfg.model, "none").model  # the checkpoint supplies every weight
-    log(f"resuming {run.path} on {device}")
+    run.update_info(device=str(device), **precision.to_info())  # this machine may decide differently
+    log(f"resuming {run.path} on {device}, precision {precision.name} ({precision.reason})")
     return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end)
 
 
@@ -189,7 +194,7 @@ def _finish(
     # One Detector from here on: calibrated on validation (never the test split it is judged on), then tested.
     # Its model is put in the memory layout a loaded run has (training used channels_last), so the figures
     # below are bit-identical to what `realfake evaluate` and `Detector.load` give later.
-    backend = TorchBackend(model.to(memory_format=torch.contiguous_format), device, cfg.tta)
+    backend = TorchBackend(model.to(memory_format=torch.contiguous_format), device, cfg.tta, cfg.precision)
     val = split["val"]
     val_logits = backend.logits(np.asarray(ds.images[val]), cfg.eval_batch_size)
     cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta, cfg.ood_level)

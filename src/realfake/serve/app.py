@@ -413,11 +413,13 @@ def create_app(
     token: str | None = None,
     batch_wait_ms: float = 5.0,
     max_batch: int = 64,
+    precision: str | None = None,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
     `token` guards /v1/* (None or "": open); `batch_wait_ms` is how long a request may wait for others to share
-    its forward pass (0: no batching), up to `max_batch` images. Raises RealfakeError when the path is not a
+    its forward pass (0: no batching), up to `max_batch` images; `precision` is the model's (auto | fp32 | bf16,
+    None: the run's; see Detector.load). Raises RealfakeError when the path is not a
     trained run (or its files are damaged) or a limit is out of range, so a bad setting fails before the
     server starts.
     """
@@ -428,7 +430,7 @@ def create_app(
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
-        detector = Detector.load(run_dir_or_detector, device=device)
+        detector = Detector.load(run_dir_or_detector, device=device, precision=precision)
     limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, max_decode_bytes=max_decode_bytes,
                     body_timeout_s=body_timeout_s)
     app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__,

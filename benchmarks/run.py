@@ -579,7 +579,7 @@ def table(results: dict[str, Any], source: str | Path | None = None) -> str:
         if "predict_images_per_s" not in onnx:
             return "" if n == "reference" else "n/a"
         tta = m.get("recipe", {}).get("tta", "none")
-        return f"{onnx['predict_images_per_s']:,.0f}" + (" (no TTA)" if tta != "none" else "")
+        return f"{onnx['predict_images_per_s']:,.0f}" + (f" with {tta} TTA" if tta != "none" else "")  # in the graph
 
     def int8_cell(n: str, m: dict[str, Any]) -> str:
         onnx = m.get("onnx", {})
@@ -605,11 +605,12 @@ def table(results: dict[str, Any], source: str | Path | None = None) -> str:
         row("epochs run (best)", lambda n, m: f"{m['epochs_run']} ({m['best_epoch']})"),
         row("prediction, images/s", predict_cell),
         row("via ONNX Runtime, images/s", onnx_cell),
-        row("via ONNX Runtime int8 (`--quantize int8`), images/s", int8_cell),
         row("single-image latency p50 / p95, ms",
             lambda n, m: f"{_cell(m.get('latency_ms_p50'), '{:.1f}')} / {_cell(m.get('latency_ms_p95'), '{:.1f}')}"),
         row("FLOPs per image, forward / training", flops_cell),
     ]
+    if any("int8" in models[n].get("onnx", {}) for n in names):  # bench JSONs from before int8 have no such row
+        lines.insert(-2, row("via ONNX Runtime int8 (`--quantize int8`), images/s", int8_cell))
     if extra := precision_table(results):
         lines.append(extra)
     m = results["machine"]

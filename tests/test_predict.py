@@ -108,7 +108,7 @@ def mixed(tmp_path):
         size = (32, 32) if i % 3 else (40 + i, 50)
         img = Image.fromarray(np.clip(rng.normal(20 * i, 30, (*size, 3)), 0, 255).astype(np.uint8))
         img.save(d / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
-    (d / "03b-empty.jpg").write_bytes(b"")
+    (d / "00b-empty.jpg").write_bytes(b"")  # in the first batch, which is split between the workers
     (d / "05b-text.png").write_text("not an image")
     (d / "08b-cut.jpg").write_bytes((d / "08.jpg").read_bytes()[:60])
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
@@ -117,7 +117,7 @@ def mixed(tmp_path):
     return [d, tmp_path / "missing.jpg", tmp_path / "z.zip"]
 
 
-BAD = {"03b-empty.jpg": "empty file", "05b-text.png": "not an image", "08b-cut.jpg": "unreadable image",
+BAD = {"00b-empty.jpg": "empty file", "05b-text.png": "not an image", "08b-cut.jpg": "unreadable image",
        "missing.jpg": "unreadable file (FileNotFoundError", "z.zip::broken.png": "not an image"}
 
 
@@ -133,7 +133,7 @@ def test_pipeline_keeps_order_error_rows_and_results_under_overlap(mixed, tiny_d
     assert [p.to_dict() for p in overlapped] == [p.to_dict() for p in sequential]
     assert [p.to_dict() for b in batches for p in b.predictions()] == [p.to_dict() for p in sequential]
     assert [len(b) for b in batches] == [4, 4, 4, 4, 2]
-    assert {"list", "wait for decoding", "model", "verdicts"} <= stages.keys()
+    assert {"list", "wait for the first batch", "wait for decoding", "model", "verdicts"} <= stages.keys()
     bad = [p for p in overlapped if p.source.rsplit("/", 1)[-1] in BAD]
     assert len(bad) == len(BAD)
     for p in bad:

@@ -69,6 +69,12 @@ def decode_chunk(refs: list[InputRef]) -> Chunk:
     return images, [e for _, e in decoded]
 
 
+def _joined(chunks: list[Chunk]) -> Chunk:
+    if len(chunks) == 1:
+        return chunks[0]
+    return np.concatenate([c[0] for c in chunks]), [e for c in chunks for e in c[1]]
+
+
 def _batched(refs: Iterable[InputRef], size: int) -> Iterator[list[InputRef]]:
     batch: list[InputRef] = []
     for r in refs:
@@ -134,21 +140,28 @@ def predict_batches(
             if workers:
                 ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
                 pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-        pending: deque[tuple[list[InputRef], Future[Chunk] | None]] = deque()
+        pending: deque[tuple[list[InputRef], list[Future[Chunk]]]] = deque()
         queue_ = iter(batches)
 
-        def submit() -> None:
+        def submit(pieces: int = 1) -> None:
             batch = next(queue_, None)
             if batch is not None:
-                pending.append((batch, pool.submit(decode_chunk, batch) if pool else None))
+                step = -(-len(batch) // pieces)
+                pieces_ = [batch[i:i + step] for i in range(0, len(batch), step)]
+                pending.append((batch, [pool.submit(decode_chunk, p) for p in pieces_] if pool else []))
 
-        for _ in range(2 * workers or 1):  # every worker busy, and a decoded batch waiting for the model
+        submit(max(1, workers))  # the first batch in one piece per worker: the model starts sooner
+        for _ in range(2 * workers - 1):  # every worker busy, and a decoded batch waiting for the model
             submit()
+        first = True
         while pending:
-            batch, job = pending.popleft()
-            with clock("wait for decoding" if job else "decode"):
-                images, errors = job.result() if job else decode_chunk(batch)
+            batch, jobs = pending.popleft()
+            with clock("decode" if not jobs else "wait for the first batch" if first else "wait for decoding"):
+                images, errors = _joined([j.result() for j in jobs]) if jobs else decode_chunk(batch)
+            first = False
             submit()
+            if pool is not None and not pending:  # nothing left to decode: let the workers exit meanwhile
+                pool.shutdown(wait=False)
             with clock("model"):
                 logits = detector.predict_logits(images) if len(images) else np.zeros(0)
             with clock("verdicts"):
@@ -158,7 +171,8 @@ def predict_batches(
     finally:
         bar.close()
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            with clock("stop workers"):
+                pool.shutdown(cancel_futures=True)
 
 
 def predict_paths(

@@ -43,7 +43,8 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         pytest.skip("the bench extra (tensorflow, keras) is not installed: pip install -e '.[bench]'")
     path = main([
         "--data", str(mini_zip), "--limit", "100", "--epochs", "1", "--predict-n", "32", "--latency-n", "2",
-        "--no-full-decode", "--files-n", "64", "--files-reps", "1", "--weights", "none", "--reference-weights", "none", "--device", "cpu",
+        "--no-full-decode", "--files-n", "64", "--files-reps", "1", "--weights", "none", "--reference-weights", "none",
+        "--device", "cpu",
         "--out-dir", str(tmp_path / "results"),
     ])
     assert path.parent == tmp_path / "results" and path.suffix == ".json"

@@ -14,6 +14,7 @@ REQUIRED = [
     ("ratios", "seed_resnet50_train_throughput"),
     ("ratios", "fast_train_throughput"),
     ("ratios", "fast_predict_throughput"),
+    ("ratios", "fast_predict_from_files_vs_bare_model"),
     ("accuracy", "reference"),
     ("accuracy", "seed_resnet50"),
     ("accuracy", "fast"),
@@ -88,7 +89,8 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         pytest.skip("the bench extra (tensorflow, keras) is not installed: pip install -e '.[bench]'")
     path = main([
         "--data", str(mini_zip), "--limit", "100", "--epochs", "1", "--predict-n", "32", "--latency-n", "2",
-        "--no-full-decode", "--weights", "none", "--reference-weights", "none", "--device", "cpu",
+        "--no-full-decode", "--files-n", "64", "--files-reps", "1", "--weights", "none", "--reference-weights", "none",
+        "--device", "cpu",
         "--out-dir", str(tmp_path / "results"),
     ])
     assert path.parent == tmp_path / "results" and path.suffix == ".json"
@@ -104,6 +106,8 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         assert 0.0 <= m["test_accuracy"] <= 1.0 and m["epochs_run"] == 1
         assert m["latency_ms_p50"] > 0 and m["predict_images_per_s"] > 0
     assert results["models"]["fast"]["train_mflop"] < results["models"]["seed-resnet50"]["train_mflop"]
+    files = results["models"]["fast"]["predict_from_files"]
+    assert files["n_files"] == 64 and files["where_the_time_goes_s"]["model"] > 0
     assert results["models"]["reference"]["weights_used"] == "none"
     int8 = results["models"]["fast"]["onnx"]["int8"]  # --int8-models defaults to fast
     assert int8["predict_images_per_s"] > 0 and 0.0 <= int8["test_accuracy"] <= 1.0

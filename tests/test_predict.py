@@ -1,12 +1,18 @@
+import csv
+import io
+import json
 import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from realfake.calibration import Calibration, Typicality
 from realfake.data.inputs import InputRef, expand_inputs
-from realfake.detector import Detector
-from realfake.predict import predict_paths
+from realfake.detector import Detector, PredictionBatch
+from realfake.infer import TorchBackend
+from realfake.predict import CSV_FIELDS, predict_batches, predict_paths, write_rows
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +73,128 @@ def test_threshold_override_changes_labels(tree, detector):
 
 def test_input_ref_name():
     assert InputRef("x.zip", "a/b.png").name == "x.zip::a/b.png" and InputRef("y.png").name == "y.png"
+
+
+# --- the pipeline: overlap keeps order, error rows and results; rows written from arrays match Predictions' ----
+
+
+class _Tiny(torch.nn.Module):
+    """A model that costs nothing, with logits spread wide enough to give every label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv((x - 0.5) * 8).mean((2, 3))).squeeze(1) * 20 + 4.2
+
+
+@pytest.fixture(scope="module")
+def tiny_detector():
+    ood = Typicality(tuple(np.linspace(-3, 1, 11)), tuple(np.linspace(-1, 3, 11)), 0.9)
+    cal = Calibration(temperature=1.3, threshold=0.5, uncertain_band=(0.4, 0.45), tta="flip", ood=ood)
+    return Detector(TorchBackend(_Tiny(), torch.device("cpu"), "flip"), cal)
+
+
+@pytest.fixture
+def mixed(tmp_path):
+    """18 inputs: good images of several sizes and formats, and bad ones of every kind, interleaved."""
+    rng = np.random.default_rng(1)
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for i in range(12):
+        size = (32, 32) if i % 3 else (40 + i, 50)
+        img = Image.fromarray(np.clip(rng.normal(20 * i, 30, (*size, 3)), 0, 255).astype(np.uint8))
+        img.save(d / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+    (d / "00b-empty.jpg").write_bytes(b"")  # in the first batch, which is split between the workers
+    (d / "05b-text.png").write_text("not an image")
+    (d / "08b-cut.jpg").write_bytes((d / "08.jpg").read_bytes()[:60])
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
+        zf.write(d / "01.png", "ok.png")
+        zf.writestr("broken.png", b"\x89PNG\r\n\x1a\n broken")
+    return [d, tmp_path / "missing.jpg", tmp_path / "z.zip"]
+
+
+BAD = {"00b-empty.jpg": "empty file", "05b-text.png": "not an image", "08b-cut.jpg": "unreadable image",
+       "missing.jpg": "unreadable file (FileNotFoundError", "z.zip::broken.png": "not an image"}
+
+
+def test_pipeline_keeps_order_error_rows_and_results_under_overlap(mixed, tiny_detector):
+    names = [r.name for r in expand_inputs(mixed)]
+    assert len(names) == 18
+    stages: dict[str, float] = {}
+    # batch 4 < 18 inputs: five batches, decoded ahead by two workers while the model runs
+    overlapped = list(predict_paths(tiny_detector, mixed, batch_size=4, workers=2, progress=False))
+    sequential = list(predict_paths(tiny_detector, mixed, batch_size=4, workers=0, progress=False))
+    batches = list(predict_batches(tiny_detector, mixed, batch_size=4, workers=2, progress=False, stages=stages))
+    assert [p.source for p in overlapped] == names  # one result per input, in input order
+    assert [p.to_dict() for p in overlapped] == [p.to_dict() for p in sequential]
+    assert [p.to_dict() for b in batches for p in b.predictions()] == [p.to_dict() for p in sequential]
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 2]
+    assert {"list", "wait for the first batch", "wait for decoding", "model", "verdicts"} <= stages.keys()
+    bad = [p for p in overlapped if p.source.rsplit("/", 1)[-1] in BAD]
+    assert len(bad) == len(BAD)
+    for p in bad:
+        assert p.p_fake is None and p.label is None and p.ood is None
+        assert p.error.startswith(BAD[p.source.rsplit("/", 1)[-1]]), p
+    # each readable image is what the Detector says of it in one call of its own (float noise only)
+    good = [p for p in overlapped if p not in bad]
+    direct = tiny_detector.predict([p.source.replace("z.zip::ok.png", "mixed/01.png") for p in good])
+    for p, q in zip(good, direct, strict=True):
+        assert p.error is None and abs(p.p_fake - q.p_fake) <= 2e-6 and p.label == q.label, (p, q)
+    assert len({p.label for p in good}) >= 2  # the labels compared above are not all alike
+
+
+def _rows_the_old_way(preds, fmt):
+    """What write_rows wrote per Prediction before rows were formatted from arrays (json.dumps, DictWriter)."""
+    out = io.StringIO()
+    rows = [{"path": p.source, **{k: v for k, v in p.to_dict().items() if k != "source"}} for p in preds]
+    if fmt == "jsonl":
+        return "".join(json.dumps(r) + "\n" for r in rows)
+    w = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("with_ood", [True, False])
+def test_rows_from_arrays_are_byte_for_byte_those_of_predictions(fmt, with_ood):
+    rng = np.random.default_rng(2)
+    names = ['a "quoted", name.jpg', "ünïcode/ß.png", "new\nline.png", "tab\there.jpg", "x.zip::m/1.png"] * 3
+    errors = [None if i % 4 else f"reason {i}, with \"quotes\"" for i in range(len(names))]
+    read = np.array([e is None for e in errors])
+    p = np.where(read, rng.random(len(names)), np.nan)
+    p[1] = 1e-9  # a float json writes in exponent form
+    ood = np.where(read, rng.random(len(names)), np.nan) if with_ood else None
+    labels = [None if e else ["REAL", "FAKE", "uncertain"][i % 3] for i, e in enumerate(errors)]
+    batches = [PredictionBatch(names[:7], p[:7], labels[:7], 0.4321, errors[:7], None if ood is None else ood[:7]),
+               PredictionBatch(names[7:], p[7:], labels[7:], 0.4321, errors[7:], None if ood is None else ood[7:])]
+    preds = [q for b in batches for q in b.predictions()]
+    fast, slow = io.StringIO(newline=""), io.StringIO(newline="")
+    assert write_rows(batches, fmt, fast) == (len(names), int(read.sum()))
+    assert write_rows(preds, fmt, slow) == (len(names), int(read.sum()))
+    assert fast.getvalue() == slow.getvalue() == _rows_the_old_way(preds, fmt)
+
+
+def test_a_write_error_reaches_the_caller_and_nothing_hangs():
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    batch = PredictionBatch(["a"], np.array([0.5]), ["FAKE"], 0.5, [None])
+    with pytest.raises(BrokenPipeError):
+        write_rows([batch] * 50, "jsonl", Closed())  # more results than the writer's queue holds
+
+
+def test_vectorised_labels_are_label_of_each():
+    ood = Typicality(tuple(np.linspace(-3, 1, 11)), tuple(np.linspace(-1, 3, 11)), 0.9)
+    cal = Calibration(temperature=1.0, threshold=0.5, uncertain_band=(0.4, 0.45), ood=ood)
+    p = np.concatenate([np.random.default_rng(3).random(500), [0.4, 0.45, 0.5, np.nextafter(0.5, 0), np.nan]])
+    o = np.random.default_rng(4).random(len(p))
+    o[::7] = 0.9  # exactly at the level: not out of distribution
+    assert cal.labels(p, o) == [cal.label(float(a), float(b)) for a, b in zip(p, o, strict=True)]
+    assert cal.labels(p) == [cal.label(float(a)) for a in p]
+    assert {"REAL", "FAKE", "uncertain"} <= set(cal.labels(p, o))

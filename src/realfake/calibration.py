@@ -201,6 +201,9 @@ def label_of(p_fake: float, threshold: float, band: tuple[float, float] | None =
     return CLASS_NAMES[int(is_fake(p_fake, threshold))]
 
 
+_LABELS = np.array([*CLASS_NAMES, UNCERTAIN], dtype=object)  # index 0 REAL, 1 FAKE, 2 uncertain
+
+
 def labels_of(p_fake: np.ndarray, threshold: float, band: tuple[float, float] | None = None) -> list[str]:
     return [label_of(float(p), threshold, band) for p in np.asarray(p_fake, dtype=np.float64).ravel()]
 
@@ -340,10 +343,10 @@ class Calibration:
         return label_of(float(p_fake), self.threshold, self.uncertain_band)
 
     def labels(self, p_fake: np.ndarray, ood: np.ndarray | None = None) -> list[str]:
-        out = labels_of(p_fake, self.threshold, self.uncertain_band)
-        if ood is not None:
-            out = [UNCERTAIN if o else lab for lab, o in zip(out, self.out_of_distribution(ood).ravel(), strict=True)]
-        return out
+        """`label` of each element, in whole-array operations (a batch predictor labels thousands a second)."""
+        p = np.asarray(p_fake, dtype=np.float64).ravel()
+        uncertain = self.uncertain(p, None if ood is None else np.asarray(ood, dtype=np.float64).ravel())
+        return _LABELS[np.where(uncertain, 2, self.is_fake(p).astype(np.intp))].tolist()
 
     def uncertain(self, p_fake: np.ndarray, ood: np.ndarray | None = None) -> np.ndarray:
         """True where the verdict is 'uncertain' (the band, or out of distribution)."""

@@ -189,7 +189,7 @@ def predict(
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.detector import Detector
-    from realfake.predict import explain_paths, predict_paths, write_rows
+    from realfake.predict import explain_paths, predict_batches, write_rows
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")
@@ -199,7 +199,7 @@ def predict(
     if explain is not None:
         results: Any = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
     else:
-        results = predict_paths(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
+        results = predict_batches(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
     seen, read = write_rows(results, output_format, sys.stdout, with_heatmap=explain is not None)
     if read == 0:
         raise RealfakeError(f"no readable image among {seen} input(s)")

@@ -62,6 +62,40 @@ class Prediction:
 
 
 @dataclass
+class PredictionBatch:
+    """Many inputs' verdicts as arrays, from one model call: what the batch predictor streams and writes rows
+    from, so that no per-image object is made unless a caller asks for `predictions()`.
+
+    `p_fake` and `ood` are unrounded float64 (NaN where the input was unreadable; `ood` None when the run
+    stores no OOD score); `errors[i]` is None for a read input and the reason for an unreadable one.
+    """
+
+    sources: list[str]
+    p_fake: np.ndarray
+    labels: list[str | None]
+    threshold: float
+    errors: list[str | None]
+    ood: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def n_read(self) -> int:
+        return sum(e is None for e in self.errors)
+
+    def predictions(self) -> list[Prediction]:
+        """One Prediction per input, rounded as every face reports them (p_fake 6 places, ood 4)."""
+        ood = self.ood.tolist() if self.ood is not None else [None] * len(self)
+        return [
+            Prediction(name, round(p, 6), label, self.threshold, ood=None if o is None else round(o, 4))
+            if err is None else Prediction(name, None, None, self.threshold, error=err)
+            for name, p, label, o, err in zip(self.sources, self.p_fake.tolist(), self.labels, ood, self.errors,
+                                              strict=True)
+        ]
+
+
+@dataclass
 class Explanation:
     """One image's verdict and Grad-CAM map. `heatmap` and `image` are None when the input was unreadable."""
 
@@ -240,21 +274,39 @@ class Detector:
         threshold: float | None = None,
     ) -> list[Prediction]:
         """Predictions for already-decoded images (None where decoding failed, with the reason in `errors`),
-        in one model call; the batch predictor decodes in worker processes and hands its results here."""
+        in one model call."""
+        good = [a for a in decoded if a is not None]
+        images = np.stack(good) if good else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        why = [None if a is not None else (e or "unreadable") for a, e in zip(decoded, errors, strict=True)]
+        return self.predict_batch(list(names), images, why, threshold).predictions()
+
+    def predict_batch(
+        self, names: list[str], images: np.ndarray, errors: list[str | None], threshold: float | None = None
+    ) -> PredictionBatch:
+        """Verdicts, as arrays, for `names` whose readable ones (errors[i] None) are `images` in order, stacked:
+        one model call, then calibration, OOD score and labels in whole-array operations. The batch predictor
+        decodes in worker processes, which hand back exactly this stacked form."""
+        return self.verdicts(names, self.predict_logits(images) if len(images) else np.zeros(0), errors, threshold)
+
+    def verdicts(
+        self, names: list[str], logits: np.ndarray, errors: list[str | None], threshold: float | None = None
+    ) -> PredictionBatch:
+        """`predict_batch` after the model: raw logits of the readable inputs (errors[i] None), in order."""
         cal = self.calibration.with_threshold(threshold)
-        good = [i for i, a in enumerate(decoded) if a is not None]
-        z = self.predict_logits(np.stack([decoded[i] for i in good])) if good else np.zeros(0)  # type: ignore[misc]
-        p, ood = cal.p_fake(z), cal.ood_scores(z)
-        by_index = {i: (float(p[k]), None if ood is None else float(ood[k])) for k, i in enumerate(good)}
-        out: list[Prediction] = []
-        for i, name in enumerate(names):
-            if i in by_index:
-                pf, o = by_index[i]
-                out.append(Prediction(name, round(pf, 6), cal.label(pf, o), cal.threshold,
-                                      ood=None if o is None else round(o, 4)))
-            else:
-                out.append(Prediction(name, None, None, cal.threshold, error=errors[i] or "unreadable"))
-        return out
+        z = np.asarray(logits, dtype=np.float64).ravel()
+        read = np.array([e is None for e in errors], dtype=bool)
+        if int(read.sum()) != len(z):
+            raise ValueError(f"{len(z)} logits for {int(read.sum())} readable inputs")
+        p = np.full(len(names), np.nan)
+        p[read] = cal.p_fake(z)
+        labels: list[str | None] = [None] * len(names)
+        ood = cal.ood_scores(z)
+        ood_all = None if ood is None else np.full(len(names), np.nan)
+        if ood_all is not None:
+            ood_all[read] = ood
+        for i, label in zip(np.flatnonzero(read).tolist(), cal.labels(p[read], ood), strict=True):
+            labels[i] = label
+        return PredictionBatch(names, p, labels, cal.threshold, list(errors), ood_all)
 
     # --- explaining -------------------------------------------------------------------------------------
 

@@ -41,7 +41,9 @@ class InputRef:
 
 def _is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES and "__MACOSX" not in name
+    # os.path.splitext, not Path(...).suffix: the same answer for a name not starting with ".", at a tenth of
+    # the cost (it was most of listing a folder of 20,000 images)
+    return not base.startswith(".") and os.path.splitext(base)[1].lower() in IMAGE_SUFFIXES and "__MACOSX" not in name
 
 
 def _zip_members(path: Path) -> list[str]:

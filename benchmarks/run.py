@@ -14,7 +14,8 @@ Measures, and writes to benchmarks/results/<date>-<host>.json (atomically) with 
   that decide kernel speed: AVX2, AVX-512, AMX, VNNI, bf16), threads, load at the start and the end;
 - realfake's models at each `--precisions` entry (e.g. fp32,bf16) side by side: training and prediction
   images/s and test accuracy at each, with the ratios and the accuracy difference (`precision` in the JSON).
-- predict from files (`fast`): `realfake predict`'s path from a folder of JPEGs to JSON lines, beside the bare
+- predict from files (`fast`, in a child process set up as `realfake predict` is; see benchmarks.predict_files):
+  `realfake predict`'s path from a folder of JPEGs to JSON lines, beside the bare
   model on the same images in memory, their ratio, and where the pipeline's remaining time goes;
 
 All three models see the same images: a stratified `--limit` subset of the stand-in zip, split 70/20/10
@@ -27,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
-import multiprocessing
 import os
 import platform
 import socket
@@ -278,11 +277,12 @@ def run_realfake(
     detector = Detector.load(run_dir, device=args.device, precision=precision)
     pred = time_predict(detector.predict_proba, test_images, args, sync)
     from_files = None
-    if name in args.files_models and args.files_n > 0:
+    if extras and name in args.files_models and args.files_n > 0:  # the child predicts at the run's own precision
         log(f"{name}: predict from files, {args.files_n} JPEGs, {args.files_reps} runs beside the bare model")
-        tag = f"{name}-{precision}"  # once per precision: the pipeline runs at the detector's precision
-        files = write_test_jpegs(args.data, [ds.paths[int(i)] for i in test_idx], args.files_n, work / f"{tag}-files")
-        from_files = predict_from_files(detector, files, args.files_reps, work / f"{tag}-rows.jsonl", sync)
+        from benchmarks.predict_files import run_child, write_test_jpegs
+
+        files = write_test_jpegs(args.data, [ds.paths[int(i)] for i in test_idx], args.files_n, work / f"{name}-files")
+        from_files = run_child(run_dir, files, args.files_reps, args.device, work / f"{name}-files.json")
     out: dict[str, Any] = {
         **resolved.to_info(),
         "weights_used": built.weights_used,
@@ -354,91 +354,6 @@ def time_predict(
         "predict_images_per_s": len(batch) / predict_s,
         "latency_ms_p50": percentile_ms(single, 50),
         "latency_ms_p95": percentile_ms(single, 95),
-    }
-
-
-def write_test_jpegs(data: Path, members: list[str], n: int, out: Path) -> Path:
-    """`n` files in `out`, the test split's JPEGs byte for byte (repeated under new names when it has fewer)."""
-    out.mkdir(parents=True)
-    with zipfile.ZipFile(data) as zf:
-        blobs = [zf.read(m) for m in members[: min(n, len(members))]]
-    for k in range(n):
-        (out / f"{k:06d}.jpg").write_bytes(blobs[k % len(blobs)])
-    return out
-
-
-def _children_cpu_s() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers that have ended (the pool joins them)
-    return r.ru_utime + r.ru_stime
-
-
-def predict_from_files(
-    detector: Any, folder: Path, reps: int, rows: Path, sync: Callable[[], None]
-) -> dict[str, Any]:
-    """`realfake predict RUN FOLDER`'s path (listing, decoding in worker processes, model, verdicts, JSON lines
-    written by a thread) against the bare model (`Detector.predict_logits` on the same images, decoded and in
-    memory, the run's TTA and precision), side by side `reps` times; and where the pipeline's time goes.
-
-    The stages are the main thread's (they add up to its wall time, bar `other`): `model` beside
-    `model_at_bare_speed` is what sharing the CPU with the decoding workers cost the model; `wait for
-    decoding` is the model idle for want of images (the pipeline filling, or workers falling behind).
-    """
-    import torch
-
-    from realfake.data.inputs import expand_inputs
-    from realfake.predict import decode_chunk, default_workers, predict_batches, write_rows
-
-    batch = inspect.signature(predict_batches).parameters["batch_size"].default  # the CLI's, as users run it
-    images, errors = decode_chunk(list(expand_inputs([folder])))
-    n = len(errors)
-    assert len(images) == n, "every benchmark JPEG decodes"
-    detector.predict_logits(images[:256])  # warm-up: allocations, kernel choice
-    sync()
-    runs = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        detector.predict_logits(images)
-        sync()
-        bare = time.perf_counter() - t
-        stages: dict[str, float] = {}
-        cpu = _children_cpu_s()
-        t = time.perf_counter()
-        with rows.open("w") as f:
-            seen, read = write_rows(predict_batches(detector, [folder], progress=False, stages=stages), "jsonl", f,
-                                    stages=stages)
-        wall = time.perf_counter() - t
-        assert seen == read == n
-        while multiprocessing.active_children():  # the pool's workers, reaped: their CPU time is counted
-            time.sleep(0.01)
-        runs.append({"bare_s": bare, "files_s": wall, "decode_cpu_s": _children_cpu_s() - cpu, "stages": stages})
-    ratios = [r["bare_s"] / r["files_s"] for r in runs]
-    mid = sorted(range(reps), key=lambda i: ratios[i])[reps // 2]  # the median run's breakdown
-    r = runs[mid]
-    st = r["stages"]
-    main = {k: v for k, v in st.items() if "writer thread" not in k}
-    return {
-        "n_files": n,
-        "batch_size": batch,
-        "workers": min(default_workers(), -(-n // batch)),
-        "torch_threads": torch.get_num_threads(),
-        "tta": detector.calibration.tta,
-        "bare_model_images_per_s": n / r["bare_s"],
-        "from_files_images_per_s": n / r["files_s"],
-        "ratio": ratios[mid],
-        "ratio_runs": ratios,
-        "from_files_images_per_s_runs": [n / x["files_s"] for x in runs],
-        "bare_model_images_per_s_runs": [n / x["bare_s"] for x in runs],
-        "where_the_time_goes_s": {
-            "wall": r["files_s"],
-            **main,
-            "other": r["files_s"] - sum(main.values()),
-            "model_at_bare_speed": r["bare_s"],
-            "off the main thread: decoding (workers' CPU)": r["decode_cpu_s"],
-            **{f"off the main thread: {k.replace(' (writer thread)', '')}": v for k, v in st.items()
-               if "writer thread" in k},
-        },
     }
 
 
@@ -563,6 +478,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     key = {"seed-resnet50": "seed_resnet50", "fast": "fast"}
     accuracy = {"reference": ref.get("test_accuracy")}
     ratios: dict[str, float | None] = {}
+    pipeline: dict[str, float] = {}  # realfake against itself: prediction from files / the bare model
     for name, short in key.items():
         m = models.get(name)
         if m is None:
@@ -576,7 +492,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         if files is not None:
             ratios[f"{short}_predict_from_files_throughput"] = ratio(
                 files["from_files_images_per_s"], ref.get("predict_images_per_s"))
-            ratios[f"{short}_predict_from_files_vs_bare_model"] = files["ratio"]
+            pipeline[f"{short}_predict_from_files_vs_bare_model"] = files["ratio"]
         onnx = m.get("onnx", {})
         if "predict_images_per_s" in onnx:
             ratios[f"{short}_onnx_predict_throughput"] = ratio(
@@ -586,7 +502,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             ratios[f"{short}_onnx_int8_vs_fp32"] = onnx["int8"]["speedup_vs_fp32"]
             accuracy[f"{short}_onnx_fp32"] = onnx["test_accuracy"]
             accuracy[f"{short}_onnx_int8"] = onnx["int8"]["test_accuracy"]
-    return {"accuracy": accuracy, "ratios": ratios}
+    return {"accuracy": accuracy, "ratios": ratios, "pipeline": pipeline}
 
 
 PRECISION_FIELDS = ("train_images_per_s", "predict_images_per_s", "test_accuracy", "time_to_accuracy_s")
@@ -739,6 +655,8 @@ def details(results: dict[str, Any]) -> str:
         lines.append("int8 / fp32 ONNX Runtime throughput: " + ", ".join(f"{k} {v:.2f}x" for k, v in int8.items()))
     for n, m in results["models"].items():
         if (files := m.get("predict_from_files")) is not None:
+            from benchmarks.predict_files import files_line
+
             lines.append(files_line(n, files))
     c = results["cache"]
     lines.append(
@@ -748,18 +666,6 @@ def details(results: dict[str, Any]) -> str:
            f"reload {c['full']['reload_s']:.3f} s" if "full" in c else "")
     )
     return "\n".join(lines)
-
-
-def files_line(name: str, f: dict[str, Any]) -> str:
-    """One line: predict from files against the bare model, and where the rest of the time went."""
-    w = f["where_the_time_goes_s"]
-    parts = ", ".join(f"{k} {v:.2f}" for k, v in w.items() if k not in ("wall", "model_at_bare_speed"))
-    runs = ", ".join(f"{x:.2f}" for x in f["ratio_runs"])
-    return (f"{name} predict from files ({f['n_files']:,} JPEGs, TTA {f['tta']}, batch {f['batch_size']}, "
-            f"{f['workers']} decoding workers, {f['torch_threads']} torch threads): "
-            f"{f['from_files_images_per_s']:,.0f} img/s = {f['ratio']:.2f} x the bare model's "
-            f"{f['bare_model_images_per_s']:,.0f} (runs {runs}); seconds: wall {w['wall']:.2f}, bare model "
-            f"{w['model_at_bare_speed']:.2f}; {parts}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

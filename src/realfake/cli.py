@@ -188,8 +188,10 @@ def predict(
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
+    from realfake.predict import explain_paths, predict_batches, quiet_waiting_threads, write_rows
+
+    quiet_waiting_threads()  # before torch loads (with the Detector)
     from realfake.detector import Detector
-    from realfake.predict import explain_paths, predict_batches, write_rows
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")

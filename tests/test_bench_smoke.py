@@ -59,12 +59,12 @@ def test_readme_speed_table_is_regenerated_from_the_json_it_names():
 def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, monkeypatch):
     # The fp32-only extras (ONNX export: over a minute on a busy 2-core machine; the FLOP counter; TorchScript)
     # are covered by the test below: here they are stand-ins, so that only the precisions are timed.
-    monkeypatch.setattr("benchmarks.run.run_onnx", lambda *a: {"skipped": "not measured in this test"})
+    monkeypatch.setattr("benchmarks.run.run_onnx", lambda *a, **k: {"skipped": "not measured in this test"})
     monkeypatch.setattr("benchmarks.run.cpu_inference_variants", lambda *a: {})
     monkeypatch.setattr("benchmarks.run.flops_per_image", lambda m: {"forward_mflop": 1.0, "train_mflop": 3.0})
     path = main([
         "--data", str(mini_zip), "--limit", "100", "--epochs", "1", "--predict-n", "32", "--latency-n", "2",
-        "--no-full-decode", "--models", "fast", "--precisions", "fp32,bf16", "--device", "cpu",
+        "--no-full-decode", "--models", "fast", "--precisions", "fp32,bf16", "--device", "cpu", "--files-n", "0",
         "--out-dir", str(tmp_path / "results"),
     ])
     results = json.loads(path.read_text())

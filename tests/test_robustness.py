@@ -9,6 +9,7 @@ from realfake.calibration import Calibration
 from realfake.data.batches import (
     SIM_KINDS,
     ArtefactSimulation,
+    Batch,
     RobustAugment,
     decoder_residual,
     gaussian_blur,
@@ -146,8 +147,10 @@ def test_artefact_simulation_repeats_with_the_seed_and_only_makes_fakes_from_rea
     y = (torch.arange(len(x)) % 2).float()  # odd slots FAKE
     sim = ArtefactSimulation(fake_share=0.5)
 
+    batch = Batch(torch.arange(len(x)), y)
+
     def once(seed):
-        return sim.apply(x, y, torch.Generator().manual_seed(seed))
+        return sim.apply(x, batch, torch.Generator().manual_seed(seed))
 
     a, b, other = once(3), once(3), once(4)
     assert torch.equal(a, b)  # the same generator state draws the same decoders, picks and amplitudes
@@ -162,7 +165,7 @@ def test_artefact_simulation_repeats_with_the_seed_and_only_makes_fakes_from_rea
     for i in torch.nonzero(changed & (y > 0.5)).flatten()[:5]:
         gaps = (saved - a[i].float()).abs().mean(dim=(1, 2, 3))
         assert gaps.min() < 8 < gaps.median()  # near its source, not near the batch's other REALs
-    assert torch.equal(ArtefactSimulation(fake_share=0.0).apply(x, y, torch.Generator().manual_seed(3)), x)
+    assert torch.equal(ArtefactSimulation(fake_share=0.0).apply(x, batch, torch.Generator().manual_seed(3)), x)
 
 
 @pytest.mark.parametrize("kind", SIM_KINDS)

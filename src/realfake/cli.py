@@ -81,8 +81,19 @@ def train(
     tta: str | None = typer.Option(
         None, help="none | flip (average with the mirror image) [default: none, or the model's recipe]"
     ),
+    data_placement: str | None = typer.Option(
+        None, help="auto | device (training images held on the device) | stream (read from the memory-mapped cache "
+        "batch by batch, prefetched) [default: auto: device when they fit half the free memory]"
+    ),
+    sync_batchnorm: bool | None = typer.Option(
+        None, "--sync-batchnorm/--no-sync-batchnorm",
+        help="under torchrun, BatchNorm statistics over the whole global batch (GPUs only)",
+    ),
 ) -> None:
-    """Train a detector; writes a run directory with weights, metrics, plots and report.html."""
+    """Train a detector; writes a run directory with weights, metrics, plots and report.html.
+
+    On several processes: `torchrun --nproc-per-node N -m realfake train ...` (DDP; --batch-size stays global).
+    """
     from realfake.config import RunConfig
     from realfake.training import resume as resume_run
     from realfake.training import train as train_run
@@ -96,7 +107,8 @@ def train(
                 patience=patience, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision,
                 limit=limit,
                 out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
-                ood_level=ood_level, augment=augment, tta=tta,
+                ood_level=ood_level, augment=augment, tta=tta, data_placement=data_placement,
+                sync_batchnorm=sync_batchnorm,
             )
             run_dir = train_run(cfg)
     except KeyboardInterrupt:

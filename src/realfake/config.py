@@ -67,6 +67,16 @@ class RunConfig(BaseModel):
         "none", description="flip = average the logits of image and mirror"
     )
     eval_batch_size: int = Field(1024, ge=1)
+    data_placement: Literal["auto", "device", "stream"] = Field(
+        "auto", description="device = the training images held on the training device; stream = read batch by "
+        "batch from the memory-mapped cache, prefetched; auto = device when they fit (see data_budget_mb)",
+    )
+    data_budget_mb: float | None = Field(
+        None, gt=0, description="memory the training images may take on the device under data_placement auto "
+        "(MiB; default: half of what is free there)",
+    )
+    sync_batchnorm: bool = Field(False, description="under torchrun, BatchNorm statistics over the global batch "
+                                 "(SyncBatchNorm; GPUs only)")
     workers: int | None = Field(None, ge=1, description="processes that decode images; None = all cores")
 
     @field_validator("device")

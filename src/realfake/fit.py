@@ -27,7 +27,10 @@ from realfake.atomic import WriteError, atomic_write_bytes, existing_dir
 from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
 from realfake.data.batches import ArtefactSimulation, RobustAugment, to_device_uint8, train_batches
+from realfake.data.placement import choose, place
 from realfake.device import amp_dtype, autocast
+from realfake.distributed import SINGLE, World, all_sum, broadcast_floats, gather_interleaved, shard_rows
+from realfake.errors import RealfakeError
 from realfake.infer import predict_logits
 from realfake.rundir import RunDir
 
@@ -100,15 +103,32 @@ def fit(
     resume: bool = False,
     on_epoch_end: Callable[[int], None] | None = None,
     progress: bool = True,
+    world: World = SINGLE,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
-    """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights."""
+    """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights.
+
+    Under torchrun (`world` from realfake.distributed) every rank runs this with the same arguments: the model
+    is wrapped in DistributedDataParallel, each global batch of `cfg.batch_size` is shared out across the
+    ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
+    act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
+    """
+    if cfg.batch_size % world.size:
+        raise RealfakeError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among "
+                            f"the {world.size} training processes")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
-    x_train = to_device_uint8(images[split["train"]], device)
-    y_train = torch.from_numpy(labels[split["train"]]).to(device)
-    x_val = to_device_uint8(images[split["val"]], device)
-    y_val = labels[split["val"]]
+    net = _distributed(model, cfg, device, world)
+    train_rows, val_rows = split["train"], split["val"]
+    my_val = val_rows[shard_rows(len(val_rows), world.rank, world.size)]
+    choice = choose(cfg.data_placement, -(-len(train_rows) // world.size) + len(my_val), device, cfg.data_budget_mb)
+    if log is not None:
+        log(f"data placement: {choice.placement} ({choice.reason})")
+    source = place(choice.placement, images, train_rows, device, world.rank, world.size)
+    y_train = torch.from_numpy(labels[train_rows]).to(device)
+    x_val = to_device_uint8(images[my_val], device) if choice.placement == "device" else None
+    y_val = labels[val_rows]
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(y_train) / cfg.batch_size))
@@ -126,7 +146,8 @@ def fit(
 
     robust = robust_augment(cfg)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device, cfg.precision) == torch.float16 else None
-    writer = _tensorboard(run_dir)
+    writer = _tensorboard(run_dir) if world.is_main else None
+    n_train = len(y_train)
     t_start = time.perf_counter()
     stopped_early = early.should_stop
     for epoch in range(start_epoch, cfg.epochs):
@@ -134,19 +155,22 @@ def fit(
             stopped_early = True
             break
         t0 = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
+        net.train()
+        sums = torch.zeros(3, device=device)  # loss, correct, images: this rank's, on the device (no sync per step)
         bar = tqdm(
-            total=len(y_train), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-            disable=not progress, file=sys.stderr, leave=True,
+            total=n_train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+            disable=not (progress and world.is_main), file=sys.stderr, leave=True,
         )
-        for step, (x, y) in enumerate(train_batches(x_train, y_train, cfg.batch_size, gen, robust=robust)):
+        batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank, size=world.size)
+        for step, (x, y) in enumerate(batches):
+            n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
             with autocast(device, cfg.precision):
-                logits = model(x)
+                logits = net(x)
             target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+            # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
+            # gradient of the global batch's mean loss, however the batch is shared out.
+            loss_sum = nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum")
+            loss = loss_sum * (world.size / n_global)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -157,18 +181,21 @@ def fit(
                 optimizer.step()
             if per_step:
                 scheduler.step()
-            loss_sum += loss.detach() * len(y)
-            correct += ((logits.detach() > 0) == (y > 0.5)).sum()
-            seen += len(y)
-            bar.update(len(y))
-            if step % 10 == 0:  # reading the loss syncs the device: not every step
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.3f}")
-        val_logits = predict_logits(model, x_val, device, cfg.eval_batch_size, tta=cfg.tta, precision=cfg.precision)
-        val_loss, val_acc = _bce_and_accuracy(val_logits, y_val)
+            sums[0] += loss_sum.detach()
+            sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
+            sums[2] += len(y)
+            bar.update(n_global)
+            if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
+                s_loss, s_correct, s_seen = sums.tolist()
+                bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")
+        loss_total, correct_total, seen = all_sum(sums.tolist(), world)
+        val_logits = _validation_logits(model, images, my_val, x_val, device, cfg)
+        val_logits = gather_interleaved(val_logits, len(val_rows), world)
+        val_loss, val_acc = broadcast_floats(list(_bce_and_accuracy(val_logits, y_val)), world)
         row = {
             "epoch": epoch + 1,
-            "train_loss": round(loss_sum.item() / max(seen, 1), 6),
-            "train_accuracy": round(correct.item() / max(seen, 1), 6),
+            "train_loss": round(loss_total / max(seen, 1), 6),
+            "train_accuracy": round(correct_total / max(seen, 1), 6),
             "val_loss": round(val_loss, 6),
             "val_accuracy": round(val_acc, 6),
             "lr": optimizer.param_groups[0]["lr"],
@@ -186,11 +213,12 @@ def fit(
             for k in HISTORY_FIELDS[1:]:
                 writer.add_scalar(k, row[k], epoch + 1)
             writer.flush()
-        try:
-            write_history(run_dir, history)
-        except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
-            raise e.then(_continue(run_dir, ckpt_dir)) from None
-        write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
+        if world.is_main:  # one writer: the other ranks hold the same state
+            try:
+                write_history(run_dir, history)
+            except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
+                raise e.then(_continue(run_dir, ckpt_dir)) from None
+            write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
         if early.should_stop:
@@ -198,8 +226,41 @@ def fit(
             break
     if writer is not None:
         writer.close()
+    source.close()
     model.load_state_dict(best_state)
-    return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start)
+    return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start,
+                     {"data_placement": choice.placement, "data_placement_reason": choice.reason})
+
+
+def _distributed(model: nn.Module, cfg: RunConfig, device: torch.device, world: World) -> nn.Module:
+    """What the training steps call: the model itself, or under torchrun the model in DistributedDataParallel
+    (its BatchNorm layers made SyncBatchNorm first with `sync_batchnorm`, which PyTorch runs on GPUs only)."""
+    if cfg.sync_batchnorm and device.type != "cuda":
+        raise RealfakeError("--sync-batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+    if not world.distributed:
+        return model
+    if cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the same parameters and buffers
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _validation_logits(
+    model: nn.Module, images: np.ndarray, rows: np.ndarray, resident: torch.Tensor | None,
+    device: torch.device, cfg: RunConfig,
+) -> np.ndarray:
+    """Logits for this rank's validation rows: from the device-resident copy, or streamed from the host array in
+    chunks (so a streamed run never holds the validation split either)."""
+    if resident is not None:
+        return predict_logits(model, resident, device, cfg.eval_batch_size, tta=cfg.tta, precision=cfg.precision)
+    chunk = max(cfg.eval_batch_size, 8192)
+    parts = [
+        predict_logits(model, np.asarray(images[rows[a : a + chunk]]), device, cfg.eval_batch_size,
+                       tta=cfg.tta, precision=cfg.precision)
+        for a in range(0, len(rows), chunk)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
 def _continue(run_dir: Path, ckpt_dir: Path) -> str:

@@ -29,6 +29,7 @@ from realfake.data.cache import Dataset
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
 from realfake.device import resolve_precision, select_device
+from realfake.distributed import SINGLE, World, barrier, broadcast_text, finish, start, world_from_env
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
 from realfake.fit import FitResult, fit, save_weights, state_to_cpu
@@ -45,40 +46,73 @@ def train(
     on_epoch_end: Callable[[int], None] | None = None,
     **overrides: Any,
 ) -> Path:
-    """Train a new run from a config (or keyword overrides of the defaults); returns the run directory."""
+    """Train a new run from a config (or keyword overrides of the defaults); returns the run directory.
+
+    Under torchrun every process calls this: rank 0 names and writes the run folder, builds the data cache
+    while the others wait, and finishes the run (calibration, test, report); the others only train.
+    """
     cfg = cfg or RunConfig()
     if overrides:
         cfg = validated(RunConfig, {**cfg.model_dump(exclude_unset=True), **overrides})  # unset stays unset
-    run = RunDir(cfg.out) if cfg.out else RunDir.default(cfg.model)
-    check_writable(run / RunDir.CONFIG)  # a file in the way or a read-only folder: say so before the data loads
-    if run.path.exists() and any(run.path.iterdir()):
-        raise RealfakeError(f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
-    device = select_device(cfg.device)
-    precision = resolve_precision(device, cfg.precision)  # bf16 on a GPU without it fails now, not after the data
-    ds = run_data(cfg, progress, log)
-    split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed, ds.sources)
-    torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
-    built = build(cfg.model, cfg.weights)
-    cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
+    world = world_from_env()
+    if not world.is_main:
+        log, progress = _silent, False
+    device = start(world, select_device(cfg.device))
     try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise WriteError(run.path, e) from None
-    cfg.out = str(run.path)
-    if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
-        cfg.data = str(Path(cfg.data).expanduser().resolve())
-    try:
-        _write_run_files(run, cfg, ds, split, built.weights_used, device)
-    except WriteError as e:  # no checkpoint yet, so nothing to resume; the folder is no longer empty, though
-        then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
-        raise e.then(then) from None
-    log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}  "
-        f"precision: {precision.name} ({precision.reason})")
-    return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end)
+        run = RunDir(broadcast_text(str(cfg.out or RunDir.default(cfg.model).path), world))
+        check_writable(run / RunDir.CONFIG)  # a file in the way or a read-only folder: say so before the data loads
+        if run.path.exists() and any(run.path.iterdir()):  # every rank looks before rank 0 writes (after the data)
+            raise RealfakeError(
+                f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
+        precision = resolve_precision(device, cfg.precision)  # bf16 on a GPU without it fails now, not after the data
+        ds = _shared_data(cfg, progress, log, world)
+        split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed, ds.sources)
+        torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
+        built = build(cfg.model, cfg.weights)
+        cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
+        cfg.out = str(run.path)
+        if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
+            cfg.data = str(Path(cfg.data).expanduser().resolve())
+        if world.is_main:
+            try:
+                run.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError(run.path, e) from None
+            try:
+                _write_run_files(run, cfg, ds, split, built.weights_used, device, world)
+            except WriteError as e:  # no checkpoint yet, so nothing to resume; the folder is no longer empty
+                then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
+                raise e.then(then) from None
+        log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}  "
+            f"precision: {precision.name} ({precision.reason}){_processes(world, device)}")
+        return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end, world)
+    finally:
+        finish(world)
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0: one voice per run."""
+
+
+def _processes(world: World, device: torch.device) -> str:
+    if not world.distributed:
+        return ""
+    return f"  processes: {world.size} (DistributedDataParallel, {'nccl' if device.type == 'cuda' else 'gloo'})"
+
+
+def _shared_data(cfg: RunConfig, progress: bool, log: Log, world: World) -> Dataset:
+    """The run's data set; under torchrun rank 0 decodes and caches it first and the others then read the cache."""
+    if world.is_main:
+        ds = run_data(cfg, progress, log)
+        barrier(world)
+        return ds
+    barrier(world)
+    return run_data(cfg, progress, log)
 
 
 def _write_run_files(
-    run: RunDir, cfg: RunConfig, ds: Dataset, split: dict[str, np.ndarray], weights_used: str, device: torch.device
+    run: RunDir, cfg: RunConfig, ds: Dataset, split: dict[str, np.ndarray], weights_used: str, device: torch.device,
+    world: World = SINGLE,
 ) -> None:
     """What a run holds before its first epoch: config, split, data report, run.json."""
     run.write_config(cfg)
@@ -102,6 +136,7 @@ def _write_run_files(
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpu_threads": torch.get_num_threads(),
+            "processes": world.size,
         },
     )
 
@@ -115,6 +150,9 @@ def resume(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> Path:
     """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
+    world = world_from_env()
+    if not world.is_main:
+        log, progress = _silent, False
     run = RunDir(run_dir)
     run.require(RunDir.CONFIG, RunDir.SPLIT, what="a run directory")
     if existing_dir(run / RunDir.CHECKPOINT) is None:  # resuming without one would start from random weights
@@ -126,15 +164,21 @@ def resume(
     run.info()  # a damaged run.json fails now, in one line, not after the epochs it would have cost
     if epochs is not None:
         cfg.epochs = epochs
-        run.write_config(cfg)
-    device = select_device(cfg.device)
-    precision = resolve_precision(device, cfg.precision)
-    ds = run_data(cfg, progress, log)
-    split = split_from_json(run.read_json(RunDir.SPLIT), len(ds))
-    model = build(cfg.model, "none").model  # the checkpoint supplies every weight
-    run.update_info(device=str(device), **precision.to_info())  # this machine may decide differently
-    log(f"resuming {run.path} on {device}, precision {precision.name} ({precision.reason})")
-    return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end)
+    device = start(world, select_device(cfg.device))
+    try:
+        if epochs is not None and world.is_main:
+            run.write_config(cfg)
+        precision = resolve_precision(device, cfg.precision)
+        ds = _shared_data(cfg, progress, log, world)
+        split = split_from_json(run.read_json(RunDir.SPLIT), len(ds))
+        model = build(cfg.model, "none").model  # the checkpoint supplies every weight
+        if world.is_main:  # this machine (and this number of processes) may decide differently
+            run.update_info(device=str(device), processes=world.size, **precision.to_info())
+        log(f"resuming {run.path} on {device}, precision {precision.name} ({precision.reason})"
+            f"{_processes(world, device)}")
+        return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end, world)
+    finally:
+        finish(world)
 
 
 def _split_summary(ds: Dataset, split: dict[str, np.ndarray], protocol: str) -> dict[str, Any]:
@@ -168,8 +212,12 @@ def _fit_and_finish(
     progress: bool,
     log: Log,
     on_epoch_end: Callable[[int], None] | None,
+    world: World = SINGLE,
 ) -> Path:
-    result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress)
+    result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress,
+                 world=world, log=log)
+    if not world.is_main:  # rank 0 alone calibrates, tests and reports, on the same weights
+        return run.path
     try:
         metrics = _finish(run, cfg, ds, split, model, device, result, log)
     except WriteError as e:  # the last checkpoint holds every epoch: resuming redoes only these final steps
@@ -204,6 +252,7 @@ def _finish(
         best_epoch=result.best_epoch,
         stopped_early=result.stopped_early,
         train_seconds=round(sum(r["seconds"] for r in result.history), 2),
+        **result.extra,
         **cal.to_info(),
     )
     log(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}")

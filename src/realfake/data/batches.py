@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,11 +28,17 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
-def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image horizontally with p=0.5 and, independently, vertically with p=0.5."""
-    n = x.shape[0]
+def random_flips(
+    x: torch.Tensor, generator: torch.Generator, n_global: int | None = None, mine: slice = slice(None)
+) -> torch.Tensor:
+    """Flip each image horizontally with p=0.5 and, independently, vertically with p=0.5.
+
+    With several training processes, `x` is this rank's rows `mine` of a global batch of `n_global`: the coins
+    are drawn for the whole batch on every rank (so every rank's generator stays in step) and sliced.
+    """
+    n = x.shape[0] if n_global is None else n_global
     coins = torch.rand(2, n, generator=generator, device=generator.device) < 0.5
-    coins = coins.to(x.device).view(2, n, 1, 1, 1)
+    coins = coins[:, mine].to(x.device).view(2, x.shape[0], 1, 1, 1)
     x = torch.where(coins[0], x.flip(3), x)
     return torch.where(coins[1], x.flip(2), x)
 
@@ -52,10 +59,14 @@ def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
     return out
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each (3, H, W) float image with its own sigma (pixels; 0 = unchanged), as two separable convs."""
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None) -> torch.Tensor:
+    """Blur each (3, H, W) float image with its own sigma (pixels; 0 = unchanged), as two separable convs.
+
+    The kernels reach 3 x `max_sigma` (default: the largest sigma here); a rank blurring its share of a batch
+    passes the whole batch's, so its images come out bit for bit as in one process.
+    """
     n, c, h, w = x.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = max(1, math.ceil(3 * float(sigma.max() if max_sigma is None else max_sigma)))
     radius = min(radius, (min(h, w) - 1))  # reflect padding needs the image to be wider than the kernel
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     s = sigma.to(x.device, torch.float32).clamp_min(1e-6).view(n, 1)
@@ -71,35 +82,57 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 SIM_KINDS = ("transposed", "pixelshuffle", "nearest", "bilinear")
+_SIM_WIDTH = 16  # channels of the random decoder's hidden layer
+
+
+def draw_decoder(generator: torch.Generator, kind: str) -> list[torch.Tensor]:
+    """The weights of a freshly drawn random up-sampling decoder of `kind` (on the generator's device).
+
+    Drawn apart from applying them, so that every training process draws the same decoder (its generator
+    stays in step) even when none of its own images is picked for simulation.
+    """
+    c = _SIM_WIDTH
+
+    def draw(*shape: int, fan_in: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, device=generator.device) / math.sqrt(fan_in)
+
+    if kind == "transposed":
+        first = draw(3, c, 4, 4, fan_in=48)
+    elif kind == "pixelshuffle":
+        first = draw(4 * c, 3, 3, 3, fan_in=27)
+    elif kind in ("nearest", "bilinear"):
+        first = draw(c, 3, 3, 3, fan_in=27)
+    else:
+        raise ValueError(f"unknown decoder kind {kind!r}; known: {', '.join(SIM_KINDS)}")
+    return [first, draw(3, c, 3, 3, fan_in=9 * c)]
+
+
+def apply_decoder(down: torch.Tensor, weights: list[torch.Tensor], kind: str) -> torch.Tensor:
+    """`draw_decoder`'s decoder on `down` (N, 3, h, w float): its output at 2x the size, zero mean and unit std
+    per image: the up-sampling trace a generator of that kind leaves."""
+    n, dev = down.shape[0], down.device
+    first, last = (w.to(dev) for w in weights)
+    conv = torch.nn.functional.conv2d
+    if kind == "transposed":
+        h = torch.nn.functional.conv_transpose2d(down, first, stride=2, padding=1)
+    elif kind == "pixelshuffle":
+        h = torch.nn.functional.pixel_shuffle(conv(down, first, padding=1), 2)
+    else:
+        up = torch.nn.functional.interpolate(
+            down, scale_factor=2, mode=kind, **({"align_corners": False} if kind == "bilinear" else {}))
+        h = conv(up, first, padding=1)
+    h = torch.nn.functional.leaky_relu(h, 0.2)
+    r = conv(h, last, padding=1)
+    r = r - r.mean(dim=(2, 3), keepdim=True)
+    return r / r.flatten(1).std(1).clamp_min(1e-6).view(n, 1, 1, 1)
 
 
 def decoder_residual(down: torch.Tensor, generator: torch.Generator, kind: str) -> torch.Tensor:
-    """The output of a freshly drawn, randomly initialised up-sampling decoder on `down` (N, 3, h, w float), at
-    2x its size, with zero mean and unit std per image: the up-sampling trace a generator of that kind leaves.
+    """A freshly drawn random decoder of `kind` applied to `down`; the same generator state, the same decoder."""
+    return apply_decoder(down, draw_decoder(generator, kind), kind)
 
-    Weights are drawn from `generator` (on its own device, then moved), so the same generator state gives the
-    same decoder: the simulation is as repeatable as the rest of the epoch.
-    """
-    n, dev, c = down.shape[0], down.device, 16
 
-    def draw(*shape: int, fan_in: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=generator, device=generator.device) / math.sqrt(fan_in)).to(dev)
-
-    conv = torch.nn.functional.conv2d
-    if kind == "transposed":
-        h = torch.nn.functional.conv_transpose2d(down, draw(3, c, 4, 4, fan_in=48), stride=2, padding=1)
-    elif kind == "pixelshuffle":
-        h = torch.nn.functional.pixel_shuffle(conv(down, draw(4 * c, 3, 3, 3, fan_in=27), padding=1), 2)
-    elif kind in ("nearest", "bilinear"):
-        up = torch.nn.functional.interpolate(
-            down, scale_factor=2, mode=kind, **({"align_corners": False} if kind == "bilinear" else {}))
-        h = conv(up, draw(c, 3, 3, 3, fan_in=27), padding=1)
-    else:
-        raise ValueError(f"unknown decoder kind {kind!r}; known: {', '.join(SIM_KINDS)}")
-    h = torch.nn.functional.leaky_relu(h, 0.2)
-    r = conv(h, draw(3, c, 3, 3, fan_in=9 * c), padding=1)
-    r = r - r.mean(dim=(2, 3), keepdim=True)
-    return r / r.flatten(1).std(1).clamp_min(1e-6).view(n, 1, 1, 1)
+Take = Callable[[torch.Tensor], torch.Tensor]  # training-set rows (CPU int64) -> (n, 3, H, W) uint8 on the device
 
 
 @dataclass(frozen=True)
@@ -120,11 +153,18 @@ class ArtefactSimulation:
     amplitude: tuple[float, float] = (2.0, 8.0)
     quality: int = 75
 
-    def apply(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """(N, 3, H, W) uint8 batch and its labels -> the batch with simulated FAKEs in some FAKE slots."""
+    def apply(
+        self, x: torch.Tensor, batch: Batch, generator: torch.Generator, take: Take | None = None
+    ) -> torch.Tensor:
+        """This rank's uint8 images `x` of `batch`, with simulated FAKEs in some of its FAKE slots.
+
+        Every draw is made for the whole (global) batch, so each rank simulates exactly the slots one process
+        would; a source REAL image held by another rank is fetched with `take` (training-set rows).
+        """
         g = generator.device
-        fake = torch.nonzero(y > 0.5).flatten().cpu()
-        real = torch.nonzero(y < 0.5).flatten().cpu()
+        y = batch.labels
+        fake = torch.nonzero(y > 0.5).flatten()
+        real = torch.nonzero(y < 0.5).flatten()
         pick = fake[torch.rand(len(fake), generator=generator, device=g).cpu() < self.fake_share]
         again = real[torch.rand(len(real), generator=generator, device=g).cpu() < self.fake_share]
         if len(pick) == 0 or len(real) == 0:
@@ -133,12 +173,21 @@ class ArtefactSimulation:
         kind = SIM_KINDS[int(torch.randint(len(SIM_KINDS), (1,), generator=generator, device=g))]
         lo, hi = self.amplitude
         alpha = (lo + (hi - lo) * torch.rand(len(pick), 1, 1, 1, generator=generator, device=g)) / 255
-        xs = x[src.to(x.device)].float() / 255
-        residual = decoder_residual(torch.nn.functional.avg_pool2d(xs, 2), generator, kind)
-        sim = (xs + alpha.to(x.device) * residual).clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
-        rows = torch.cat([pick, again])
-        batch = torch.cat([sim, x[again.to(x.device)]]).permute(0, 2, 3, 1).cpu().numpy()
-        done = torch.from_numpy(jpeg_roundtrip(batch, self.quality)).to(x.device).permute(0, 3, 1, 2)
+        weights = draw_decoder(generator, kind)
+        mine_pick, mine_again = batch.is_mine(pick), batch.is_mine(again)
+        if not (bool(mine_pick.any()) or bool(mine_again.any())):
+            return x
+        src = src[mine_pick]
+        xs = x[batch.local(src).to(x.device)] if take is None or batch.whole else take(batch.rows[src])
+        sim = xs
+        if len(src):
+            xs = xs.float() / 255
+            residual = apply_decoder(torch.nn.functional.avg_pool2d(xs, 2), weights, kind)
+            a = alpha[mine_pick].to(x.device)
+            sim = (xs + a * residual).clamp(0, 1).mul(255).add(0.5).to(torch.uint8)
+        rows = torch.cat([batch.local(pick[mine_pick]), batch.local(again[mine_again])])
+        out = torch.cat([sim, x[batch.local(again[mine_again]).to(x.device)]]).permute(0, 2, 3, 1).cpu().numpy()
+        done = torch.from_numpy(jpeg_roundtrip(out, self.quality)).to(x.device).permute(0, 3, 1, 2)
         x = x.clone()
         x[rows.to(x.device)] = done
         return x
@@ -150,6 +199,7 @@ class RobustAugment:
 
     Each image is JPEG-compressed with probability `jpeg_p` at a quality drawn uniformly from
     `jpeg_quality`, and blurred with probability `blur_p` with a sigma drawn from `blur_sigma`.
+    Draws are made for the whole batch and sliced to a rank's rows (`n_global`, `mine`), as for the flips.
     """
 
     # Defaults measured on the stand-in (fast, 6,000 images, 3 epochs): at 0.5/0.2 clean accuracy fell 3.5
@@ -160,12 +210,14 @@ class RobustAugment:
     blur_sigma: tuple[float, float] = (0.1, 1.5)
     simulation: ArtefactSimulation | None = None  # `--augment simulate`: robust + artefact simulation
 
-    def jpeg(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def jpeg(
+        self, x: torch.Tensor, generator: torch.Generator, n_global: int | None = None, mine: slice = slice(None)
+    ) -> torch.Tensor:
         """(N, 3, H, W) uint8 batch -> the same with a random subset JPEG round-tripped on the CPU."""
-        n = x.shape[0]
-        pick = torch.rand(n, generator=generator, device=generator.device) < self.jpeg_p
+        n = x.shape[0] if n_global is None else n_global
+        pick = (torch.rand(n, generator=generator, device=generator.device) < self.jpeg_p)[mine]
         lo, hi = self.jpeg_quality
-        q = torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device)
+        q = torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device)[mine]
         idx = torch.nonzero(pick).flatten().cpu()
         if len(idx) == 0:
             return x
@@ -175,50 +227,101 @@ class RobustAugment:
         x[idx.to(x.device)] = done
         return x
 
-    def blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def blur(
+        self, x: torch.Tensor, generator: torch.Generator, n_global: int | None = None, mine: slice = slice(None)
+    ) -> torch.Tensor:
         """(N, 3, H, W) float batch -> a random subset blurred on the batch's device."""
-        n = x.shape[0]
-        pick = torch.rand(n, generator=generator, device=generator.device) < self.blur_p
+        n = x.shape[0] if n_global is None else n_global
+        picked = torch.rand(n, generator=generator, device=generator.device) < self.blur_p
         lo, hi = self.blur_sigma
-        sigma = lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device)
+        sigmas = lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device)
+        pick, sigma = picked[mine], sigmas[mine]
         idx = torch.nonzero(pick).flatten().to(x.device)
         if len(idx) == 0:
             return x
         x = x.clone()
-        x[idx] = gaussian_blur(x[idx], sigma[pick].to(x.device))
+        x[idx] = gaussian_blur(x[idx], sigma[pick].to(x.device), float(sigmas[picked].max()))
         return x
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One global training batch as a rank sees it: the training-set rows of the whole batch (CPU int64),
+    their labels, and which of them are this rank's (every `size`-th, from `rank`)."""
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def mine(self) -> slice:
+        return slice(self.rank, None, self.size)
+
+    @property
+    def whole(self) -> bool:
+        return self.size == 1
+
+    def is_mine(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions % self.size == self.rank
+
+    def local(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions in the global batch -> positions in this rank's share (for positions that are mine)."""
+        return positions // self.size
+
+
+def epoch_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """One shuffled epoch as global batches of training-set rows; the last, smaller batch is kept unless it
+    would hold one image (BatchNorm cannot train on a batch of one; that image is seen next epoch)."""
+    order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+    return [order[s : s + batch_size] for s in range(0, n, batch_size) if min(batch_size, n - s) >= 2]
+
+
 def train_batches(
-    images: torch.Tensor,
+    images: torch.Tensor | Any,
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
     augment: bool = True,
     robust: RobustAugment | None = None,
+    rank: int = 0,
+    size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One shuffled epoch of (float images, float labels); the last, smaller batch is kept (unless of one).
+    """One shuffled epoch of (float images, float labels) for rank `rank` of `size` training processes.
+
+    `images` is the training set as a uint8 (N, 3, H, W) tensor on the device, or a placement from
+    `realfake.data.placement` (device-resident, streamed from the memory map, or this rank's shard). Each
+    global batch of `batch_size` is split across the ranks, rank r taking rows r, r + size, ...: together the
+    ranks see exactly the batches one process would, with the same augmentation draws.
 
     With `robust`, a random share of each batch is JPEG re-compressed (on the CPU, before the cast) and
     blurred (on the device, after it), so the model cannot lean on compression or sharpness alone; with its
     `simulation`, some FAKE slots first become simulated decoder outputs of REAL images (ArtefactSimulation).
     """
-    order = torch.randperm(len(labels), generator=generator, device=generator.device).to(images.device)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2:  # BatchNorm cannot train on a batch of one; that image is seen next epoch
-            break
-        xb = images[idx]
+    from realfake.data.placement import Resident, as_placement
+
+    source = as_placement(images) if isinstance(images, torch.Tensor) else images
+    cpu_labels = labels.cpu()
+    batches = epoch_batches(len(cpu_labels), batch_size, generator)
+    mine = slice(rank, None, size)
+    source.start_epoch([b[mine] for b in batches])
+    for rows in batches:
+        batch = Batch(rows, cpu_labels[rows], rank, size)
+        xb = source.next_batch()
+        y = labels[rows[mine].to(labels.device)]
         if robust is not None and robust.simulation is not None:
-            xb = robust.simulation.apply(xb, labels[idx], generator)
+            take = None if isinstance(source, Resident) and size == 1 else source.take
+            xb = robust.simulation.apply(xb, batch, generator, take)
+        n = len(rows)
         if robust is not None:
-            xb = robust.jpeg(xb, generator)
+            xb = robust.jpeg(xb, generator, n, mine)
         x = to_float(xb)
         if robust is not None:
-            x = robust.blur(x, generator)
+            x = robust.blur(x, generator, n, mine)
         if augment:
-            x = random_flips(x, generator)
-        yield x, labels[idx].float()
+            x = random_flips(x, generator, n, mine)
+        yield x, y.float()
+    source.end_epoch()
 
 
 def eval_batches(images: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

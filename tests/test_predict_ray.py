@@ -14,7 +14,16 @@ from typer.testing import CliRunner
 
 from realfake.cli import app
 from realfake.errors import RealfakeError
-from realfake.predict_ray import MISSING_RAY, Plan, UriRef, _batch_row, decode_row, list_sources, require_ray
+from realfake.predict_ray import (
+    MISSING_RAY,
+    Plan,
+    UriRef,
+    _batch_row,
+    _first_line,
+    decode_row,
+    list_sources,
+    require_ray,
+)
 
 ray = pytest.importorskip("ray")  # `make test` installs the ray extra: skipped only where it is left out
 pq = pytest.importorskip("pyarrow.parquet")
@@ -57,11 +66,12 @@ def _json_rows(path: Path) -> list[dict]:
     return [{k: row.get(k) for k in keys} for row in map(json.loads, path.read_text().splitlines())]
 
 
-def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images, tmp_path):
-    sources = [str(images / "imgs"), str(images / "more.zip"), str(images / "missing.jpg")]
+def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images, tmp_path, monkeypatch):
+    monkeypatch.chdir(images)
+    sources = ["imgs", "more.zip", "missing.jpg"]  # relative, as typed: rows name them so, workers read them whole
     uri = (images / "imgs" / "sub").as_uri()  # a URI pyarrow opens: the 10 images of sub/ listed a second time
     common = ["--batch-size", "64", "--device", "cpu"]  # several batches for the two actors, bad files across them
-    local = CliRunner().invoke(app, ["predict", str(trained_run), *sources, str(images / "imgs" / "sub"), *common,
+    local = CliRunner().invoke(app, ["predict", str(trained_run), *sources, "imgs/sub", *common,
                                      "--out", str(tmp_path / "local.jsonl")])
     assert local.exit_code == 0, local.output
     on_ray = CliRunner().invoke(app, ["predict", str(trained_run), *sources, uri, *common, "--engine", "ray",
@@ -72,7 +82,7 @@ def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images,
     expected = _json_rows(tmp_path / "local.jsonl")
     assert len(expected) == 200 + 3 + 2 + 1 + 10
     for row in expected[-10:]:  # the same files, named by the URI they were read through
-        row["path"] = Path(row["path"]).as_uri()
+        row["path"] = (images / row["path"]).as_uri()
     got = pq.read_table(tmp_path / "ray.parquet").to_pylist()
     assert got == expected  # row for row: order, p_fake, label, threshold, ood and errors
 
@@ -132,3 +142,10 @@ def test_uris_are_listed_like_folders_and_read_with_the_same_reasons(tmp_path):
     row = decode_row(_batch_row(0, refs))  # what a Ray task does with a batch, run here
     assert row["errors"][0] == row["errors"][2] == "not an image" and row["images"] == b""
     assert row["errors"][1].startswith("unreadable file (FileNotFoundError")
+
+
+def test_a_remote_failure_is_told_in_its_own_last_line():
+    remote = RuntimeError("The actor died because of an error raised in its creation task\n  File x, line 1\n"
+                          "realfake.errors.RealfakeError: /runs/x is not a trained run (needs config.yaml)\n")
+    assert _first_line(remote) == "/runs/x is not a trained run (needs config.yaml)"
+    assert _first_line(ValueError("")) == "ValueError"

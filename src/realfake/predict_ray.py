@@ -134,12 +134,13 @@ class _Reader:
 
 
 def _batch_row(k: int, refs: list[Ref]) -> dict[str, Any]:
-    """A batch as plain columns ("" for None: a column of nulls only has no type to join the others')."""
+    """A batch as plain columns ("" for None: a column of nulls only has no type to join the others'). Local
+    paths travel absolute (a worker's working folder is not the client's); rows keep the names as given."""
     local = [isinstance(r, InputRef) for r in refs]
     return {
         "batch": k,
         "names": [r.name for r in refs],
-        "paths": [r.path if isinstance(r, InputRef) else r.fs_path for r in refs],
+        "paths": [os.path.abspath(r.path) if isinstance(r, InputRef) else r.fs_path for r in refs],
         "members": [(r.member or "") if isinstance(r, InputRef) else "" for r in refs],
         "roots": ["" if is_local else r.root for r, is_local in zip(refs, local, strict=True)],  # type: ignore[union-attr]
         "refused": [r.refused or "" for r in refs],
@@ -228,7 +229,7 @@ def _first_line(e: BaseException) -> str:
     """The line of a (possibly remote, multi-line) error that says what went wrong: its last non-empty one,
     where a Ray task error ends with the original exception."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return lines[-1] if lines else e.__class__.__name__
+    return lines[-1].removeprefix(f"{RealfakeError.__module__}.RealfakeError: ") if lines else e.__class__.__name__
 
 
 def ray_batches(

@@ -14,8 +14,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # The bench extra (TensorFlow + Keras) is part of the test install: the benchmark smoke test runs the Keras reference.
+# So is the ray extra: tests/test_predict_ray.py runs `predict --engine ray` on a local Ray against local predict.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test,bench]"
+	$(BIN)/python -m pip install -q -e ".[test,bench,ray]"
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed

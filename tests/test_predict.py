@@ -198,3 +198,61 @@ def test_vectorised_labels_are_label_of_each():
     assert cal.labels(p, o) == [cal.label(float(a), float(b)) for a, b in zip(p, o, strict=True)]
     assert cal.labels(p) == [cal.label(float(a)) for a in p]
     assert {"REAL", "FAKE", "uncertain"} <= set(cal.labels(p, o))
+
+
+# --- rows to a file (--out): the printed rows byte for byte, or Parquet with the same values; atomic -------------
+
+
+def _batches_for_files(with_ood: bool = True) -> list[PredictionBatch]:
+    rng = np.random.default_rng(5)
+    names = ["a.jpg", 'q "uoted", ü.png', "x.zip::m/1.png", "gone.jpg", "b.jpg"]
+    errors = [None, None, None, "unreadable file (FileNotFoundError: No such file or directory)", None]
+    read = np.array([e is None for e in errors])
+    p = np.where(read, rng.random(len(names)), np.nan)
+    ood = np.where(read, rng.random(len(names)), np.nan) if with_ood else None
+    labels = [None if e else lab for e, lab in zip(errors, ["REAL", "FAKE", "uncertain", None, "FAKE"], strict=True)]
+    return [PredictionBatch(names[:2], p[:2], labels[:2], 0.47, errors[:2], None if ood is None else ood[:2]),
+            PredictionBatch(names[2:], p[2:], labels[2:], 0.47, errors[2:], None if ood is None else ood[2:])]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_out_file_is_the_printed_rows(tmp_path, fmt):
+    from realfake.predict import write_file
+
+    printed = io.StringIO(newline="")
+    write_rows(_batches_for_files(), fmt, printed)
+    assert write_file(_batches_for_files(), tmp_path / f"rows.{fmt}") == (5, 4)
+    assert (tmp_path / f"rows.{fmt}").read_bytes() == printed.getvalue().encode()
+
+
+@pytest.mark.parametrize("with_ood", [True, False])
+def test_out_parquet_has_the_json_rows_values(tmp_path, with_ood):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from realfake.predict import write_file
+
+    printed = io.StringIO()
+    write_rows(_batches_for_files(with_ood), "jsonl", printed)
+    assert write_file(_batches_for_files(with_ood), tmp_path / "rows.parquet") == (5, 4)
+    table = pq.read_table(tmp_path / "rows.parquet")
+    assert table.column_names == CSV_FIELDS
+    as_json = [{k: v for k, v in row.items() if v is not None or k in ("p_fake", "label")} for row in table.to_pylist()]
+    assert as_json == [json.loads(line) for line in printed.getvalue().splitlines()]
+
+
+def test_out_names_its_format_and_a_failed_run_leaves_no_file(tmp_path):
+    from realfake.errors import RealfakeError
+    from realfake.predict import write_file
+
+    with pytest.raises(RealfakeError, match=r"--out .*rows\.txt: name a \.parquet, \.jsonl or \.csv file"):
+        write_file(_batches_for_files(), tmp_path / "rows.txt")
+
+    def failing():
+        yield from _batches_for_files()
+        raise RuntimeError("the model fell over")
+
+    (tmp_path / "old.jsonl").write_text("old rows\n")
+    for name in ("old.jsonl", "new.csv", "new.parquet"):
+        with pytest.raises(RuntimeError, match="fell over"):
+            write_file(failing(), tmp_path / name)
+    assert (tmp_path / "old.jsonl").read_text() == "old rows\n"  # the previous file stays whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jsonl"]  # no half file, no temporary

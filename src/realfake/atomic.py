@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from realfake.errors import RealfakeError
 
@@ -192,6 +193,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     Raises WriteError (one line, temporary removed) when the disk, the folder or the file system refuses.
     """
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to stream into; on success it replaces `path` in one rename, on any failure (an error
+    in the caller's block included) it is removed and `path` is as it was. For outputs too big to hold in
+    memory first, such as a prediction run's rows.
+
+    Raises WriteError (one line, temporary removed) when the disk, the folder or the file system refuses.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +217,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:  # closing it releases the lock, after the rename
             os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports and weights are meant to be shared
-            f.write(data)
+            yield f  # an OSError in here is a failed write (f.write raises it) and reported as one
             f.flush()
             os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -198,9 +198,31 @@ def predict(
         None, help="write a Grad-CAM overlay OUTDIR/<stem>.cam.png per image (evidence for FAKE)", metavar="OUTDIR"
     ),
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    out: Path | None = typer.Option(
+        None, help="write the rows to FILE instead of printing them: .parquet, .jsonl or .csv (the name says which), "
+        "replaced only once every row is written", metavar="FILE"
+    ),
+    engine: str = typer.Option(
+        "local", help="local (this machine) or ray (a Ray cluster; needs --out and pip install 'realfake[ray]')"
+    ),
+    address: str | None = typer.Option(
+        None, help="--engine ray: the cluster, auto | HOST:6379 | ray://HOST:10001 [default: $RAY_ADDRESS, else a "
+        "local Ray started for this command]"
+    ),
+    actors: int | None = typer.Option(
+        None, min=1, help="--engine ray: model replicas, each loads the model once [default: one per GPU, else one "
+        "per CPU of the cluster]"
+    ),
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
-    from realfake.predict import explain_paths, predict_batches, quiet_waiting_threads, write_rows
+    from realfake.predict import (
+        explain_paths,
+        out_format,
+        predict_batches,
+        quiet_waiting_threads,
+        write_file,
+        write_rows,
+    )
 
     quiet_waiting_threads()  # before torch loads (with the Detector)
     from realfake.detector import Detector
@@ -209,12 +231,34 @@ def predict(
         raise RealfakeError("--threshold must be between 0 and 1")
     if backend not in (None, "torch", "onnxruntime"):
         raise RealfakeError(f"--backend must be torch or onnxruntime; got {backend!r}")
-    det = Detector.load(run_dir, device=device, backend=backend or "auto", precision=precision)
-    if explain is not None:
-        results: Any = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
+    if engine not in ("local", "ray"):
+        raise RealfakeError(f"--engine must be local or ray; got {engine!r}")
+    if out is not None:
+        out_format(out)
+        if explain is not None:
+            raise RealfakeError("--explain prints its rows: leave out --out")
+    if engine == "ray":
+        if out is None:
+            raise RealfakeError("--engine ray writes its rows to a file: add --out results.parquet (or .jsonl, .csv)")
+        if explain is not None or workers is not None:
+            raise RealfakeError("--explain and --workers are for --engine local")
+        from realfake.predict_ray import ray_batches
+
+        batches = ray_batches(run_dir, paths, address=address, actors=actors, batch_size=batch_size,
+                              threshold=threshold, device=device, backend=backend or "auto", precision=precision)
+        seen, read = write_file(batches, out)
     else:
-        results = predict_batches(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
-    seen, read = write_rows(results, output_format, sys.stdout, with_heatmap=explain is not None)
+        if address is not None or actors is not None:
+            raise RealfakeError("--address and --actors are for --engine ray")
+        det = Detector.load(run_dir, device=device, backend=backend or "auto", precision=precision)
+        if explain is not None:
+            results: Any = explain_paths(det, paths, explain, batch_size=batch_size, threshold=threshold)
+        else:
+            results = predict_batches(det, paths, batch_size=batch_size, threshold=threshold, workers=workers)
+        if out is not None:
+            seen, read = write_file(results, out)
+        else:
+            seen, read = write_rows(results, output_format, sys.stdout, with_heatmap=explain is not None)
     if read == 0:
         raise RealfakeError(f"no readable image among {seen} input(s)")
 

@@ -27,16 +27,16 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import TextIO
+from typing import IO, Any, TextIO
 
 import numpy as np
 from tqdm import tqdm
 
-from realfake.atomic import atomic_write_bytes
+from realfake.atomic import atomic_file, atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE
 from realfake.data.images import BadImage, read_and_decode
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
@@ -49,21 +49,22 @@ Decoded = list[tuple[np.ndarray | None, str | None]]
 Chunk = tuple[np.ndarray, list[str | None]]
 
 
-def decode_refs(refs: list[InputRef]) -> Decoded:
-    """Decode a batch of inputs; a failure is a reason string in place of the image."""
+def decode_refs(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Decoded:
+    """Decode a batch of inputs; a failure is a reason string in place of the image. `read` turns each input
+    into bytes (default: an `InputReader` for InputRefs; the Ray engine passes one that also reads URIs)."""
     out: Decoded = []
     with InputReader() as reader:
         for ref in refs:
             try:
-                out.append((read_and_decode(ref, reader.read), None))
+                out.append((read_and_decode(ref, read or reader.read), None))
             except BadImage as e:
                 out.append((None, str(e)))
     return out
 
 
-def decode_chunk(refs: list[InputRef]) -> Chunk:
+def decode_chunk(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Chunk:
     """`decode_refs` packed for the trip back from a worker process: one array, not one pickle per image."""
-    decoded = decode_refs(refs)
+    decoded = decode_refs(refs, read)
     good = [a for a, _ in decoded if a is not None]
     images = np.stack(good) if good else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     return images, [e for _, e in decoded]
@@ -371,4 +372,77 @@ def write_rows(
             writer.close()
     if writer.error is not None:
         raise writer.error
+    return seen, read
+
+
+# --- rows to a file (`--out`): JSON lines, CSV or Parquet, written atomically ---------------------------------
+
+OUT_SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".csv": "csv"}
+
+
+def out_format(path: str | Path) -> str:
+    """The format a `--out` file is written in, from its name."""
+    fmt = OUT_SUFFIXES.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise RealfakeError(f"--out {path}: name a .parquet, .jsonl or .csv file")
+    return fmt
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401 - imported for write_file's ParquetWriter
+    except ImportError:
+        raise RealfakeError("writing Parquet needs pyarrow: pip install 'realfake[ray]'") from None
+    return pyarrow
+
+
+def parquet_schema() -> Any:
+    """The Parquet rows: the CSV's columns (CSV_FIELDS), typed; p_fake, label and ood null where `error` says
+    why the input was not read, ood null throughout for a run without an OOD score."""
+    pa = _pyarrow()
+    types = {"path": pa.string(), "p_fake": pa.float64(), "label": pa.string(), "threshold": pa.float64(),
+             "ood": pa.float64(), "error": pa.string()}
+    return pa.schema([(k, types[k]) for k in CSV_FIELDS])
+
+
+def parquet_batch(b: PredictionBatch, schema: Any) -> Any:
+    """A PredictionBatch as a pyarrow RecordBatch, rounded as every face rounds (p_fake 6 places, ood 4; Python's
+    round, as the JSON rows, not numpy's, which can differ in the last place)."""
+    pa = _pyarrow()
+    p = [round(x, 6) if e is None else None for x, e in zip(b.p_fake.tolist(), b.errors, strict=True)]
+    ood = [None] * len(b) if b.ood is None else [
+        round(x, 4) if e is None else None for x, e in zip(b.ood.tolist(), b.errors, strict=True)]
+    columns = {"path": b.sources, "p_fake": p, "label": b.labels, "threshold": [b.threshold] * len(b), "ood": ood,
+               "error": b.errors}
+    return pa.record_batch([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
+
+
+def write_file(batches: Iterable[PredictionBatch], out: str | Path) -> tuple[int, int]:
+    """Write one row per input to `out`, in the format its name says (.parquet, .jsonl, .csv), streaming batch
+    by batch into a temporary that replaces `out` only when every row is written: an interrupted run leaves no
+    half file. The JSON lines and CSV are byte for byte what `write_rows` prints. Returns (inputs seen, read).
+    """
+    fmt = out_format(out)
+    schema = parquet_schema() if fmt == "parquet" else None  # pyarrow missing: say so before any work
+    check_writable(out)
+    with atomic_file(out) as f:
+        if schema is not None:
+            return _write_parquet(batches, f, schema)
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")  # no newline translation: rows as printed
+        try:
+            return write_rows(batches, fmt, text)
+        finally:
+            text.flush()
+            text.detach()  # the binary file is closed by atomic_file, after its rename
+
+
+def _write_parquet(batches: Iterable[PredictionBatch], f: IO[bytes], schema: Any) -> tuple[int, int]:
+    import pyarrow.parquet as pq
+
+    seen = read = 0
+    with pq.ParquetWriter(f, schema) as writer:
+        for b in batches:
+            writer.write_batch(parquet_batch(b, schema))
+            seen, read = seen + len(b), read + b.n_read
     return seen, read

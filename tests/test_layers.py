@@ -23,12 +23,14 @@ LAYERS = [
     "realfake.calibration",
     "realfake.config",
     "realfake.device",
+    "realfake.distributed",
     "realfake.data",
     "realfake.data.images",
     "realfake.data.walk",
     "realfake.data.inputs",
     "realfake.data.sources",
     "realfake.data.splits",
+    "realfake.data.placement",
     "realfake.data.batches",
     "realfake.data.cache",
     "realfake.rundir",
@@ -46,6 +48,7 @@ LAYERS = [
     "realfake.quantize",
     "realfake.export",
     "realfake.predict",
+    "realfake.predict_ray",
     "realfake.report.summary",
     "realfake.report.plots",
     "realfake.report.html",
@@ -64,9 +67,9 @@ LAYERS = [
     "realfake.__main__",
     "realfake",
 ]
-TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt"}
+TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt", "realfake.distributed"}
 PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.quantize", "realfake.export",
-              "realfake.predict",
+              "realfake.predict", "realfake.predict_ray",
               "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]
 
 

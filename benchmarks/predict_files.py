@@ -35,10 +35,11 @@ def write_test_jpegs(data: Path, members: list[str], n: int, out: Path) -> Path:
     return out
 
 
-def _children_cpu_s() -> float:
+def _cpu_s(who: str) -> float:
+    """CPU seconds of this process ("self", all its threads) or of its children that have ended and been reaped."""
     import resource
 
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers that have ended and been reaped
+    r = resource.getrusage(resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
@@ -72,9 +73,12 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
 
     runs = []
     for _ in range(reps):
-        bare_s, bare_batch_s = bare(1024), bare(batch)
+        cpu = _cpu_s("self")
+        bare_s = bare(1024)
+        bare_cpu = _cpu_s("self") - cpu
+        bare_batch_s = bare(batch)
         stages: dict[str, float] = {}
-        cpu = _children_cpu_s()
+        cpu, kids = _cpu_s("self"), _cpu_s("children")
         t = time.perf_counter()
         with rows.open("w") as f:
             seen, read = write_rows(predict_batches(detector, [folder], progress=False, stages=stages), "jsonl", f,
@@ -83,8 +87,9 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
         assert seen == read == n
         while multiprocessing.active_children():  # the pool's workers, reaped: their CPU time is counted
             time.sleep(0.01)
-        runs.append({"bare_s": bare_s, "bare_batch_s": bare_batch_s, "files_s": wall,
-                     "decode_cpu_s": _children_cpu_s() - cpu, "stages": stages})
+        runs.append({"bare_s": bare_s, "bare_batch_s": bare_batch_s, "files_s": wall, "bare_cpu_s": bare_cpu,
+                     "files_cpu_s": _cpu_s("self") - cpu, "decode_cpu_s": _cpu_s("children") - kids,
+                     "stages": stages})
     ratios = [r["bare_s"] / r["files_s"] for r in runs]
     r = runs[sorted(range(reps), key=lambda i: ratios[i])[reps // 2]]  # the median run
     st = r["stages"]
@@ -102,6 +107,11 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
         "from_files_images_per_s": n / r["files_s"],
         "ratio": r["bare_s"] / r["files_s"],
         "ratio_runs": ratios,
+        # CPU seconds, which a busy machine's share-out changes far less than wall time: the bare model's over
+        # the whole pipeline's (this process's threads and the decoding workers together)
+        "cpu_ratio": r["bare_cpu_s"] / (r["files_cpu_s"] + r["decode_cpu_s"]),
+        "cpu_ms_per_image": {"bare_model": r["bare_cpu_s"] / n * 1e3, "from_files_main_process":
+                             r["files_cpu_s"] / n * 1e3, "from_files_decoding_workers": r["decode_cpu_s"] / n * 1e3},
         "from_files_images_per_s_runs": [n / x["files_s"] for x in runs],
         "bare_model_images_per_s_runs": [n / x["bare_s"] for x in runs],
         "where_the_time_goes_s": {
@@ -125,7 +135,8 @@ def files_line(name: str, f: dict[str, Any]) -> str:
             f"{f['workers']} decoding workers, {f['torch_threads']} torch threads, OMP_WAIT_POLICY "
             f"{f['omp_wait_policy']}): {f['from_files_images_per_s']:,.0f} img/s = {f['ratio']:.2f} x the bare "
             f"model's {f['bare_model_images_per_s']:,.0f} (runs {runs}; bare at batch {f['batch_size']}: "
-            f"{f['bare_model_at_pipeline_batch_images_per_s']:,.0f}); seconds: wall {w['wall']:.2f}, bare model "
+            f"{f['bare_model_at_pipeline_batch_images_per_s']:,.0f}; CPU time ratio {f['cpu_ratio']:.2f}); "
+            f"seconds: wall {w['wall']:.2f}, bare model "
             f"{w['model_at_bare_speed']:.2f}; {parts}")
 
 

@@ -8,9 +8,13 @@ operations (`Detector.verdicts`); and a writer thread formats and writes the row
 the model runs (its matrix products release the GIL). Results stream out in input order, one per input,
 unreadable ones included (as an error row).
 
-Measured on `fast` with flip TTA, 20,000 32x32 JPEGs, 2 busy cores (see benchmarks/run.py, "predict from
-files"): the model is 90%+ of the main thread's time; per image outside it, decoding costs ~150 us of CPU in
-a worker, listing ~10 us, verdicts and row formatting ~5 us.
+Measured with benchmarks/predict_files.py (`fast`, flip TTA, 20,000 stand-in JPEGs, 2 cores shared with other
+jobs, load 7-8): of the main thread's 65.0 s, the model took 63.3, listing 0.8, waiting for the first batch
+0.2, verdicts 0.1, handing rows to the writer 0.1, waiting for later batches 0.0; off the main thread, decoding
+took 6.1 CPU-seconds in the workers (0.3 ms an image) and formatting and writing the rows 0.3 s. With a model
+that costs nothing, this process spends ~50 us of CPU an image (80-100 us when each row was a Prediction
+turned into a dict for json.dumps, written and flushed one by one). What remains between this and the bare
+model is the model sharing the cores with decoding (see `quiet_waiting_threads`).
 """
 
 from __future__ import annotations
@@ -110,11 +114,13 @@ def quiet_waiting_threads() -> None:
     """Let the model's OpenMP threads sleep, not spin, while they wait for work (OMP_WAIT_POLICY=PASSIVE,
     unless the user chose a policy): the decoding workers need the very cores that spinning threads hold.
 
-    Measured on 2 busy cores (benchmarks/predict_files.py, 4,000 JPEGs, `fast` with flip TTA, 3 runs each):
-    with spinning threads the model slowed by 60-70% beside the workers, whose decoding took only a tenth of
-    its CPU time, and prediction from files ran at 0.59-0.70x the bare model; with passive waiting, at
-    1.0-1.4x (the bare model itself got faster too). It only takes effect before torch is first imported, so
-    `realfake predict` calls it first thing; a program that imports torch itself sets the variable itself.
+    Measured on 2 cores shared with other jobs (`fast` with flip TTA, 2 torch threads, 2 decoding workers):
+    with spinning threads (libgomp's default) the model ran 66% slower beside the workers (58.7 s against
+    35.4 s bare, for 20,000 JPEGs whose decoding took 5.7 CPU-seconds) and prediction from files ran at
+    0.52-0.74x the bare model (3 runs; 0.67-0.89x on 4,000 JPEGs); waiting passively, at 1.15-1.40x on the
+    same 4,000 (the bare model, which shares the cores with the other jobs, got faster too). It only takes
+    effect before torch is first imported, so `realfake predict` calls it first thing; a program that
+    imports torch itself sets the variable itself.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -159,12 +159,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/cache-rss"), help="replicated data and caches")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--src", type=Path, default=REPO / "src", help="the realfake sources to measure")
+    ap.add_argument("--before-src", type=Path, default=None,
+                    help="another version's sources (e.g. `git archive` of the commit before streaming), measured too")
+    ap.add_argument("--before-copies", type=int, nargs="*", default=[1], help="sizes to measure --before-src at")
     args = ap.parse_args(argv)
     runs = []
-    for copies in args.copies:
+    plan = [(args.src, c) for c in args.copies]
+    if args.before_src is not None:
+        plan += [(args.before_src, c) for c in args.before_copies]
+    for src, copies in plan:
         data = replicate(args.data, args.work, copies)
-        log(f"building the cache of {copies}x the stand-in ({data})")
-        r = {"copies": copies, **measure(data, args.work / "cache", args.src)}
+        log(f"building the cache of {copies}x the stand-in ({data}) with {src}")
+        r = {"copies": copies, "src": str(src), **measure(data, args.work / "cache", src)}
         log(json.dumps(r))
         runs.append(r)
     host = os.uname().nodename.split(".")[0]
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "cache_rss",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(args.data),
-        "src": str(args.src),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
         "machine": machine_info(),
         "runs": runs,
     })

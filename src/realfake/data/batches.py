@@ -18,8 +18,15 @@ from PIL import Image
 
 
 def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, 3) uint8 array to an (N, 3, H, W) uint8 tensor on `device` (channels_last memory)."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    """(N, H, W, 3) uint8 array to an (N, 3, H, W) uint8 tensor on `device` (channels_last memory).
+
+    A read-only array (the cache's memory map) is copied first: a CPU tensor would otherwise share its pages,
+    and torch cannot promise not to write to them.
+    """
+    arr = np.ascontiguousarray(images)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    t = torch.from_numpy(arr).to(device)
     return t.permute(0, 3, 1, 2)  # a view: NHWC memory read as NCHW is exactly channels_last
 
 

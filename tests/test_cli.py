@@ -4,7 +4,7 @@ import json
 
 import pytest
 from PIL import Image
-from tests.clitools import assert_one_line_error, cli
+from tests.clitools import assert_one_line_error, cli, cli_many
 from typer.testing import CliRunner
 
 from realfake.cli import app
@@ -114,20 +114,25 @@ def test_report_redraws(trained):
 
 
 def test_user_errors_are_one_line(tmp_path, mini_zip):
-    assert_one_line_error(cli("train", "--data", tmp_path / "missing", check=False), "error: data not found")
-    (tmp_path / "only" / "REAL").mkdir(parents=True)
-    Image.new("RGB", (32, 32)).save(tmp_path / "only" / "REAL" / "x.png")
-    (tmp_path / "only" / "FAKE").mkdir()
-    (tmp_path / "only" / "FAKE" / "broken.png").write_bytes(b"garbage")
-    assert_one_line_error(cli("train", "--data", tmp_path / "only", check=False), "only one class")
-    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "only" / "FAKE" / "y.png")
-    assert_one_line_error(cli("train", "--data", tmp_path / "only", "--protocol", "official", check=False),
-                          "--protocol")
-    assert_one_line_error(cli("evaluate", tmp_path, check=False), "not a trained run")
-    assert_one_line_error(cli("train", "--epochs", "0", check=False), "epochs")
+    only, mixed = tmp_path / "only", tmp_path / "mixed"
+    for folder in (only, mixed):
+        (folder / "REAL").mkdir(parents=True)
+        (folder / "FAKE").mkdir()
+        Image.new("RGB", (32, 32)).save(folder / "REAL" / "x.png")
+        (folder / "FAKE" / "broken.png").write_bytes(b"garbage")
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(mixed / "FAKE" / "y.png")
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text("epochz: 3\n")
-    assert_one_line_error(cli("train", "--config", bad_cfg, check=False), "epochz")
+    cases = [
+        (("train", "--data", tmp_path / "missing"), "error: data not found"),
+        (("train", "--data", only), "only one class"),
+        (("train", "--data", mixed, "--protocol", "official"), "--protocol"),
+        (("evaluate", tmp_path), "not a trained run"),
+        (("train", "--epochs", "0"), "epochs"),
+        (("train", "--config", bad_cfg), "epochz"),
+    ]
+    for (_, text), proc in zip(cases, cli_many(*(args for args, _ in cases)), strict=True):
+        assert_one_line_error(proc, text)
 
 
 def test_config_file_and_flags_merge(tmp_path, mini_zip):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from tests.clitools import assert_one_line_error, cli
+from tests.clitools import assert_one_line_error, cli_many
 
 from realfake.detector import Detector
 from realfake.errors import RealfakeError
@@ -75,8 +75,7 @@ def test_a_damaged_run_json_is_one_line_from_every_command(damaged_run, tmp_path
         ("serve", damaged_run, "--port", "1"),  # refuses before it binds anything
         ("train", "--resume", damaged_run),
     ]
-    for args in commands:
-        proc = cli(*args, check=False, timeout=300)
+    for args, proc in zip(commands, cli_many(*commands, timeout=300), strict=True):
         assert_one_line_error(proc, "run.json is damaged")
         assert len(proc.stderr.strip().splitlines()) == 1, (args, proc.stderr)
 

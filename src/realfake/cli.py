@@ -12,7 +12,13 @@ from typing import Any, TypeVar
 import typer
 
 from realfake.errors import RealfakeError
+from realfake.predict import quiet_waiting_threads
 from realfake.rundir import RunDir
+
+# Every command's OpenMP threads sleep rather than spin while they wait (unless the user chose a policy), set
+# here because it only takes effect before torch loads: on a machine shared with another job, spinning threads
+# cost `fast` training three quarters of its fair share (see quiet_waiting_threads for the figures).
+quiet_waiting_threads()
 
 app = typer.Typer(
     add_completion=False,

@@ -16,7 +16,7 @@ import torch
 
 from realfake.data.batches import ArtefactSimulation, RobustAugment, train_batches
 from realfake.data.placement import Resident, Shard, Streamed, choose, place
-from realfake.distributed import SINGLE, World, shard_rows, world_from_env
+from realfake.distributed import SINGLE, World, check_global_batch, shard_rows, world_from_env
 from realfake.errors import RealfakeError
 
 N, B = 203, 32  # an odd training set: a last, smaller batch that splits unevenly across ranks
@@ -106,6 +106,23 @@ def test_world_comes_from_torchrun_environment(monkeypatch):
     with pytest.raises(RealfakeError, match="inconsistent"):
         world_from_env()
     assert shard_rows(7, 1, 3).tolist() == [1, 4]
+
+
+def test_the_global_batch_must_share_out_evenly():
+    check_global_batch(64, World(0, 2))
+    check_global_batch(63, SINGLE)
+    with pytest.raises(RealfakeError, match="global batch and must divide evenly among the 2"):
+        check_global_batch(63, World(1, 2))
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused_before_anything_is_written(mini_zip, tmp_path):
+    from realfake.training import train
+
+    out = tmp_path / "run"
+    with pytest.raises(RealfakeError, match="sync-batchnorm needs CUDA"):
+        train(data=str(mini_zip), limit=100, epochs=1, model="fast", device="cpu", sync_batchnorm=True,
+              out=str(out), progress=False, log=lambda m: None)
+    assert not out.exists()
 
 
 def _torchrun(nproc: int, args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:

@@ -170,6 +170,14 @@ def gather_interleaved(local: np.ndarray, n_total: int, world: World) -> np.ndar
     return out
 
 
+def check_global_batch(batch_size: int, world: World) -> None:
+    """--batch-size is the global batch: it must share out evenly, so every rank's rows are the one-process
+    batch's every size-th row (and a run means the same on 1 or N processes)."""
+    if batch_size % world.size:
+        raise RealfakeError(f"--batch-size {batch_size} is the global batch and must divide evenly among the "
+                            f"{world.size} training processes")
+
+
 def shard_rows(n: int, rank: int, size: int) -> np.ndarray:
     """The rows of an n-row split that rank `rank` of `size` evaluates: every size-th one, from its rank."""
     return np.arange(rank, n, size)

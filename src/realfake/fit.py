@@ -29,7 +29,15 @@ from realfake.config import RunConfig
 from realfake.data.batches import ArtefactSimulation, RobustAugment, to_device_uint8, train_batches
 from realfake.data.placement import choose, place
 from realfake.device import amp_dtype, autocast
-from realfake.distributed import SINGLE, World, all_sum, broadcast_floats, gather_interleaved, shard_rows
+from realfake.distributed import (
+    SINGLE,
+    World,
+    all_sum,
+    broadcast_floats,
+    check_global_batch,
+    gather_interleaved,
+    shard_rows,
+)
 from realfake.errors import RealfakeError
 from realfake.infer import predict_logits
 from realfake.rundir import RunDir
@@ -113,9 +121,7 @@ def fit(
     ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
-    if cfg.batch_size % world.size:
-        raise RealfakeError(f"--batch-size {cfg.batch_size} is the global batch and must divide evenly among "
-                            f"the {world.size} training processes")
+    check_global_batch(cfg.batch_size, world)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -232,11 +238,15 @@ def fit(
                      {"data_placement": choice.placement, "data_placement_reason": choice.reason})
 
 
+def check_sync_batchnorm(cfg: RunConfig, device: torch.device) -> None:
+    if cfg.sync_batchnorm and device.type != "cuda":
+        raise RealfakeError("--sync-batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+
+
 def _distributed(model: nn.Module, cfg: RunConfig, device: torch.device, world: World) -> nn.Module:
     """What the training steps call: the model itself, or under torchrun the model in DistributedDataParallel
     (its BatchNorm layers made SyncBatchNorm first with `sync_batchnorm`, which PyTorch runs on GPUs only)."""
-    if cfg.sync_batchnorm and device.type != "cuda":
-        raise RealfakeError("--sync-batchnorm needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU)")
+    check_sync_batchnorm(cfg, device)
     if not world.distributed:
         return model
     if cfg.sync_batchnorm:

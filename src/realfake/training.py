@@ -29,10 +29,19 @@ from realfake.data.cache import Dataset
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
 from realfake.device import resolve_precision, select_device
-from realfake.distributed import SINGLE, World, barrier, broadcast_text, finish, start, world_from_env
+from realfake.distributed import (
+    SINGLE,
+    World,
+    barrier,
+    broadcast_text,
+    check_global_batch,
+    finish,
+    start,
+    world_from_env,
+)
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
-from realfake.fit import FitResult, fit, save_weights, state_to_cpu
+from realfake.fit import FitResult, check_sync_batchnorm, fit, save_weights, state_to_cpu
 from realfake.infer import TorchBackend
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
@@ -70,6 +79,8 @@ def train(
         torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
         built = build(cfg.model, cfg.weights)
         cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
+        check_global_batch(cfg.batch_size, world)  # before the run folder is written
+        check_sync_batchnorm(cfg, device)
         cfg.out = str(run.path)
         if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
             cfg.data = str(Path(cfg.data).expanduser().resolve())
@@ -164,6 +175,7 @@ def resume(
     run.info()  # a damaged run.json fails now, in one line, not after the epochs it would have cost
     if epochs is not None:
         cfg.epochs = epochs
+    check_global_batch(cfg.batch_size, world)
     device = start(world, select_device(cfg.device))
     try:
         if epochs is not None and world.is_main:

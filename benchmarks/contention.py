@@ -58,10 +58,9 @@ SETTINGS = {
 
 
 def measure(threads: int, env: dict[str, str], steps: int) -> float:
-    cores = os.cpu_count() or 1
-    n = cores // 2 if threads == -2 else threads
+    n = max(1, (os.cpu_count() or 1) // 2) if threads == -2 else threads  # 0: torch's default (all cores)
     full_env = {**os.environ, **env}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(max(n, 0) if threads != 0 else 0), str(steps)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(steps)],
                          env=full_env, capture_output=True, text=True, check=True, timeout=900)
     return float(out.stdout.strip().splitlines()[-1])
 

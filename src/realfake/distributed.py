@@ -131,14 +131,13 @@ def broadcast_text(text: str, world: World, max_bytes: int = 4096) -> str:
     raw = text.encode("utf-8")
     if len(raw) > max_bytes:
         raise RealfakeError(f"path too long for the training processes to share ({len(raw)} bytes > {max_bytes})")
-    buf = torch.zeros(max_bytes + 1, dtype=torch.uint8, device=_comm_device())
-    buf[0] = 0
-    if world.is_main:
-        buf[1 : len(raw) + 1] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(buf.device)
+    buf = torch.zeros(max_bytes, dtype=torch.uint8, device=_comm_device())
+    if world.is_main and raw:
+        buf[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(buf.device)
     n = torch.tensor([len(raw)], dtype=torch.int64, device=buf.device)
     dist.broadcast(n, src=0)
     dist.broadcast(buf, src=0)
-    return bytes(buf[1 : int(n.item()) + 1].cpu().tolist()).decode("utf-8")
+    return bytes(buf[: int(n.item())].cpu().tolist()).decode("utf-8")
 
 
 def all_sum(values: list[float], world: World) -> list[float]:

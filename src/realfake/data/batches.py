@@ -305,7 +305,7 @@ def train_batches(
     blurred (on the device, after it), so the model cannot lean on compression or sharpness alone; with its
     `simulation`, some FAKE slots first become simulated decoder outputs of REAL images (ArtefactSimulation).
     """
-    from realfake.data.placement import Resident, as_placement
+    from realfake.data.placement import as_placement
 
     source = as_placement(images) if isinstance(images, torch.Tensor) else images
     cpu_labels = labels.cpu()
@@ -317,8 +317,7 @@ def train_batches(
         xb = source.next_batch()
         y = labels[rows[mine].to(labels.device)]
         if robust is not None and robust.simulation is not None:
-            take = None if isinstance(source, Resident) and size == 1 else source.take
-            xb = robust.simulation.apply(xb, batch, generator, take)
+            xb = robust.simulation.apply(xb, batch, generator, source.take)
         n = len(rows)
         if robust is not None:
             xb = robust.jpeg(xb, generator, n, mine)

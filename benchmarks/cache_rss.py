@@ -9,7 +9,9 @@ builds its cache from scratch in a child process (`load_dataset`, as training ca
 - `builder_max_rss_mb` / `largest_worker_max_rss_mb`: the same split by process (getrusage in the child);
 - `tree_peak_rss_mb` / `tree_peak_pss_mb`: the builder and its workers summed, sampled every 0.25 s from
   /proc (RSS counts pages the forked workers share with the builder twice, PSS shares them out);
-- `cache_bytes`: the entry's size on disk (du), against which the figures above are to be read.
+- `cache_bytes`: the entry's size on disk (du), against which the figures above are to be read;
+- with --train-epochs, `training`: the same peaks for `realfake train` of `fast` from that cache (the whole
+  command, and until its first epoch ends: the run's last steps hold the test split for evaluation).
 
 Writes benchmarks/results/cache-rss-<date>-<host>.json. Heavy: a 1.2 million image build decodes for minutes.
 """
@@ -121,15 +123,35 @@ def measure(data: Path, cache: Path, src: Path) -> dict[str, Any]:
     env = {**os.environ, "REALFAKE_CACHE_DIR": str(cache), "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = ["/usr/bin/time", "-v", sys.executable, "-c", CHILD, str(data)]
     load_start = list(os.getloadavg())
+    out, err, peaks = _run_sampled(cmd, env, "the build")
+    result = json.loads(out.strip().splitlines()[-1])
+    result.update(peaks)
+    du = subprocess.run(["du", "-sb", result["entry"]], capture_output=True, text=True, check=True)
+    result["cache_bytes"] = int(du.stdout.split()[0])
+    result["cache_files"] = {p.name: p.stat().st_size for p in sorted(Path(result["entry"]).iterdir())}
+    result["load_average_start"], result["load_average_end"] = load_start, list(os.getloadavg())
+    result["command"] = " ".join(cmd[:3]) + " -c CHILD " + str(data) + f"  (REALFAKE_CACHE_DIR={cache})"
+    return result
+
+
+def _run_sampled(cmd: list[str], env: dict[str, str], what: str,
+                 phase_done: Path | None = None) -> tuple[str, str, dict[str, Any]]:
+    """Run `cmd` (under /usr/bin/time -v) sampling its process tree's RSS and PSS every 0.25 s; the peaks.
+
+    With `phase_done`, the peaks until that file appears are also kept apart (for training: the epoch, before
+    the run's last steps: calibration, the test split, the report).
+    """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = {"rss": 0, "pss": 0}
+    peak = {"rss": 0, "pss": 0, "phase_rss": 0, "phase_pss": 0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.25):
             totals = [_rss_pss_kb(p) for p in _tree_pids(proc.pid)[1:]]  # [0] is /usr/bin/time itself
-            peak["rss"] = max(peak["rss"], sum(r for r, _ in totals))
-            peak["pss"] = max(peak["pss"], sum(p for _, p in totals))
+            rss, pss = sum(r for r, _ in totals), sum(p for _, p in totals)
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            if phase_done is not None and not phase_done.exists():
+                peak["phase_rss"], peak["phase_pss"] = max(peak["phase_rss"], rss), max(peak["phase_pss"], pss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -137,19 +159,42 @@ def measure(data: Path, cache: Path, src: Path) -> dict[str, Any]:
     done.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"the build failed ({proc.returncode}):\n{err[-3000:]}")
-    result = json.loads(out.strip().splitlines()[-1])
+        raise SystemExit(f"{what} failed ({proc.returncode}):\n{err[-3000:]}")
     max_rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
-    result["max_rss_mb"] = round(int(max_rss[1]) / 1024, 1) if max_rss else None
-    result["tree_peak_rss_mb"] = round(peak["rss"] / 1024, 1)
-    result["tree_peak_pss_mb"] = round(peak["pss"] / 1024, 1)
-    du = subprocess.run(["du", "-sb", result["entry"]], capture_output=True, text=True, check=True)
-    result["cache_bytes"] = int(du.stdout.split()[0])
-    result["cache_files"] = {p.name: p.stat().st_size for p in sorted(Path(result["entry"]).iterdir())}
-    result["load_average_start"], result["load_average_end"] = load_start, list(os.getloadavg())
-    result["command"] = " ".join(cmd[:3]) + " -c CHILD " + str(data) + f"  (REALFAKE_CACHE_DIR={cache})"
-    shutil.rmtree(cache, ignore_errors=True)
-    return result
+    peaks: dict[str, Any] = {
+        "max_rss_mb": round(int(max_rss[1]) / 1024, 1) if max_rss else None,
+        "tree_peak_rss_mb": round(peak["rss"] / 1024, 1),
+        "tree_peak_pss_mb": round(peak["pss"] / 1024, 1),
+    }
+    if phase_done is not None:
+        peaks["until_epoch_end_tree_peak_rss_mb"] = round(peak["phase_rss"] / 1024, 1)
+        peaks["until_epoch_end_tree_peak_pss_mb"] = round(peak["phase_pss"] / 1024, 1)
+    return out, err, peaks
+
+
+def measure_training(data: Path, cache: Path, src: Path, run: Path, epochs: int, placement: str) -> dict[str, Any]:
+    """`realfake train` of `fast` on `data` for `epochs`, from the cache `measure` left, sampling its memory.
+
+    The peaks are given for the whole command and until its first epoch's end (history.csv written), since
+    the run's last steps hold the test split in memory for evaluation.
+    """
+    shutil.rmtree(run, ignore_errors=True)
+    env = {**os.environ, "REALFAKE_CACHE_DIR": str(cache), "PYTHONPATH": str(src), "PYTHONDONTWRITEBYTECODE": "1"}
+    train = [sys.executable, "-m", "realfake", "train", "--model", "fast", "--data", str(data), "--protocol",
+             "official", "--epochs", str(epochs), "--data-placement", placement, "--out", str(run)]
+    load_start = list(os.getloadavg())
+    t = time.perf_counter()
+    _, err, peaks = _run_sampled(["/usr/bin/time", "-v", *train], env, "training", phase_done=run / "history.csv")
+    info = json.loads((run / "run.json").read_text())
+    split = json.loads((run / "data_report.json").read_text())["split"]
+    return {
+        "command": " ".join(train[1:]), "wall_s": round(time.perf_counter() - t, 1), **peaks,
+        "train_seconds": info.get("train_seconds"), "data_placement": info.get("data_placement"),
+        "data_placement_reason": info.get("data_placement_reason"), "device": info.get("device"),
+        "n_train": split["train"]["n"], "n_val": split["val"]["n"], "n_test": split["test"]["n"],
+        "load_average_start": load_start, "load_average_end": list(os.getloadavg()),
+        "log_tail": [line for line in err.splitlines() if not line.startswith("\t")][-6:],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before-src", type=Path, default=None,
                     help="another version's sources (e.g. `git archive` of the commit before streaming), measured too")
     ap.add_argument("--before-copies", type=int, nargs="*", default=[1], help="sizes to measure --before-src at")
+    ap.add_argument("--train-epochs", type=int, default=0,
+                    help="also train fast this many epochs on each size (from the cache just built), sampling memory")
+    ap.add_argument("--placement", default="stream", help="--data-placement of that training (auto|device|stream)")
     args = ap.parse_args(argv)
     runs = []
     plan = [(args.src, c) for c in args.copies]
@@ -171,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         data = replicate(args.data, args.work, copies)
         log(f"building the cache of {copies}x the stand-in ({data}) with {src}")
         r = {"copies": copies, "src": str(src), **measure(data, args.work / "cache", src)}
+        if args.train_epochs and src == args.src:
+            log(f"training {args.train_epochs} epoch(s) of fast on it ({args.placement})")
+            r["training"] = measure_training(data, args.work / "cache", src, args.work / "run", args.train_epochs,
+                                             args.placement)
+        shutil.rmtree(args.work / "cache", ignore_errors=True)
         log(json.dumps(r))
         runs.append(r)
     host = os.uname().nodename.split(".")[0]

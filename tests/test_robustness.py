@@ -117,6 +117,24 @@ def test_jpeg_roundtrip_per_image_quality(images):
     assert np.array_equal(both[1], jpeg_roundtrip(images[1:2], 30)[0])
 
 
+def test_jpeg_roundtrip_gives_pillows_bytes(images, monkeypatch):
+    """The fast codec (torchvision's libjpeg calls) must give exactly what Pillow gives: the recipe was measured
+    with Pillow's JPEG, and the robustness sweep's 'jpegQ' is what a user's Pillow or camera writes."""
+    from realfake.data import batches
+
+    rng = np.random.default_rng(3)
+    noisy = rng.integers(0, 256, (4, 17, 9, 3), dtype=np.uint8)  # odd sizes: partial 8x8 and chroma blocks
+    read_only = images.copy()
+    read_only.setflags(write=False)  # the cache's memory map is read-only
+    monkeypatch.setattr(batches, "_jpeg_codec", lambda: batches._pillow_roundtrip)
+    pillow = [jpeg_roundtrip(x, q) for x in (images, noisy) for q in (1, 30, 75, 100)]
+    monkeypatch.undo()
+    assert batches._jpeg_codec() is not batches._pillow_roundtrip  # the fast path is the one measured here
+    fast = [jpeg_roundtrip(x, q) for x in (read_only, noisy) for q in (1, 30, 75, 100)]
+    assert all(np.array_equal(a, b) for a, b in zip(pillow, fast, strict=True))
+    assert not np.array_equal(pillow[1], images)  # quality 30 changed something
+
+
 def test_gaussian_blur_on_tensors():
     x = torch.rand(3, 3, 32, 32)
     y = gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import traceback
 
 import pytest
 
@@ -30,6 +31,26 @@ def cli_many(*arg_lists, timeout=600, at_once=4):
             out, err = proc.communicate(timeout=timeout)
             results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
     return results
+
+
+def cli_inline(*args):
+    """`realfake ARGS` run in this process through click's test runner, as subprocess.run would return it.
+
+    For commands that fail early: starting a child Python and importing torch costs seconds a command on 2
+    cores, and the one-line error comes from the same `friendly` wrapper either way (tests/test_cli.py keeps a
+    real child process for the entry point itself). An exception that escaped the wrapper is returned as exit
+    code 99 with its traceback on stderr, so that assert_one_line_error fails on it.
+    """
+    from typer.testing import CliRunner
+
+    from realfake.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    stderr, code = result.stderr, result.exit_code
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+        code = 99
+    return subprocess.CompletedProcess(list(args), code, result.stdout, stderr)
 
 
 def assert_one_line_error(proc, text):

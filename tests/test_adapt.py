@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.clitools import assert_one_line_error, cli
+from tests.clitools import assert_one_line_error, cli, cli_inline
 
 from realfake.adapt import AdaptOptions, adapt, adapt_arrays
 from realfake.calibration import Calibration, calibrate
@@ -109,12 +109,11 @@ def test_finetune_head_changes_only_the_head(trained_run, new_set, tmp_path):
 def test_bad_sets_and_runs_are_one_line_errors(trained_run, mini_zip, tmp_path):
     one_class = _tree(mini_zip, tmp_path / "one", 0, 25)
     (one_class / "REAL").rmdir()
-    assert_one_line_error(cli("adapt", trained_run, "--data", one_class, "--out", tmp_path / "a", check=False),
+    assert_one_line_error(cli_inline("adapt", trained_run, "--data", one_class, "--out", tmp_path / "a"),
                           "only one class")
     few = _tree(mini_zip, tmp_path / "few", 6, 6)
-    assert_one_line_error(cli("adapt", trained_run, "--data", few, "--out", tmp_path / "b", check=False),
-                          "too few images")
-    assert_one_line_error(cli("adapt", tmp_path / "no-run", "--data", few, check=False), "not a run directory")
+    assert_one_line_error(cli_inline("adapt", trained_run, "--data", few, "--out", tmp_path / "b"), "too few images")
+    assert_one_line_error(cli_inline("adapt", tmp_path / "no-run", "--data", few), "not a run directory")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from tests.clitools import assert_one_line_error, cli
+from tests.clitools import assert_one_line_error, cli, cli_inline
 
 TINY = ["--limit", 120, "--epochs", 1, "--batch-size", 32, "--weights", "none", "--device", "cpu"]
 
@@ -136,12 +136,12 @@ def test_robustness_on_other_data_writes_beside_the_evaluation(trained_run, tmp_
 
 
 def test_trust_options_fail_in_one_line(mini_zip, tmp_path):
-    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--threshold-policy", "fpr:2", check=False),
-                   "threshold policy")
-    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--uncertain", "0.8:0.2", check=False),
-                   "uncertainty band")
-    assert_one_line_error(cli("train", "--data", mini_zip, *TINY, "--augment", "heavy", check=False), "augment")
-    assert_one_line_error(cli("robustness", tmp_path, check=False), "not a trained run")
+    assert_one_line_error(cli_inline("train", "--data", mini_zip, *TINY, "--threshold-policy", "fpr:2"),
+                          "threshold policy")
+    assert_one_line_error(cli_inline("train", "--data", mini_zip, *TINY, "--uncertain", "0.8:0.2"),
+                          "uncertainty band")
+    assert_one_line_error(cli_inline("train", "--data", mini_zip, *TINY, "--augment", "heavy"), "augment")
+    assert_one_line_error(cli_inline("robustness", tmp_path), "not a trained run")
 
 
 def test_fixed_policy_keeps_the_notebook_threshold_with_robust_augmentation(mini_zip, tmp_path):

@@ -7,8 +7,10 @@ builds its cache from scratch in a child process (`load_dataset`, as training ca
 - `max_rss_mb`: /usr/bin/time -v's "Maximum resident set size" (the largest single process: the builder or
   one decoding worker, not their sum);
 - `builder_max_rss_mb` / `largest_worker_max_rss_mb`: the same split by process (getrusage in the child);
-- `tree_peak_rss_mb` / `tree_peak_pss_mb`: the builder and its workers summed, sampled every 0.25 s from
-  /proc (RSS counts pages the forked workers share with the builder twice, PSS shares them out);
+- `tree_peak_rss_mb` / `tree_peak_pss_mb` / `tree_peak_anonymous_mb`: the builder and its workers summed,
+  sampled every 0.25 s from /proc (RSS counts pages the forked workers share with the builder twice, PSS shares
+  them out; both count the memory map's pages that were read, which the kernel can drop, and anonymous memory
+  is what it cannot);
 - `cache_bytes`: the entry's size on disk (du), against which the figures above are to be read;
 - with --train-epochs, `training`: the same peaks for `realfake train` of `fast` from that cache (the whole
   command, and until its first epoch ends: the run's last steps hold the test split for evaluation).
@@ -103,15 +105,17 @@ def _tree_pids(pid: int) -> list[int]:
     return pids
 
 
-def _rss_pss_kb(pid: int) -> tuple[int, int]:
+def _rss_pss_kb(pid: int) -> tuple[int, int, int]:
+    """RSS, PSS and anonymous memory (kB). RSS counts the pages of a memory-mapped file that the process has
+    read, which the kernel can drop and read again; anonymous memory is what it cannot give back."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             text = f.read()
     except OSError:
-        return 0, 0
-    rss = re.search(r"^Rss:\s+(\d+) kB", text, re.M)
-    pss = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
-    return (int(rss[1]) if rss else 0), (int(pss[1]) if pss else 0)
+        return 0, 0, 0
+    found = [re.search(rf"^{key}:\s+(\d+) kB", text, re.M) for key in ("Rss", "Pss", "Anonymous")]
+    rss, pss, anon = (int(m[1]) if m else 0 for m in found)
+    return rss, pss, anon
 
 
 def measure(data: Path, cache: Path, src: Path) -> dict[str, Any]:
@@ -142,16 +146,19 @@ def _run_sampled(cmd: list[str], env: dict[str, str], what: str,
     the run's last steps: calibration, the test split, the report).
     """
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    peak = {"rss": 0, "pss": 0, "phase_rss": 0, "phase_pss": 0}
+    keys = ("rss", "pss", "anon")
+    peak = dict.fromkeys([*keys, *(f"phase_{k}" for k in keys)], 0)
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.25):
             totals = [_rss_pss_kb(p) for p in _tree_pids(proc.pid)[1:]]  # [0] is /usr/bin/time itself
-            rss, pss = sum(r for r, _ in totals), sum(p for _, p in totals)
-            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
-            if phase_done is not None and not phase_done.exists():
-                peak["phase_rss"], peak["phase_pss"] = max(peak["phase_rss"], rss), max(peak["phase_pss"], pss)
+            now = dict(zip(keys, (sum(col) for col in zip(*totals, strict=True)), strict=True)) if totals else {}
+            in_phase = phase_done is not None and not phase_done.exists()
+            for k, v in now.items():
+                peak[k] = max(peak[k], v)
+                if in_phase:
+                    peak[f"phase_{k}"] = max(peak[f"phase_{k}"], v)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -165,10 +172,11 @@ def _run_sampled(cmd: list[str], env: dict[str, str], what: str,
         "max_rss_mb": round(int(max_rss[1]) / 1024, 1) if max_rss else None,
         "tree_peak_rss_mb": round(peak["rss"] / 1024, 1),
         "tree_peak_pss_mb": round(peak["pss"] / 1024, 1),
+        "tree_peak_anonymous_mb": round(peak["anon"] / 1024, 1),
     }
     if phase_done is not None:
-        peaks["until_epoch_end_tree_peak_rss_mb"] = round(peak["phase_rss"] / 1024, 1)
-        peaks["until_epoch_end_tree_peak_pss_mb"] = round(peak["phase_pss"] / 1024, 1)
+        for k, name in zip(keys, ("rss", "pss", "anonymous"), strict=True):
+            peaks[f"until_epoch_end_tree_peak_{name}_mb"] = round(peak[f"phase_{k}"] / 1024, 1)
     return out, err, peaks
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,58 @@ def test_two_gloo_processes_match_one_and_only_rank0_writes(mini_zip, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((runs[2] / "history.csv").read_text().splitlines()) == 4
     assert json.loads((runs[2] / "run.json").read_text())["processes"] == 1
+
+
+def _rank_pid(rank: int, out: Path) -> int | None:
+    """The pid of the torchrun worker with RANK=`rank` training into `out`, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        worker = b"torch.distributed.run" not in cmdline  # the worker, not torchrun's agent
+        if worker and str(out).encode() in cmdline and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
+def test_a_killed_rank_ends_the_run_and_its_checkpoint_resumes(mini_zip, tmp_path):
+    """torchrun's agent, not realfake, supervises: when one process dies (SIGKILL, as the OOM killer would), the
+    other is ended and torchrun exits non-zero; the checkpoint of the last finished epoch is intact and resumes
+    in one process."""
+    env = {**os.environ, "REALFAKE_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "realfake",
+           "train", "--data", str(mini_zip), "--model", "fast", "--limit", "1000", "--epochs", "40", "--patience",
+           "40", "--batch-size", "64", "--device", "cpu", "--seed", "5", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint").exists():  # the first epoch's checkpoint
+            assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "no checkpoint after 300 s"
+            time.sleep(0.2)
+        victim = _rank_pid(1, out)
+        assert victim is not None, "rank 1 not found"
+        os.kill(victim, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)  # a hang here is the failure this test is for
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "SIGKILL" in err or "exitcode" in err, err[-2000:]  # torchrun's own account of the failed child
+    assert _rank_pid(0, out) is None  # rank 0 did not outlive the run
+    epochs_done = len((out / "history.csv").read_text().splitlines()) - 1
+    assert 1 <= epochs_done < 40
+    env1 = {k: v for k, v in env.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-m", "realfake", "train", "--resume", str(out), "--epochs",
+                           str(epochs_done + 1)], env=env1, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((out / "history.csv").read_text().splitlines()) == epochs_done + 2

@@ -44,3 +44,24 @@ def test_perfect_and_single_class_cases():
 def test_sigmoid_is_stable_at_extremes():
     s = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
     assert np.all(np.isfinite(s)) and s[1] == 0.5 and s[0] < 1e-12 and s[2] == 1.0
+
+
+def test_logits_by_chunk_reads_whole_batches_and_gives_one_calls_answer(tmp_path):
+    """A split of a memory-mapped cache is read a chunk at a time (never copied whole), in whole batches."""
+    from realfake.infer import logits_by_chunk
+
+    images = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(300, 32, 32, 3))
+    images[:] = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
+    rows = np.random.default_rng(1).permutation(300)[:250]
+    seen = []
+
+    def logits_of(x):
+        assert type(x) is np.ndarray  # a copy of the chunk, not a view of the map
+        seen.append(len(x))
+        return x.reshape(len(x), -1).astype(np.float64).mean(axis=1)
+
+    z = logits_by_chunk(logits_of, images, rows, batch_size=4)  # chunks of 64 rows
+    assert seen == [64, 64, 64, 58]
+    assert np.array_equal(z, np.asarray(images[rows]).reshape(250, -1).mean(axis=1))
+    seen.clear()
+    assert np.array_equal(logits_by_chunk(logits_of, images, rows[:10], batch_size=4), z[:10]) and seen == [10]

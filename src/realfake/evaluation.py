@@ -22,6 +22,7 @@ from realfake.config import RunConfig
 from realfake.data.cache import Dataset, check_two_classes, load_dataset
 from realfake.data.splits import split_from_json
 from realfake.detector import Detector
+from realfake.infer import logits_by_chunk
 from realfake.metrics import calibration_metrics, compute_metrics, per_source_metrics
 from realfake.rundir import RunDir
 
@@ -62,8 +63,8 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
     """Predict ds[idx] with the detector and its calibration; write metrics.json, predictions.csv and
     samples.npz to `out`."""
     cal = detector.calibration
-    images, labels = ds.images[idx], ds.labels[idx]
-    logits = detector.predict_logits(np.asarray(images))
+    labels = ds.labels[idx]
+    logits = logits_by_chunk(detector.predict_logits, ds.images, idx)
     p_fake, ood = cal.p_fake(logits), cal.ood_scores(logits)
     verdicts = cal.labels(p_fake, ood)
     metrics = compute_metrics(labels, p_fake, cal.threshold)
@@ -82,19 +83,22 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
         for i, y, p, z, v in zip(idx, labels, p_fake, logits, verdicts, strict=True)
     )
     out.write_text(RunDir.PREDICTIONS, buf.getvalue())
-    _write_samples(out, images, labels, p_fake, detector)
+    _write_samples(out, ds.images, idx, labels, p_fake, detector)
     return metrics
 
 
-def _write_samples(out: RunDir, images: np.ndarray, labels: np.ndarray, p: np.ndarray, detector: Detector) -> None:
-    """A fixed pick of test images for the report's grid: wrong ones first (up to half), then right ones."""
+def _write_samples(
+    out: RunDir, images: np.ndarray, idx: np.ndarray, labels: np.ndarray, p: np.ndarray, detector: Detector,
+) -> None:
+    """A fixed pick of test images (images[idx]) for the report's grid: wrong ones first (up to half), then
+    right ones."""
     right_mask = detector.calibration.is_fake(p) == (labels == 1)
     wrong, right = np.flatnonzero(~right_mask), np.flatnonzero(right_mask)
     rng = np.random.default_rng(0)
     pick_wrong = rng.permutation(wrong)[: GRID_SIZE // 2]
     pick = np.concatenate([pick_wrong, rng.permutation(right)[: GRID_SIZE - len(pick_wrong)]]).astype(int)
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=np.asarray(images[pick]), labels=labels[pick], p_fake=p[pick])
+    np.savez_compressed(buf, images=np.asarray(images[idx[pick]]), labels=labels[pick], p_fake=p[pick])
     out.write_bytes(RunDir.SAMPLES, buf.getvalue())
 
 

@@ -7,6 +7,7 @@ Test-time augmentation is defined once here (`tta_logits`); the set of modes is 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -74,3 +75,16 @@ class TorchBackend:
         with self.lock:
             z = predict_logits(self.model, images, self.device, batch_size, tta=self.tta, precision=self.precision)
         return np.asarray(z, dtype=np.float64)
+
+
+def logits_by_chunk(
+    logits_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray, rows: np.ndarray, batch_size: int = 1024,
+) -> np.ndarray:
+    """`logits_of(images[rows])`, read 16 batches of rows at a time: a split of a memory-mapped cache is never
+    copied whole into memory (200,000 test images of a set ten times CIFAKE's are 0.6 GB), and each chunk is
+    whole batches, so the model sees the batches it would see in one call and the logits are the same."""
+    chunk = 16 * batch_size
+    if len(rows) <= chunk:
+        return logits_of(np.asarray(images[rows]))
+    return np.concatenate([logits_of(np.asarray(images[rows[i : i + chunk]])) for i in range(0, len(rows), chunk)])
+

@@ -42,7 +42,7 @@ from realfake.distributed import (
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
 from realfake.fit import FitResult, check_sync_batchnorm, fit, save_weights, state_to_cpu
-from realfake.infer import TorchBackend
+from realfake.infer import TorchBackend, logits_by_chunk
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
 
@@ -256,7 +256,7 @@ def _finish(
     # below are bit-identical to what `realfake evaluate` and `Detector.load` give later.
     backend = TorchBackend(model.to(memory_format=torch.contiguous_format), device, cfg.tta, cfg.precision)
     val = split["val"]
-    val_logits = backend.logits(np.asarray(ds.images[val]), cfg.eval_batch_size)
+    val_logits = logits_by_chunk(lambda x: backend.logits(x, cfg.eval_batch_size), ds.images, val, cfg.eval_batch_size)
     cal = calibrate(val_logits, ds.labels[val], cfg.policy, cfg.uncertain, cfg.tta, cfg.ood_level)
     info = run.update_info(
         status="trained",

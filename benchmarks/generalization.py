@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, machine_info
+from benchmarks.run import DEFAULT_DATA, atomic_write_json, cache_dir, machine_info, write_final
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HELDOUT = DEFAULT_DATA.parent / "ganC-fake.zip"
@@ -307,10 +307,9 @@ def main(argv: list[str] | None = None) -> Path:
         "complete": False,
         "methods": {},
     }
-    old_cache = os.environ.get("REALFAKE_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="realfake-generalization-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="realfake-generalization-") as tmp, \
+            cache_dir(args.cache_dir or Path(tmp) / "cache"):
         work = Path(tmp)
-        os.environ["REALFAKE_CACHE_DIR"] = str(args.cache_dir or work / "cache")
         try:
             heldout_dir = work / f"heldout-{HELDOUT_NAME}"
             results["heldout"] = build_heldout(args.data, args.heldout, args.n_heldout, args.seed, heldout_dir)
@@ -323,18 +322,7 @@ def main(argv: list[str] | None = None) -> Path:
                 shutil.rmtree(work / "runs" / name, ignore_errors=True)
         except RealfakeError as e:
             raise SystemExit(f"generalization: {e}") from None
-        finally:
-            if old_cache is None:
-                os.environ.pop("REALFAKE_CACHE_DIR", None)
-            else:
-                os.environ["REALFAKE_CACHE_DIR"] = old_cache
-    results["complete"] = True
-    results["machine"]["load_average_end"] = list(os.getloadavg())
-    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    atomic_write_json(path, results)
-    print(table(results))
-    print(f"\nwrote {path}")
-    return path
+    return write_final(path, results, started, table(results))
 
 
 if __name__ == "__main__":

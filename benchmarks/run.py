@@ -86,6 +86,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def write_final(path: Path, results: dict[str, Any], started: datetime, table_text: str | None = None) -> Path:
+    """A long benchmark's last write: marked complete, with its wall time and end load; its table printed."""
+    results["complete"] = True
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
+    atomic_write_json(path, results)
+    if table_text is not None:
+        print(table_text)
+    print(f"\nwrote {path}")
+    return path
+
+
+@contextlib.contextmanager
+def cache_dir(path: Path) -> Iterator[None]:
+    """realfake's data cache in `path` (REALFAKE_CACHE_DIR) for the block, whatever it was before."""
+    old = os.environ.get("REALFAKE_CACHE_DIR")
+    os.environ["REALFAKE_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("REALFAKE_CACHE_DIR", None)
+        else:
+            os.environ["REALFAKE_CACHE_DIR"] = old
+
+
 def cpu_model() -> str:
     """The CPU's model name, as realfake.device reads it (the one place that reads the CPU)."""
     from realfake.device import cpu_info

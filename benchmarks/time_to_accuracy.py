@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.generalization import DEFAULT_HELDOUT, HELDOUT_NAME, build_heldout
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, machine_info
+from benchmarks.run import DEFAULT_DATA, atomic_write_json, cache_dir, machine_info, write_final
 
 REPO = Path(__file__).resolve().parents[1]
 _RUN = re.compile(r"^(?:torchrun(?P<procs>[1-9][0-9]*):)?(?P<precision>auto|fp32|bf16)x(?P<epochs>[1-9][0-9]*)$")
@@ -218,33 +218,20 @@ def main(argv: list[str] | None = None) -> Path:
         "complete": False,
         "runs": {},
     }
-    old_cache = os.environ.get("REALFAKE_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="realfake-tta-") as tmp:
-        work = Path(tmp)
-        os.environ["REALFAKE_CACHE_DIR"] = str(work / "cache")  # one cache for every run: the first one builds it
-        try:
-            heldout_dir = None
-            if args.heldout is not None:
-                heldout_dir = work / f"heldout-{HELDOUT_NAME}"
-                results["heldout"] = build_heldout(args.data, args.heldout, args.n_heldout, args.seed, heldout_dir)
-            rows = []
-            for spec in args.runs:
-                rows.append(measure(spec, args, work, heldout_dir))
-                results["runs"][spec.name] = rows[-1]
-                results["summary"] = summarize(rows, args.target)
-                results["machine"]["load_average_end"] = list(os.getloadavg())
-                atomic_write_json(path, results)
-        finally:
-            if old_cache is None:
-                os.environ.pop("REALFAKE_CACHE_DIR", None)
-            else:
-                os.environ["REALFAKE_CACHE_DIR"] = old_cache
-    results["complete"] = True
-    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    atomic_write_json(path, results)
-    print(table(results))
-    print(f"\nwrote {path}")
-    return path
+    with tempfile.TemporaryDirectory(prefix="realfake-tta-") as tmp, cache_dir(Path(tmp) / "cache"):
+        work = Path(tmp)  # one data cache for every run (the children inherit it): the first run builds it
+        heldout_dir = None
+        if args.heldout is not None:
+            heldout_dir = work / f"heldout-{HELDOUT_NAME}"
+            results["heldout"] = build_heldout(args.data, args.heldout, args.n_heldout, args.seed, heldout_dir)
+        rows = []
+        for spec in args.runs:
+            rows.append(measure(spec, args, work, heldout_dir))
+            results["runs"][spec.name] = rows[-1]
+            results["summary"] = summarize(rows, args.target)
+            results["machine"]["load_average_end"] = list(os.getloadavg())
+            atomic_write_json(path, results)
+    return write_final(path, results, started, table(results))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ demo: install
 	rm -rf runs/demo
 	$(BIN)/realfake train --out runs/demo
 
+# Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures in one worker): much of
+# the suite waits on child processes starting Python and torch, which overlaps well even on 2 cores.
+TEST_WORKERS ?= 2
 test: install-test lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks

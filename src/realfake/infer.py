@@ -87,4 +87,3 @@ def logits_by_chunk(
     if len(rows) <= chunk:
         return logits_of(np.asarray(images[rows]))
     return np.concatenate([logits_of(np.asarray(images[rows[i : i + chunk]])) for i in range(0, len(rows), chunk)])
-

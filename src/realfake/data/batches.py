@@ -57,9 +57,9 @@ def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
 
     JPEG has no tensor form, so this runs on the CPU, image by image. Through Pillow a 32x32 image cost about
     165 us on one H100 machine's CPU, mostly Python around the codec, and that was most of a GPU training epoch
-    (15 s of an epoch's 15, against 6 s with flips alone). torchvision's libjpeg calls give the same bytes (the
-    same library and settings: bit-identical, checked in the tests) for 84 us, and the epoch took 7 s. Threads
-    did not help: at 32x32 the calls hold the GIL for most of their time (4-16 threads were slower than one).
+    (15 s with the robust augmentation, against 6 s with flips alone). torchvision's libjpeg calls give the same
+    bytes (the same library and settings: bit-identical, checked in the tests) for 84 us, and the epoch took 7 s.
+    Threads did not help: at 32x32 the calls hold the GIL for most of their time (4-16 threads were slower).
     """
     qs = np.broadcast_to(np.asarray(quality, dtype=int), (len(images),))
     src = np.ascontiguousarray(images)

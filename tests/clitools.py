@@ -16,23 +16,6 @@ def cli(*args, check=True, timeout=900):
     return proc
 
 
-def cli_many(*arg_lists, timeout=600, at_once=4):
-    """Several `realfake` commands at once, each in its own child process, as subprocess.run would return them.
-
-    Starting Python and importing torch dominates a command that fails early; run side by side, those imports
-    overlap (they wait on the disk as much as on a core), which keeps `make test` within its budget.
-    """
-    results = []
-    for first in range(0, len(arg_lists), at_once):
-        group = arg_lists[first : first + at_once]
-        procs = [subprocess.Popen([sys.executable, "-m", "realfake", *map(str, a)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for a in group]
-        for args, proc in zip(group, procs, strict=True):
-            out, err = proc.communicate(timeout=timeout)
-            results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
-    return results
-
-
 def cli_inline(*args):
     """`realfake ARGS` run in this process through click's test runner, as subprocess.run would return it.
 

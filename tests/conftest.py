@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,15 @@ MINI_ZIP = SHARED_DATA / "standin-cifake-mini.zip"
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Caches go to a temporary folder: never the user's cache, never ../shared (read-only in CI)."""
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Caches go to a temporary folder: never the user's cache, never ../shared (read-only in CI).
+
+    The folder goes when the test ends: a test's cache is its own, and keeping hundreds of them fills /tmp.
+    """
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("REALFAKE_CACHE_DIR", str(cache))
-    return cache
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

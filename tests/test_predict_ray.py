@@ -90,7 +90,9 @@ def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images,
     assert set(bad) == set(BAD)
     for name, row in bad.items():
         assert row["error"].startswith(BAD[name]) and row["p_fake"] is None and row["label"] is None, row
-    assert len({r["label"] for r in got} - {None}) >= 1 and len({r["p_fake"] for r in got}) > 100
+    # a model whose output depends on the image (on a CPU with native bf16 the run computes in bf16, whose 8-bit
+    # mantissa puts this weak model's 200 logits on a few dozen values: 55 on an AMX Xeon, all distinct in fp32)
+    assert len({r["label"] for r in got} - {None}) >= 1 and len({r["p_fake"] for r in got}) > 20
 
 
 def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):

@@ -81,7 +81,7 @@ def test_int8_file_is_int8_and_says_so(fast_run, int8):
 def test_int8_predicts_like_fp32_within_the_stated_tolerance(mini_zip, fast_run, int8):
     ds = load_dataset(mini_zip, limit=500, seed=1, progress=False)  # parity, not accuracy: some were trained on
     images, labels = np.asarray(ds.images), ds.labels
-    fp32, q = Detector.load(fast_run, device="cpu"), Detector.load(int8[0])
+    fp32, q = Detector.load(fast_run, device="cpu", precision="fp32"), Detector.load(int8[0])
     z32, z8 = fp32.predict_logits(images), q.predict_logits(images)
     fake32 = fp32.calibration.is_fake(fp32.calibration.p_fake(z32))
     fake8 = q.calibration.is_fake(q.calibration.p_fake(z8))

@@ -34,6 +34,7 @@ LAYERS = [
     "realfake.data.batches",
     "realfake.data.cache",
     "realfake.rundir",
+    "realfake.models.small_maps",
     "realfake.models.registry",
     "realfake.models.seed_resnet50",
     "realfake.models.fast",

@@ -98,6 +98,7 @@ class Checkpoint:
         try:
             model.load_state_dict(self.model)
             optimizer.load_state_dict(self.optimizer["torch"])
+            _state_in_parameter_layout(optimizer)
             scheduler.load_state_dict(self.scheduler["state"])
         except Exception as e:  # noqa: BLE001 - plain data torch could not take: a damaged or foreign file
             raise _damaged(state_json, self.path, f"{e.__class__.__name__}: {_first_line(e)}") from None
@@ -110,6 +111,22 @@ class Checkpoint:
                 torch.cuda.set_rng_state_all(self.rng["cuda"])
         except (RuntimeError, ValueError, TypeError) as e:
             raise _damaged(self.path / TENSORS_FILE, self.path, f"bad RNG state: {e}") from None
+
+
+def _state_in_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's memory layout (strides) again.
+
+    safetensors stores tensors contiguous, but the model trains in channels_last; PyTorch's fused Adam walks the
+    parameter, its gradient and its moments as raw memory, so moments read back in another layout were paired
+    with the wrong elements and a resumed run drifted from an uninterrupted one (the per-tensor loop did not
+    care). A state tensor of the parameter's shape is copied into the parameter's layout.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 # --- writing -------------------------------------------------------------------------------------------

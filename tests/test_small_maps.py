@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from realfake.models import build
-from realfake.models.small_maps import MAX_PIXELS, SmallMapConv2d, small_map_kernels
+from realfake.models.small_maps import MAX_PIXELS, MIN_BATCH, SmallMapConv2d, small_map_kernels
 
 # (in, out, kernel, stride, padding, bias, height, width): ResNet50's own shapes at 32x32 input, then the corners
 CASES = [
@@ -40,7 +40,7 @@ def _pair(c_in: int, c_out: int, k: int, s: int, p: int, bias: bool) -> tuple[nn
 def test_outputs_and_gradients_equal_the_convolution(case, channels_last):
     c_in, c_out, k, s, p, bias, h, w = case
     ref, fast = _pair(c_in, c_out, k, s, p, bias)
-    x = torch.randn(5, c_in, h, w, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(MIN_BATCH, c_in, h, w, generator=torch.Generator().manual_seed(1))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if (h + 2 * p - k) // s + 1 < 1:  # an empty output: nn.Conv2d's own error, from both
@@ -64,11 +64,23 @@ def test_outputs_and_gradients_equal_the_convolution(case, channels_last):
 
 def test_under_bf16_autocast_it_agrees_to_bf16_precision():
     ref, fast = _pair(64, 64, 3, 1, 1, False)
-    x = torch.randn(8, 64, 2, 2, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(MIN_BATCH, 64, 2, 2, generator=torch.Generator().manual_seed(2))
     with torch.autocast("cpu", torch.bfloat16):
         yr, yf = ref(x), fast(x)
     assert yf.dtype == yr.dtype == torch.bfloat16  # autocast casts the product as it casts the convolution
     assert (yf.float() - yr.float()).abs().max() <= 0.05 * yr.float().abs().max()
+
+
+def test_a_small_batch_keeps_the_convolution(monkeypatch):
+    """Below MIN_BATCH images the dense matrix would cost more than it saves: the convolution runs."""
+    calls: list[int] = []
+    conv_forward = nn.Conv2d.forward
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: calls.append(len(x)) or conv_forward(self, x))
+    ref, fast = _pair(16, 24, 3, 1, 1, False)
+    x = torch.randn(MIN_BATCH, 16, 2, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fast(x[:-1]), conv_forward(ref, x[:-1]))
+    torch.testing.assert_close(fast(x), conv_forward(ref, x), atol=1e-5, rtol=1e-5)
+    assert calls == [MIN_BATCH - 1]  # the smaller batch went to the convolution, the full one did not
 
 
 def test_the_swap_is_undone_and_leaves_the_state_dict_alone():

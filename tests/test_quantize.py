@@ -139,3 +139,18 @@ def test_calibration_data_takes_its_train_folder(mini_zip, fast_run):
     np.testing.assert_array_equal(cal.images, again.images)  # the same images every time: the same file
     own = calibration_set(fast_run, n=1000)  # more than the run's training split holds: all of it
     assert len(own.images) == len(json.loads((fast_run / "split.json").read_text())["train"])
+
+
+def test_int8_parity_benchmark_reads_the_run_and_compares_both_files(fast_run):
+    """benchmarks.int8_parity: both files on the run's test split, timed in turn; the run folder is only read."""
+    from benchmarks.int8_parity import parity
+
+    before = sorted(p.name for p in fast_run.iterdir())
+    r = parity(fast_run, batch=64, rounds=1)
+    assert sorted(p.name for p in fast_run.iterdir()) == before
+    assert r["model"] == "fast" and r["n"] > 0 and set(r["by_file"]) == {"fp32", "int8"}
+    assert r["by_file"]["int8"]["bytes"] < r["by_file"]["fp32"]["bytes"]  # int8 weights: a smaller file
+    assert r["label_agreement"] >= MIN_AGREEMENT and abs(r["accuracy_points_int8_minus_fp32"]) <= MAX_ACCURACY_POINTS
+    assert r["max_abs_logit_diff"] > 0 and all(f["images_per_s"] > 0 for f in r["by_file"].values())
+    fp32, int8 = (r["by_file"][k]["images_per_s"] for k in ("fp32", "int8"))
+    assert r["speedup_int8_vs_fp32"] == round(int8 / fp32, 3)

@@ -32,11 +32,15 @@ MIN_BATCH = 32
 
 
 @functools.lru_cache(maxsize=64)
-def _taps(h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> tuple[torch.Tensor, int, int]:
-    """One-hot (input pixel x output pixel, kernel tap): which tap joins each pair (a zero row where none does).
+def _taps(
+    h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int,
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Which kernel tap joins each (input pixel, output pixel) pair: a one-hot (pairs x used taps), a zero row
+    where none does, and the taps used at all (on a 1x1 map only a 3x3 kernel's centre is: the other eight
+    are never read, so never copied).
 
-    The dense matrix is this times the taps, a matrix product whose backward is one too (a gather's backward,
-    a scatter-add, was slower than the convolution it replaces).
+    The dense matrix is the one-hot times those taps, a matrix product whose backward is one too (a gather's
+    backward, a scatter-add, was slower than the convolution it replaces).
     """
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     onehot = torch.zeros(h * w, max(ho, 0) * max(wo, 0), kh * kw)
@@ -47,7 +51,9 @@ def _taps(h: int, w: int, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) 
                     iy, ix = oy * sh - ph + ty, ox * sw - pw + tx
                     if 0 <= iy < h and 0 <= ix < w:
                         onehot[iy * w + ix, oy * wo + ox, ty * kw + tx] = 1.0
-    return onehot.view(-1, kh * kw), ho, wo
+    onehot = onehot.view(-1, kh * kw)
+    used = torch.nonzero(onehot.sum(0)).flatten()
+    return onehot[:, used].contiguous(), used, ho, wo
 
 
 class SmallMapConv2d(nn.Conv2d):
@@ -65,10 +71,10 @@ class SmallMapConv2d(nn.Conv2d):
             return self._per_pixel(x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x)
         if h * w > MAX_PIXELS or n < MIN_BATCH:
             return super().forward(x)
-        onehot, ho, wo = _taps(h, w, kh, kw, sh, sw, ph, pw)
+        onehot, used, ho, wo = _taps(h, w, kh, kw, sh, sw, ph, pw)
         if ho < 1 or wo < 1:
             return super().forward(x)
-        taps = self.weight.permute(2, 3, 1, 0).reshape(kh * kw, c * self.out_channels)
+        taps = self.weight.flatten(2)[:, :, used.to(x.device)].permute(2, 1, 0).reshape(len(used), -1)  # (taps, in*out)
         dense = (onehot.to(device=x.device, dtype=taps.dtype) @ taps).view(h * w, ho * wo, c, self.out_channels)
         dense = dense.permute(0, 2, 1, 3).reshape(h * w * c, ho * wo * self.out_channels)
         rows = x.permute(0, 2, 3, 1).reshape(n, h * w * c)

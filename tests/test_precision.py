@@ -163,3 +163,27 @@ def test_precision_parity_benchmark_compares_a_runs_verdicts(bf16_run):
     assert set(out["by_precision"]) == {"fp32", "bf16"} and out["n"] > 0
     assert out["by_precision"]["bf16"]["precision"] == "bf16" and out["by_precision"]["fp32"]["precision"] == "fp32"
     assert 0 <= out["verdicts_differ"] <= out["n"] and 0 < out["max_abs_logit_diff"] < 1
+
+
+def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_as_autocast_would():
+    """TorchBackend under bf16 predicts with a copy whose conv/linear weights are bf16 already (no re-cast per
+    call), bit for bit what the fp32 model gives under autocast; the fp32 model (Grad-CAM's) is untouched."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from realfake.infer import TorchBackend, predict_logits
+    from realfake.models import build
+
+    model = build("seed-resnet50", "none").model.eval()
+    images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    cpu = torch.device("cpu")
+    expected = predict_logits(model, images, cpu, precision="bf16")
+    backend = TorchBackend(model, cpu, "flip", "bf16")
+    assert np.array_equal(backend.logits(images), np.asarray(predict_logits(model, images, cpu, tta="flip",
+                                                                             precision="bf16"), dtype=np.float64))
+    assert backend.model is model and all(p.dtype == torch.float32 for p in model.parameters())
+    held = {type(m): m.weight.dtype for m in backend._predicting.modules() if hasattr(m, "weight")}
+    assert held[nn.Conv2d] == held[nn.Linear] == torch.bfloat16 and held[nn.BatchNorm2d] == torch.float32
+    assert np.array_equal(predict_logits(backend._predicting, images, cpu, precision="bf16"), expected)
+    assert TorchBackend(model, cpu, "none", "fp32")._predicting is model  # fp32: no copy

@@ -92,7 +92,7 @@ def test_the_swap_is_undone_and_leaves_the_state_dict_alone():
         before = model(x)
         with small_map_kernels(model) as n:
             assert n == plain > 50 and not any(type(m) is nn.Conv2d for m in model.modules())
-            with small_map_kernels(model) as inner:  # nested (training validates through inference): a no-op
+            with small_map_kernels(model) as inner:  # nested: a no-op
                 assert inner == 0
             swapped = model(x)
             assert list(model.state_dict()) == keys
@@ -131,3 +131,21 @@ def test_the_benchmark_times_every_setting_and_layer(tmp_path):
     assert len(r["layers_fwd_bwd"]) == len(LAYERS)
     assert all(row[f"{k}_{p}_ms"] > 0 for row in r["layers_fwd_bwd"] for k in ("conv", "small_maps")
                for p in ("fp32", "bf16"))
+
+
+def test_prediction_keeps_the_convolutions(monkeypatch):
+    """Outside training the model predicts with plain convolutions, whatever the batch: a verdict does not
+    depend on which images shared its batch."""
+    import numpy as np
+
+    from realfake.infer import predict_logits
+
+    model = build("seed-resnet50", "none").model.eval()
+    calls: list[type] = []
+    conv_forward = nn.Conv2d.forward
+    monkeypatch.setattr(nn.Conv2d, "forward", lambda self, x: calls.append(type(self)) or conv_forward(self, x))
+    images = np.random.default_rng(0).integers(0, 256, (MIN_BATCH + 3, 32, 32, 3), dtype=np.uint8)
+    whole = predict_logits(model, images, torch.device("cpu"), precision="fp32")
+    one = predict_logits(model, images[:1], torch.device("cpu"), precision="fp32")
+    assert calls and set(calls) == {nn.Conv2d}
+    np.testing.assert_allclose(one, whole[:1], atol=1e-5)

@@ -12,8 +12,10 @@ maps, groups, dilation) is the ordinary convolution.
 
 The parameters, the state dict and the results are those of the `nn.Conv2d` (up to the order of the sums), so
 the notebook's architecture is untouched: `small_map_kernels(model)` swaps the class of a model's Conv2d
-modules while training and puts it back afterwards, so checkpoints, ONNX export and Grad-CAM see the usual
-layers.
+modules while `realfake.fit` trains and puts it back afterwards, so checkpoints, ONNX export and Grad-CAM see
+the usual layers. Prediction keeps the convolutions: which kernel runs depends on the batch (MIN_BATCH), and a
+verdict must not depend on which images shared its batch (in bf16 the two kernels' roundings moved a p_fake in
+its 4th decimal, and `predict --engine ray` batches differently from local `predict`).
 """
 
 from __future__ import annotations

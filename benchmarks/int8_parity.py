@@ -10,7 +10,6 @@ runs trained properly. Both files are written to a temporary folder: the run fol
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import atomic_write_json, machine_info
+from benchmarks.run import machine_info, write_final
 
 
 def parity(run_dir: Path, batch: int = 512, rounds: int = 3) -> dict[str, Any]:
@@ -88,10 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
               f"{r['by_file']['int8']['test_accuracy']:.2%} on {r['n']}; labels agree {r['label_agreement']:.2%}; "
               f"int8 {r['speedup_int8_vs_fp32']:.2f}x fp32 ({r['by_file']['int8']['images_per_s']:,.0f} against "
               f"{r['by_file']['fp32']['images_per_s']:,.0f} images/s, {r['threads']} threads)")
-    results["machine"]["load_average_end"] = list(os.getloadavg())
-    results["wall_s"] = (datetime.now(timezone.utc) - started).total_seconds()
-    atomic_write_json(args.out, results)
-    print(f"wrote {args.out}")
+    write_final(args.out, results, started)
     return args.out
 
 

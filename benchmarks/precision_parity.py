@@ -9,7 +9,6 @@ this machine (busy or not: the load is recorded). Training in bf16 is a separate
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import atomic_write_json, machine_info
+from benchmarks.run import machine_info, write_final
 
 
 def parity(run_dir: Path, device: str = "cpu") -> dict[str, Any]:
@@ -68,10 +67,7 @@ def main(argv: list[str] | None = None) -> Path:
     started = datetime.now(timezone.utc)
     results = {"date": started.isoformat(timespec="seconds"), "machine": machine_info(),
                **parity(args.run, args.device)}
-    results["machine"]["load_average_end"] = list(os.getloadavg())
-    results["wall_s"] = (datetime.now(timezone.utc) - started).total_seconds()
-    atomic_write_json(args.out, results)
-    print(f"wrote {args.out}")
+    write_final(args.out, results, started)
     return args.out
 
 

@@ -7,6 +7,7 @@ It validates through `realfake.infer` (the same path prediction uses); nothing o
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import sys
@@ -102,6 +103,19 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
     RunDir(run_dir).write_text(RunDir.HISTORY, out.getvalue())
 
 
+def _small_maps_while_training(train: Callable[..., FitResult]) -> Callable[..., FitResult]:
+    """Run `train` with the model's convolutions on 2x2 and 1x1 maps as matrix products (models.small_maps):
+    ResNet50's last stages at 32x32, whose convolution backward is slow; the layers are plain again after."""
+
+    @functools.wraps(train)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> FitResult:
+        with small_map_kernels(model):
+            return train(model, *args, **kwargs)
+
+    return wrapper
+
+
+@_small_maps_while_training
 def fit(
     model: nn.Module,
     images: np.ndarray,
@@ -123,24 +137,6 @@ def fit(
     ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
-    with small_map_kernels(model):  # ResNet50's 2x2 and 1x1 maps as matrix products (models.small_maps)
-        return _fit(model, images, labels, split, cfg, run_dir, device, resume, on_epoch_end, progress, world, log)
-
-
-def _fit(
-    model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    split: dict[str, np.ndarray],
-    cfg: RunConfig,
-    run_dir: Path,
-    device: torch.device,
-    resume: bool = False,
-    on_epoch_end: Callable[[int], None] | None = None,
-    progress: bool = True,
-    world: World = SINGLE,
-    log: Callable[[str], None] | None = None,
-) -> FitResult:
     check_global_batch(cfg.batch_size, world)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)

@@ -108,3 +108,30 @@ def test_existing_run_dir_is_refused(mini_zip, tmp_path):
     (tmp_path / "r" / "x").write_text("")
     with pytest.raises(RealfakeError, match="--resume"):
         run.train(small_cfg(mini_zip, tmp_path / "r"), progress=False, log=lambda m: None)
+
+
+def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zip, tmp_path, monkeypatch):
+    """fit trains with models.small_maps' products in place of the Conv2d forwards, and the model it returns
+    (checkpointed, exported, explained) has plain nn.Conv2d layers again."""
+    from torch import nn
+
+    import realfake.fit as fit_module
+    from realfake.models.small_maps import SmallMapConv2d
+
+    seen: list[set[type]] = []
+    built: list[nn.Module] = []
+
+    def on_epoch_end(epoch):
+        seen.append({type(m) for m in built[0].modules() if isinstance(m, nn.Conv2d)})
+
+    original = fit_module.small_map_kernels
+
+    def spy(model):
+        built.append(model)
+        return original(model)
+
+    monkeypatch.setattr(fit_module, "small_map_kernels", spy)
+    run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), on_epoch_end=on_epoch_end, progress=False,
+              log=lambda m: None)
+    assert seen == [{SmallMapConv2d}]
+    assert {type(m) for m in built[0].modules() if isinstance(m, nn.Conv2d)} == {nn.Conv2d}

@@ -122,7 +122,8 @@ def test_bad_quantize_value_and_missing_data_are_one_line_errors(fast_run, tmp_p
     shutil.copytree(fast_run, moved, ignore=shutil.ignore_patterns("*.onnx", "plots", "*.html"))
     config = (moved / "config.yaml").read_text()
     gone_zip = str(tmp_path / "gone.zip")  # the config may hold the path as given or resolved (../shared a link)
-    (moved / "config.yaml").write_text(config.replace(str(mini_zip.resolve()), gone_zip).replace(str(mini_zip), gone_zip))
+    config = config.replace(str(mini_zip.resolve()), gone_zip).replace(str(mini_zip), gone_zip)
+    (moved / "config.yaml").write_text(config)
     gone = runner.invoke(app, ["export", str(moved), "--quantize", "int8"])
     assert gone.exit_code == 1 and len(gone.output.strip().splitlines()) == 1
     assert "gone.zip" in gone.output and "--calibration-data PATH" in gone.output

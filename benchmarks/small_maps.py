@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.run import atomic_write_json, machine_info
+from benchmarks.run import machine_info, write_final
 
 # (in, out, kernel, stride, padding, map side): ResNet50 at 32x32 input, last two stages
 LAYERS = [
@@ -108,13 +107,10 @@ def main(argv: list[str] | None = None) -> Path:
         r["vs_conv_loop_adam_fp32"] = round(r["images_per_s"] / base["fp32"], 2)
     results = {"date": started.isoformat(timespec="seconds"), "machine": machine_info(), "batch": args.batch,
                "training_step": steps, "layers_fwd_bwd": layer_times(args.batch, args.steps + 2)}
-    results["machine"]["load_average_end"] = list(os.getloadavg())
     for r in steps:
         print(f"{r['kernels']:>10} fused Adam {r['fused_adam']!s:>5} {r['precision']}: {r['images_per_s']:7.1f} img/s "
               f"({r['vs_conv_loop_adam_fp32']:.2f}x the convolutions + loop Adam in fp32)")
-    atomic_write_json(args.out, results)
-    print(f"wrote {args.out}")
-    return args.out
+    return write_final(args.out, results, started)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ a 2-core Intel Xeon with AMX, a 512->2048 1x1 convolution on a 1x1 map took 15.6
 and 24.2 ms under bf16 autocast, against 3.9 and 2.3 ms as a matrix product; the 2x2 and 1x1 layers were two
 thirds of seed-resnet50's backward pass (README "Speed"). So, on maps of at most `MAX_PIXELS` pixels, a
 convolution here is written as the matrix it is: the input's pixels and channels in one row per image, times a
-matrix gathered from the kernel's taps (each input pixel, output pixel pair takes the tap that joins them, or
+matrix built from the kernel's taps (each input pixel, output pixel pair takes the tap that joins them, or
 zero); a 1x1 convolution without padding is a product per pixel on a map of any size. Everything else (bigger
 maps, groups, dilation) is the ordinary convolution.
 
@@ -62,13 +62,11 @@ class SmallMapConv2d(nn.Conv2d):
     """An nn.Conv2d whose forward is a matrix product where that is the faster kernel (see the module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or x.dim() != 4:
-            return super().forward(x)
-        padding = self.padding
-        if isinstance(padding, str):
+        if (self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" or x.dim() != 4
+                or isinstance(self.padding, str)):  # 'same' / 'valid': left to the convolution
             return super().forward(x)
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, padding
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if (kh, kw, ph, pw) == (1, 1, 0, 0):
             return self._per_pixel(x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x)
         if h * w > MAX_PIXELS or n < MIN_BATCH:

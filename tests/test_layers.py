@@ -35,6 +35,7 @@ LAYERS = [
     "realfake.data.cache",
     "realfake.rundir",
     "realfake.models.small_maps",
+    "realfake.models.fused",
     "realfake.models.registry",
     "realfake.models.seed_resnet50",
     "realfake.models.fast",

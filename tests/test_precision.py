@@ -165,9 +165,10 @@ def test_precision_parity_benchmark_compares_a_runs_verdicts(bf16_run):
     assert 0 <= out["verdicts_differ"] <= out["n"] and 0 < out["max_abs_logit_diff"] < 1
 
 
-def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_as_autocast_would():
+def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_near_autocast():
     """TorchBackend under bf16 predicts with a copy whose conv/linear weights are bf16 already (no re-cast per
-    call), bit for bit what the fp32 model gives under autocast; the fp32 model (Grad-CAM's) is untouched."""
+    call) and whose BatchNorm is folded into them (models.fused): as close to fp32 as autocast on the original
+    model is; the fp32 model (Grad-CAM's) is untouched."""
     import numpy as np
     import torch
     from torch import nn
@@ -178,12 +179,11 @@ def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_as_autocast_would
     model = build("seed-resnet50", "none").model.eval()
     images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     cpu = torch.device("cpu")
-    expected = predict_logits(model, images, cpu, precision="bf16")
+    autocast = predict_logits(model, images, cpu, tta="flip", precision="bf16")
+    fp32 = predict_logits(model, images, cpu, tta="flip", precision="fp32")
     backend = TorchBackend(model, cpu, "flip", "bf16")
-    assert np.array_equal(backend.logits(images), np.asarray(predict_logits(model, images, cpu, tta="flip",
-                                                                             precision="bf16"), dtype=np.float64))
+    got = backend.logits(images)
+    assert np.abs(got - fp32).max() <= 2 * np.abs(autocast - fp32).max() + 1e-3
     assert backend.model is model and all(p.dtype == torch.float32 for p in model.parameters())
     held = {type(m): m.weight.dtype for m in backend._predicting.modules() if hasattr(m, "weight")}
-    assert held[nn.Conv2d] == held[nn.Linear] == torch.bfloat16 and held[nn.BatchNorm2d] == torch.float32
-    assert np.array_equal(predict_logits(backend._predicting, images, cpu, precision="bf16"), expected)
-    assert TorchBackend(model, cpu, "none", "fp32")._predicting is model  # fp32: no copy
+    assert held[nn.Conv2d] == held[nn.Linear] == torch.bfloat16 and nn.BatchNorm2d not in held

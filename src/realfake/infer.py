@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from copy import deepcopy
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from realfake.contract import check_tta
 from realfake.data.batches import eval_batches, to_device_uint8
 from realfake.device import Precision, autocast, resolve_precision
+from realfake.models.fused import for_prediction
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
@@ -70,7 +70,9 @@ class TorchBackend:
         self.tta = check_tta(tta)
         self.precision: Precision = resolve_precision(device, precision)  # resolved once: a bad value fails here
         self.lock = threading.RLock()
-        self._predicting = weights_in(self.model, self.precision.dtype)
+        # BatchNorm folded, activations fused, weights in the precision's dtype (models.fused): the same function of
+        # the image, fewer passes; calibration and the test split's figures are computed through this same copy.
+        self._predicting, self.fusion = for_prediction(self.model, self.precision.dtype)
 
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Raw (uncalibrated) logits, float64, for checked (N, 32, 32, 3) uint8 images."""
@@ -78,26 +80,6 @@ class TorchBackend:
             z = predict_logits(self._predicting, images, self.device, batch_size, tta=self.tta,
                                precision=self.precision)
         return np.asarray(z, dtype=np.float64)
-
-
-def weights_in(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """The model itself (fp32), or a copy for prediction under autocast whose convolution and linear weights are
-    held in `dtype` already.
-
-    Autocast casts every weight at every call, which for one image is a large part of the work: seed-resnet50 on a
-    2-core AMX Xeon took 42 ms per image under autocast, 32 ms with its weights held in bf16, 19 ms in fp32
-    (medians of 60 interleaved calls; the rest of bf16's gap at batch 1 is not this). Autocast would make the
-    same cast (a weight already in its dtype passes through), so the logits are bit for bit those of the fp32
-    model under autocast; BatchNorm keeps its fp32 parameters, as autocast leaves them. Grad-CAM and anything else
-    that runs the model outside autocast keep the fp32 original.
-    """
-    if dtype is None:
-        return model
-    copy = deepcopy(model)
-    for m in copy.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.to(dtype)
-    return copy.eval()
 
 
 def logits_by_chunk(

@@ -1,0 +1,122 @@
+"""models.fused: prediction's copy folds BatchNorm into its convolutions and computes GELU inside them, and gives
+the model's answers (to float rounding); the original model, which training and Grad-CAM use, is untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import realfake.models.fused as fused
+from realfake.infer import TorchBackend, predict_logits
+from realfake.models import build
+
+CPU = torch.device("cpu")
+
+
+def _with_running_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """A model whose BatchNorm layers hold non-trivial statistics and affine parameters (a fresh one holds 0/1,
+    which folding would reproduce even if it ignored them)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
+            m.bias.data.copy_(0.2 * torch.randn(n, generator=g))
+    return model.eval()
+
+
+def _images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _count(model: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
+def test_fast_folds_every_batchnorm_and_fuses_every_gelu_with_the_same_logits() -> None:
+    model = _with_running_stats(build("fast", "none").model)
+    images = _images(16)
+    copy, summary = fused.for_prediction(model, None)
+    assert summary["batchnorm_folded"] == _count(model, nn.BatchNorm2d) == 6
+    assert _count(copy, nn.BatchNorm2d) == 0
+    if fused.post_ops_work(torch.float32):
+        assert summary["activations_fused"] == _count(copy, fused.ConvAct) == 6 and _count(copy, nn.GELU) == 0
+    want = predict_logits(model, images, CPU, tta="flip", precision="fp32")
+    got = predict_logits(copy, images, CPU, tta="flip", precision="fp32")
+    assert np.abs(want).max() > 1e-3  # a model whose logits are all ~0 would pass anything
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the original is as it was: BatchNorm and GELU layers, fp32, and its own training flag
+    assert _count(model, nn.BatchNorm2d) == 6 and _count(model, nn.GELU) == 6 and _count(model, fused.ConvAct) == 0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_bf16_copy_holds_bf16_weights_and_stays_near_the_autocast_model() -> None:
+    model = _with_running_stats(build("fast", "none").model)
+    images = _images(32)
+    copy, _ = fused.for_prediction(model, torch.bfloat16)
+    weights = [m.weight for m in copy.modules() if isinstance(m, (nn.Conv2d, nn.Linear, fused.ConvAct))]
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights)
+    want = predict_logits(model, images, CPU, precision="bf16")
+    got = predict_logits(copy, images, CPU, precision="bf16")
+    fp32 = predict_logits(model, images, CPU, precision="fp32")
+    # bf16 keeps 8 bits of mantissa: the fused copy must be as close to fp32 as autocast's own bf16 is, give or take
+    assert np.abs(got - fp32).max() <= 2 * np.abs(want - fp32).max() + 1e-3
+    # ...and the verdict of an image does not depend on the batch it came in
+    one_by_one = np.concatenate([predict_logits(copy, images[i : i + 1], CPU, precision="bf16") for i in range(8)])
+    np.testing.assert_array_equal(one_by_one, got[:8])
+
+
+def test_seed_resnet50_folds_its_batchnorms_and_keeps_its_relus() -> None:
+    """ReLU is not worth oneDNN's per-call cost (see POST_OPS): only the folding applies to ResNet50."""
+    model = _with_running_stats(build("seed-resnet50", "none").model)
+    images = _images(4)
+    copy, summary = fused.for_prediction(model, None)
+    assert summary == {"batchnorm_folded": 53, "activations_fused": 0}
+    assert _count(copy, nn.BatchNorm2d) == 0 and _count(copy, nn.BatchNorm1d) == 1  # the head's: after a ReLU
+    want = predict_logits(model, images, CPU, precision="fp32")
+    np.testing.assert_allclose(predict_logits(copy, images, CPU, precision="fp32"), want, rtol=1e-4, atol=1e-4)
+
+
+def test_without_the_onednn_kernel_only_batchnorm_is_folded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "post_ops_work", lambda dtype: False)
+    model = _with_running_stats(build("fast", "none").model)
+    copy, summary = fused.for_prediction(model, None)
+    assert summary == {"batchnorm_folded": 6, "activations_fused": 0} and _count(copy, nn.GELU) == 6
+    images = _images(8)
+    np.testing.assert_allclose(predict_logits(copy, images, CPU, precision="fp32"),
+                               predict_logits(model, images, CPU, precision="fp32"), rtol=1e-4, atol=1e-5)
+
+
+class _Branchy(nn.Module):
+    """Control flow on a value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x))
+        return y.mean(dim=(1, 2, 3)) if y.sum() > 0 else -y.mean(dim=(1, 2, 3))
+
+
+def test_a_model_fx_cannot_trace_is_predicted_unfused() -> None:
+    model = _with_running_stats(_Branchy())
+    copy, summary = fused.for_prediction(model, None)
+    assert summary == {"batchnorm_folded": 0, "activations_fused": 0} and copy is not model
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copy(x), model(x))
+
+
+def test_torch_backend_predicts_through_the_fused_copy_and_keeps_the_original_for_grad_cam() -> None:
+    model = _with_running_stats(build("fast", "none").model)
+    backend = TorchBackend(model, CPU, "flip", "fp32")
+    assert backend.model is model and backend._predicting is not model
+    assert backend.fusion["batchnorm_folded"] == 6
+    images = _images(8)
+    np.testing.assert_allclose(backend.logits(images), predict_logits(model, images, CPU, tta="flip",
+                                                                      precision="fp32"), rtol=1e-4, atol=1e-5)

@@ -339,7 +339,8 @@ def cpu_inference_variants(model: Any, images: np.ndarray, args: argparse.Namesp
 
     torch.jit.optimize_for_inference folds BatchNorm into the convolutions and runs them through oneDNN with
     fused ReLU, which is what TensorFlow's graph optimiser does for Keras; this measures how much of Keras's
-    lead in prediction that accounts for. A measurement only: the product predicts eagerly.
+    lead in prediction that accounts for. A measurement only, of the plain model: the product predicts eagerly
+    through its own folded and fused copy (realfake.models.fused), which the Detector rows time.
     """
     import torch
 

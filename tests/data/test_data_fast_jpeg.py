@@ -1,0 +1,132 @@
+"""The fast JPEG path (images._small_jpeg): plain 32x32 JPEGs decode through torchvision to exactly Pillow's
+pixels; everything else, and every damaged file, keeps Pillow's path and its reasons."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+from tests.conftest import SHARED_DATA
+
+from realfake.data import images
+from realfake.data.images import BadImage, decode_bytes, jpeg_header
+
+
+def jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def picture(w: int = 32, h: int = 32, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((np.cumsum(rng.integers(-20, 21, (h, w, 3)), axis=0) % 256).astype(np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_fast_decoder() -> None:
+    if images._jpeg_decoder() is None:
+        pytest.skip("torchvision's JPEG decoder is missing or differs from Pillow's here: the fast path is off")
+
+
+def _spied(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record which inputs the fast path decoded."""
+    taken: list[bytes] = []
+    real = images._small_jpeg
+
+    def spy(data: bytes, size: int) -> np.ndarray | None:
+        out = real(data, size)
+        if out is not None:
+            taken.append(data)
+        return out
+
+    monkeypatch.setattr(images, "_small_jpeg", spy)
+    return taken
+
+
+def test_the_stand_ins_jpegs_decode_to_pillows_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 50th file of the stand-in and of the held-out generator (2,600 JPEGs; all 130,000 matched when the
+    path was written)."""
+    taken = _spied(monkeypatch)
+    n = 0
+    for name in ("standin-cifake.zip", "ganC-fake.zip"):
+        if not (SHARED_DATA / name).is_file():
+            pytest.skip(f"stand-in data not found at {SHARED_DATA} (set REALFAKE_SHARED_DATA)")
+        with zipfile.ZipFile(SHARED_DATA / name) as zf:
+            for member in [m for m in zf.namelist() if not m.endswith("/")][::50]:
+                data = zf.read(member)
+                assert np.array_equal(decode_bytes(data), images._decode_with_pillow(data, 32)), member
+                n += 1
+    assert n > 2000 and len(taken) == n  # ...and every one of them went the fast way
+
+
+@pytest.mark.parametrize("options", [{"quality": 30}, {"quality": 95, "subsampling": 0}, {"subsampling": 1},
+                                     {"progressive": True}, {"optimize": True}])
+def test_encodings_pillow_writes_match(options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = _spied(monkeypatch)
+    for mode in ("RGB", "L"):
+        data = jpeg(picture(seed=3).convert(mode), **options)
+        assert jpeg_header(data) == (32, 32, 3 if mode == "RGB" else 1)
+        assert np.array_equal(decode_bytes(data), images._decode_with_pillow(data, 32))
+    assert len(taken) == 2
+
+
+def test_what_the_fast_path_leaves_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = decode_bytes(jpeg(picture(32, 32)))
+    taken = _spied(monkeypatch)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate
+    rotated = jpeg(picture(32, 32), exif=exif.tobytes())
+    assert jpeg_header(rotated) is None
+    upright = decode_bytes(rotated)
+    assert np.array_equal(upright, images._decode_with_pillow(rotated, 32))
+    assert not np.array_equal(upright, plain)  # the orientation was applied
+    cmyk = jpeg(picture().convert("CMYK"))  # Pillow writes an Adobe marker
+    assert jpeg_header(cmyk) is None and decode_bytes(cmyk).shape == (32, 32, 3)
+    bigger = jpeg(picture(64, 48))
+    assert jpeg_header(bigger) == (48, 64, 3) and decode_bytes(bigger).shape == (32, 32, 3)  # resized by Pillow
+    png = io.BytesIO()
+    picture().save(png, "PNG")
+    assert jpeg_header(png.getvalue()) is None
+    assert taken == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "header cut"])
+def test_damaged_jpegs_get_pillows_reason(damage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytearray(jpeg(picture(seed=5)))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "flipped":
+        data[len(data) // 2] ^= 0xFF
+        data[len(data) // 2 + 1] ^= 0x55
+    else:
+        data = data[:40]
+    taken = _spied(monkeypatch)
+    try:
+        want = images._decode_with_pillow(bytes(data), 32)
+    except BadImage as e:
+        with pytest.raises(BadImage) as got:
+            decode_bytes(bytes(data))
+        assert str(got.value) == str(e)
+    else:  # a flip Pillow decodes anyway: both paths must then agree on the pixels
+        assert np.array_equal(decode_bytes(bytes(data)), want)
+    assert damage != "header cut" or (jpeg_header(bytes(data)) is None and taken == [])
+
+
+def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The once-per-process check is what keeps a different libjpeg from changing what the models see."""
+    import torchvision.io
+
+    real = torchvision.io.decode_jpeg
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: real(*a, **k) ^ 1)
+    images._jpeg_decoder.cache_clear()
+    try:
+        assert images._jpeg_decoder() is None
+        data = jpeg(picture())
+        assert np.array_equal(decode_bytes(data), images._decode_with_pillow(data, 32))
+    finally:
+        monkeypatch.undo()
+        images._jpeg_decoder.cache_clear()

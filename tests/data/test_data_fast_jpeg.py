@@ -3,11 +3,14 @@ pixels; everything else, and every damaged file, keeps Pillow's path and its rea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from tests.conftest import SHARED_DATA
 
@@ -130,3 +133,14 @@ def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.
     finally:
         monkeypatch.undo()
         images._jpeg_decoder.cache_clear()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 1200))
+def test_the_header_reader_takes_any_bytes(tail: bytes, cut: int) -> None:
+    """Strangers' bytes: the marker walk ends, never raises, and decode_bytes only ever says BadImage."""
+    for data in (b"\xff\xd8\xff" + tail, jpeg(picture(seed=7))[:cut] + tail):
+        head = jpeg_header(data)
+        assert head is None or (len(head) == 3 and all(isinstance(v, int) for v in head))
+        with contextlib.suppress(BadImage):
+            assert decode_bytes(data).shape == (32, 32, 3)

@@ -1,6 +1,11 @@
-"""The training augmentation's JPEG round trip, per image: Pillow against the path realfake uses
-(realfake.data.batches.jpeg_roundtrip, torchvision's libjpeg calls), and whether threads would help:
-`python -m benchmarks.jpeg_codec`. Prints one line per measurement and checks the outputs are bit-identical.
+"""JPEG per image, Pillow against the paths realfake uses: `python -m benchmarks.jpeg_codec`.
+
+- decoding a file (`realfake.data.images.decode_bytes`: a plain 32x32 JPEG through torchvision, else Pillow)
+  against Pillow's path alone, the two timed in turn `--rounds` times (best round each);
+- the training augmentation's round trip (realfake.data.batches.jpeg_roundtrip, torchvision's libjpeg calls)
+  against Pillow's, and whether threads would help.
+
+Prints one line per measurement and checks the outputs are bit-identical.
 """
 
 from __future__ import annotations
@@ -27,10 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--n", type=int, default=4096, help="images (the zip's first JPEGs)")
     ap.add_argument("--threads", default="1,2,4,8,16", help="thread counts to share one call's images over")
+    ap.add_argument("--rounds", type=int, default=5, help="decoding: rounds of each path, in turn")
     args = ap.parse_args(argv)
     with zipfile.ZipFile(args.data) as z:
         names = [n for n in z.namelist() if n.lower().endswith((".jpg", ".jpeg"))][: args.n]
-        imgs = np.stack([np.asarray(Image.open(io.BytesIO(z.read(n))).convert("RGB")) for n in names])
+        files = [z.read(n) for n in names]
+    imgs = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in files])
+    decode_files(files, args.rounds)
     q = np.random.default_rng(0).integers(30, 96, len(imgs))  # the robust augmentation's quality range
     batches.jpeg_roundtrip(imgs[:64], q[:64])  # warm-up: imports, codec choice
     t = time.perf_counter()
@@ -45,6 +53,26 @@ def main(argv: list[str] | None = None) -> None:
         same = bool((np.concatenate(parts) == ref).all())
         print(f"realfake ({batches._jpeg_codec().__name__}), {th} thread(s): {s / len(imgs) * 1e6:.1f} us/image, "
               f"identical to pillow: {same}")
+
+
+def decode_files(files: list[bytes], rounds: int) -> None:
+    """Per-file decoding, realfake's `decode_bytes` against Pillow's path, timed in turn (best round of each)."""
+    from realfake.data import images
+
+    paths = {"pillow": lambda d: images._decode_with_pillow(d, 32), "realfake": images.decode_bytes}
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(rounds):
+        for name, decode in paths.items():
+            t = time.perf_counter()
+            out = [decode(f) for f in files]
+            best[name] = min(best[name], time.perf_counter() - t)
+            if name == "pillow":
+                ref = out
+    same = all(np.array_equal(a, b) for a, b in zip(out, ref, strict=True))
+    fast = sum(images._small_jpeg(f, 32) is not None for f in files)
+    per = {k: v / len(files) * 1e6 for k, v in best.items()}
+    print(f"decode: pillow {per['pillow']:.1f} us/file, realfake {per['realfake']:.1f} us/file "
+          f"({per['pillow'] / per['realfake']:.2f}x; {fast} of {len(files)} through torchvision), identical: {same}")
 
 
 if __name__ == "__main__":

@@ -144,3 +144,12 @@ def test_the_header_reader_takes_any_bytes(tail: bytes, cut: int) -> None:
         assert head is None or (len(head) == 3 and all(isinstance(v, int) for v in head))
         with contextlib.suppress(BadImage):
             assert decode_bytes(data).shape == (32, 32, 3)
+
+
+def test_the_decoding_benchmark_compares_like_with_like(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.jpeg_codec import decode_files
+
+    files = [jpeg(picture(seed=s), quality=60 + s) for s in range(6)] + [jpeg(picture(40, 40))]
+    decode_files(files, rounds=2)
+    line = capsys.readouterr().out
+    assert "6 of 7 through torchvision" in line and "identical: True" in line

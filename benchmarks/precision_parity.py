@@ -4,6 +4,11 @@ What it answers: does computing in bf16 change a trained model's verdicts? Accur
 (with the run's calibration), how many verdicts differ, and how far the logits move; seconds per precision on
 this machine (busy or not: the load is recorded). Training in bf16 is a separate question (`benchmarks.run
 --precisions fp32,bf16` trains at each). The run folder is only read; the JSON goes to --out.
+
+`fused_vs_unfused` asks the same of prediction's folded and fused copy (realfake.models.fused), at each
+precision: the Detector's logits against the plain model's (its weights in the precision's dtype, under the same
+autocast, as prediction ran before the copy existed): verdicts changed, how far the logits move, and how far
+each is from the plain fp32 model's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,24 @@ import numpy as np
 from benchmarks.run import machine_info, write_final
 
 
+def _unfused_logits(det: Any, images: np.ndarray) -> np.ndarray:
+    """The run's plain model, conv/linear weights in the precision's dtype, through the same predict_logits."""
+    import copy
+
+    from torch import nn
+
+    from realfake.infer import predict_logits
+
+    backend = det.backend
+    model = copy.deepcopy(backend.model).eval()
+    if backend.precision.dtype is not None:
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.to(backend.precision.dtype)
+    return np.asarray(predict_logits(model, images, backend.device, tta=backend.tta, precision=backend.precision),
+                      dtype=np.float64)
+
+
 def parity(run_dir: Path, device: str = "cpu") -> dict[str, Any]:
     from realfake.data.splits import split_from_json
     from realfake.detector import Detector
@@ -32,7 +55,8 @@ def parity(run_dir: Path, device: str = "cpu") -> dict[str, Any]:
     idx = split_from_json(run.read_json(RunDir.SPLIT), len(ds))["test"]
     images, labels = np.asarray(ds.images[idx]), ds.labels[idx]
     out: dict[str, Any] = {"run": str(run_dir), "n": int(len(idx)), "by_precision": {}}
-    logits, verdicts = {}, {}
+    logits, verdicts, plain = {}, {}, {}
+    fused: dict[str, Any] = {}
     for precision in ("fp32", "bf16"):
         det = Detector.from_run(run.path, device=device, precision=precision)
         t = time.perf_counter()
@@ -46,6 +70,20 @@ def parity(run_dir: Path, device: str = "cpu") -> dict[str, Any]:
             "accuracy": m["accuracy"], "roc_auc": m["roc_auc"], "predict_seconds": round(seconds, 2),
             **det.backend.precision.to_info(),  # type: ignore[attr-defined]  # a TorchBackend
         }
+        plain[precision] = _unfused_logits(det, images)
+        unfused_verdicts = cal.p_fake(plain[precision]) >= cal.threshold
+        d = np.abs(z - plain[precision])
+        fused[precision] = {
+            "layers": det.backend.fusion,  # type: ignore[attr-defined]
+            "verdicts_differ": int((verdicts[precision] != unfused_verdicts).sum()),
+            "accuracy_fused": m["accuracy"],
+            "accuracy_unfused": float((unfused_verdicts == (labels == 1)).mean()),
+            "max_abs_logit_diff": float(d.max()), "mean_abs_logit_diff": float(d.mean()),
+        }
+    for precision, f in fused.items():  # how far each path is from the plain fp32 model
+        f["mean_abs_diff_to_unfused_fp32"] = {"fused": float(np.abs(logits[precision] - plain["fp32"]).mean()),
+                                             "unfused": float(np.abs(plain[precision] - plain["fp32"]).mean())}
+    out["fused_vs_unfused"] = fused
     diff = np.abs(logits["bf16"] - logits["fp32"])
     out.update(
         accuracy_points_bf16_minus_fp32=round(

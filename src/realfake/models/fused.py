@@ -11,7 +11,7 @@ of it and BatchNorm 13%, each a full pass over a feature map.
 Training never sees this copy (BatchNorm must learn there), and Grad-CAM and ONNX export keep the original, whose
 layers they hook and trace; so a Detector holds the model twice (for seed-resnet50 in fp32, 92 MiB more). A
 model torch.fx cannot trace is predicted unfused; on other devices (CUDA), or where the oneDNN kernel is missing
-or refuses the shapes, only BatchNorm is folded.
+or disagrees with the unfused layers (checked once per process, `post_ops_work`), only BatchNorm is folded.
 """
 
 from __future__ import annotations

@@ -29,16 +29,11 @@ def _unfused_logits(det: Any, images: np.ndarray) -> np.ndarray:
     """The run's plain model, conv/linear weights in the precision's dtype, through the same predict_logits."""
     import copy
 
-    from torch import nn
-
     from realfake.infer import predict_logits
+    from realfake.models.fused import hold_weights_in
 
     backend = det.backend
-    model = copy.deepcopy(backend.model).eval()
-    if backend.precision.dtype is not None:
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.to(backend.precision.dtype)
+    model = hold_weights_in(copy.deepcopy(backend.model).eval(), backend.precision.dtype)
     return np.asarray(predict_logits(model, images, backend.device, tta=backend.tta, precision=backend.precision),
                       dtype=np.float64)
 

@@ -38,9 +38,11 @@ def _count(model: nn.Module, kind: type) -> int:
 
 
 def test_fast_folds_every_batchnorm_and_fuses_every_gelu_with_the_same_logits() -> None:
-    model = _with_running_stats(build("fast", "none").model)
+    model = _with_running_stats(build("fast", "none").model).train()
     images = _images(16)
     copy, summary = fused.for_prediction(model, None)
+    assert model.training and not copy.training
+    model.eval()
     assert summary["batchnorm_folded"] == _count(model, nn.BatchNorm2d) == 6
     assert _count(copy, nn.BatchNorm2d) == 0
     if fused.post_ops_work(torch.float32):
@@ -49,7 +51,7 @@ def test_fast_folds_every_batchnorm_and_fuses_every_gelu_with_the_same_logits() 
     got = predict_logits(copy, images, CPU, tta="flip", precision="fp32")
     assert np.abs(want).max() > 1e-3  # a model whose logits are all ~0 would pass anything
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    # the original is as it was: BatchNorm and GELU layers, fp32, and its own training flag
+    # the original is as it was: BatchNorm and GELU layers, fp32 (and its training flag, checked above)
     assert _count(model, nn.BatchNorm2d) == 6 and _count(model, nn.GELU) == 6 and _count(model, fused.ConvAct) == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
@@ -120,3 +122,15 @@ def test_torch_backend_predicts_through_the_fused_copy_and_keeps_the_original_fo
     images = _images(8)
     np.testing.assert_allclose(backend.logits(images), predict_logits(model, images, CPU, tta="flip",
                                                                       precision="fp32"), rtol=1e-4, atol=1e-5)
+
+
+def test_building_the_copy_leaves_the_callers_random_state_alone() -> None:
+    """The kernel check draws its test input; a caller that seeded torch and then loaded a Detector must draw what
+    it would have drawn without loading it."""
+    model = build("fast", "none").model
+    fused.post_ops_work.cache_clear()
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    fused.for_prediction(model, None)
+    assert torch.equal(torch.rand(4), want)

@@ -212,7 +212,7 @@ def _decode_with_pillow(data: bytes, size: int) -> np.ndarray:
 #
 # Pillow spends most of a 32x32 JPEG's decode parsing the header in Python: 110-160 us an image on a 2-core Xeon,
 # of which libjpeg's decoding is 34; torchvision's decode_jpeg, the same libjpeg-turbo, took 38 us in all. With
-# the model fused (realfake.models.fused), decoding was a third of `realfake predict`'s CPU. So a JPEG whose header
+# the model fused (realfake.models.fused), decoding was 43% of `realfake predict`'s CPU. So a JPEG whose header
 # says it is exactly the model's size, 8-bit, grey or YCbCr, without EXIF (orientation) or an Adobe marker
 # (colour transforms), is decoded by torchvision; everything else, and any file it refuses, takes Pillow's path,
 # which also gives the reason a file is bad. Both give the same pixels: checked once per process on test images

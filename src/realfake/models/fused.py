@@ -26,8 +26,9 @@ from torch.fx.experimental.optimization import fuse as fold_batchnorm
 # Activations computed inside the convolution before them: module type -> (oneDNN post-op, its algorithm). GELU
 # only. Its erf makes it several times a ReLU's cost (on 4M bf16 values on a 2-core AMX Xeon: 4.8 ms against
 # 0.6), while oneDNN's pointwise entry point pays a fixed cost at each call that PyTorch's plain convolution
-# does not (about 60 us for one image): fusing seed-resnet50's ReLUs took a single image from 12 to 21 ms and
-# gained 5% at batch 256. `fast`'s GELUs are most of its prediction time.
+# does not (about 60 us for one image): fusing seed-resnet50's ReLUs took a single image from 12 to 21 ms, and at
+# batch 256 it was no faster than folding alone (0.99-1.06x the unfused model, folding alone 1.02-1.04x). `fast`'s
+# GELUs are most of its prediction time.
 POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "none")}
 
 
@@ -66,9 +67,10 @@ def post_ops_work(dtype: torch.dtype) -> bool:
     """Whether this PyTorch build runs oneDNN's convolution + activation kernel in `dtype`, checked once on a tiny
     input against the unfused layers (a build without oneDNN, or an older one without the op, has not)."""
     try:
-        torch.manual_seed(0)
-        conv, act = nn.Conv2d(4, 8, 3, padding=1), nn.GELU()
-        x = torch.randn(2, 4, 5, 5)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(0)
+            conv, act = nn.Conv2d(4, 8, 3, padding=1), nn.GELU()
+            x = torch.randn(2, 4, 5, 5)
         fused = ConvAct(conv, "gelu", "none", dtype)
         with torch.no_grad():
             got = fused(x.to(dtype)).float()
@@ -108,8 +110,9 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
     """An eval-mode copy of `model` for prediction, and what was done to it (layers folded and fused).
 
     `dtype` is the autocast dtype prediction runs under (None: fp32). Convolution and linear weights are held in
-    it already: autocast would cast them at every call (for seed-resnet50's 25M weights, a third of a
-    single-image prediction on a 2-core AMX Xeon) and passes a weight already in its dtype through.
+    it already (`hold_weights_in`): autocast would cast them at every call (for seed-resnet50's 25M weights, a
+    quarter of a single-image prediction on a 2-core AMX Xeon: 42 ms against 32) and passes a weight already in its
+    dtype through.
     """
     copy = deepcopy(model).eval()
     summary = {"batchnorm_folded": 0, "activations_fused": 0}
@@ -125,8 +128,14 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
         if post_ops_work(dtype or torch.float32):
             summary["activations_fused"] = fuse_activations(traced, dtype or torch.float32)
         copy = traced
+    return hold_weights_in(copy, dtype).eval(), summary
+
+
+def hold_weights_in(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """`model` with its Conv2d and Linear weights cast to `dtype` in place (None: left as they are); BatchNorm keeps
+    fp32 parameters, as autocast leaves them."""
     if dtype is not None:
-        for m in copy.modules():
+        for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 m.to(dtype)
-    return copy.eval(), summary
+    return model

@@ -111,3 +111,39 @@ def test_fast_trains_with_its_recipe_and_learns(mini_zip, tmp_path):
     # resume replays the saved (recipe-filled) config and continues the one-cycle schedule
     resumed = run.resume(out, epochs=5, progress=False, log=lambda m: None)
     assert json.loads((resumed / "run.json").read_text())["epochs_run"] == 5
+
+
+def test_a_large_batch_runs_in_pieces_on_the_cpu_with_the_same_logits(monkeypatch):
+    """fast's feature maps fall out of cache past a few hundred images: predicting on a CPU runs a large batch in
+    pieces of `cpu_forward_batch`, through the backend's fused copy and the training model alike, with the logits
+    of one whole batch."""
+    import numpy as np
+
+    from realfake.infer import TorchBackend, forward_batch, predict_logits
+
+    cpu = torch.device("cpu")
+    assert forward_batch(FastNet(), cpu, 1024) == FastNet.cpu_forward_batch == 256
+    assert forward_batch(FastNet(), cpu, 100) == 100  # a smaller batch asked for is kept
+    assert forward_batch(FastNet(), torch.device("cuda"), 1024) == 1024  # GPUs: the caller's batch
+    assert forward_batch(build("seed-resnet50", "none").model, cpu, 1024) == 1024  # a model that sets none
+
+    torch.manual_seed(0)
+    model = FastNet().eval()
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    sizes: list[int] = []
+    for precision in ("fp32", "bf16"):
+        backend = TorchBackend(model, cpu, "flip", precision)
+        whole = backend.logits(images, 64)  # 40 images, one pass
+        training_whole = predict_logits(model, images, cpu, 64, tta="flip", precision=precision)
+        sizes.clear()
+        hooks = [m.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+                 for m in (backend._predicting, model)]
+        monkeypatch.setattr(FastNet, "cpu_forward_batch", 16)
+        pieces = backend.logits(images, 64)
+        training_pieces = predict_logits(model, images, cpu, 64, tta="flip", precision=precision)
+        monkeypatch.undo()
+        for h in hooks:
+            h.remove()
+        assert sizes == [16, 16, 16, 16, 8, 8] * 2  # image and mirror image per piece, backend then training
+        np.testing.assert_allclose(pieces, whole, atol=1e-5)  # bf16 too: per-image kernels
+        np.testing.assert_allclose(training_pieces, training_whole, atol=1e-5)

@@ -59,6 +59,7 @@ def decode_files(files: list[bytes], rounds: int) -> None:
     """Per-file decoding, realfake's `decode_bytes` against Pillow's path, timed in turn (best round of each)."""
     from realfake.data import images
 
+    images.prepare_jpeg_decoding(images.FAST_JPEG_MIN_IMAGES)  # as a job that large would: the steady state
     paths = {"pillow": lambda d: images._decode_with_pillow(d, 32), "realfake": images.decode_bytes}
     best = dict.fromkeys(paths, float("inf"))
     for _ in range(rounds):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from realfake.atomic import atomic_file, atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE
-from realfake.data.images import BadImage, read_and_decode
+from realfake.data.images import BadImage, prepare_jpeg_decoding, read_and_decode
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
 from realfake.detector import Detector, Explanation, Prediction, PredictionBatch
 from realfake.errors import RealfakeError
@@ -155,6 +155,8 @@ def predict_batches(
     clock = Stages(stages)
     with clock("list"):
         refs = list(expand_inputs(paths))
+    with clock("prepare the JPEG decoder"):
+        prepare_jpeg_decoding(len(refs))  # before the workers fork: they inherit it, or Pillow's path
     batches = [refs[i:i + batch_size] for i in range(0, len(refs), batch_size)]
     workers = default_workers() if workers is None else workers
     workers = min(workers, len(batches)) if len(batches) > 1 else 0  # one batch: nothing to overlap it with

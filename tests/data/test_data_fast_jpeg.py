@@ -153,3 +153,36 @@ def test_the_decoding_benchmark_compares_like_with_like(capsys: pytest.CaptureFi
     decode_files(files, rounds=2)
     line = capsys.readouterr().out
     assert "6 of 7 through torchvision" in line and "identical: True" in line
+
+
+_GATE = """
+import io, sys
+import numpy as np
+from PIL import Image
+from realfake.data import images
+from realfake.predict import decode_chunk
+buf = io.BytesIO()
+Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)).save(buf, "JPEG")
+data = buf.getvalue()
+assert images.jpeg_header(data) == (32, 32, 3)
+seen = []
+real = images._jpeg_decoder
+images._jpeg_decoder = lambda: seen.append(1) or real()
+first = images.decode_bytes(data)
+small = images.prepare_jpeg_decoding(1000)
+print("before", "torchvision.io" in sys.modules, len(seen), small)
+large = images.prepare_jpeg_decoding(images.FAST_JPEG_MIN_IMAGES)
+after = images.decode_bytes(data)
+print("after", "torchvision.io" in sys.modules, large, np.array_equal(first, after))
+"""
+
+
+def test_torchvision_is_imported_only_for_a_job_that_repays_it() -> None:
+    """`import torchvision` costs a second or more (and each forked worker paid it again), more than its decoder
+    saves on a few thousand files: Pillow decodes until a caller about to decode FAST_JPEG_MIN_IMAGES prepares it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _GATE], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["before", "False", "0", "False", "after", "True", "True", "True"]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from realfake.atomic import atomic_dir, existing_dir, remove_stale_temporaries
 from realfake.contract import CLASS_NAMES, IMAGE_SIZE
-from realfake.data.images import PREPROCESS_SETTINGS, BadImage, read_and_decode
+from realfake.data.images import PREPROCESS_SETTINGS, BadImage, prepare_jpeg_decoding, read_and_decode
 from realfake.data.sources import Item, Reader, Source, open_source
 from realfake.errors import RealfakeError
 
@@ -141,6 +141,7 @@ def _decoded_chunks(
     data set pile up in memory.
     """
     todo = [i for i, it in enumerate(items) if it.refused is None]
+    prepare_jpeg_decoding(len(todo))  # before the workers fork, so each does not import torchvision again
     starts = iter(range(0, len(todo), CHUNK))
     workers = min(workers or os.cpu_count() or 1, -(-len(todo) // CHUNK))
     bar = tqdm(total=len(todo), desc="decoding", unit="img", disable=not progress, file=sys.stderr)

@@ -22,6 +22,7 @@ import io
 import lzma
 import os
 import stat
+import sys
 import warnings
 import zipfile
 import zlib
@@ -218,6 +219,26 @@ def _decode_with_pillow(data: bytes, size: int) -> np.ndarray:
 # which also gives the reason a file is bad. Both give the same pixels: checked once per process on test images
 # (`_jpeg_decoder`) and on the stand-in's files in the tests; where they differ, the fast path is off.
 
+#
+# The fast path has a price: `import torchvision` takes 1.3-1.7 s of CPU on that Xeon (its ops pull in
+# torch._dynamo), against 40-60 us saved a file. Worse, every forked decoding worker paid it again: `realfake
+# predict` (`fast`) on 4,096 JPEGs took 6.1-7.1 s with it and 4.2-5.1 s on Pillow alone (20,000: 9.7-10.8 s
+# against 8.8-9.3). Imported once before the workers fork, it saved 2-3 CPU-seconds on 60,000 JPEGs and no wall
+# time (16.4 and 19.6 s against 15.4 and 19.5). So the path is taken only where torchvision is already imported
+# (by a model that uses it, or by training's JPEG augmentation), or where a caller about to decode at least
+# FAST_JPEG_MIN_IMAGES asked for it first (`prepare_jpeg_decoding`: the data cache, batch prediction).
+FAST_JPEG_MIN_IMAGES = 100_000
+_TORCHVISION_IO = "torchvision.io"
+
+
+def prepare_jpeg_decoding(n_images: int) -> bool:
+    """Before decoding `n_images` (and before forking workers, which inherit it): import torchvision's decoder
+    if that many images repay the import; returns whether the fast path is on."""
+    if n_images >= FAST_JPEG_MIN_IMAGES or _TORCHVISION_IO in sys.modules:
+        return _jpeg_decoder() is not None
+    return False
+
+
 _SOF_PLAIN = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
 _NO_LENGTH = (0x01, *range(0xD0, 0xD8))  # markers without a length field
 
@@ -257,7 +278,10 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _small_jpeg(data: bytes, size: int) -> np.ndarray | None:
-    """The model array of a plain size x size JPEG through torchvision, or None for Pillow's path."""
+    """The model array of a plain size x size JPEG through torchvision, or None for Pillow's path (always, until
+    torchvision is imported: see `prepare_jpeg_decoding`)."""
+    if _TORCHVISION_IO not in sys.modules:
+        return None
     head = jpeg_header(data)
     if head is None or head[:2] != (size, size) or head[2] not in (1, 3):
         return None

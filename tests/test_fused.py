@@ -134,3 +134,20 @@ def test_building_the_copy_leaves_the_callers_random_state_alone() -> None:
     torch.manual_seed(123)
     fused.for_prediction(model, None)
     assert torch.equal(torch.rand(4), want)
+
+
+def test_fast_dense_gelu_is_gelu_and_fuses_like_it():
+    """fast's DenseGELU (GELU on the channels_last map viewed as NHWC, in training) computes nn.GELU's values and
+    gradients, and prediction's copy still fuses every one of its six convolution + GELU pairs."""
+    from realfake.models.fast import DenseGELU, FastNet
+
+    x = torch.randn(4, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    dense, plain = DenseGELU().train(), nn.GELU()
+    y = dense(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, plain(ref))
+    y.sum().backward()
+    plain(ref).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+    assert fused.for_prediction(FastNet(), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6}

@@ -56,12 +56,31 @@ RECIPE = {
 }
 
 
+class DenseGELU(nn.GELU):
+    """nn.GELU, the same function and no parameters; in training it runs on the feature map viewed as the dense
+    NHWC array that channels_last memory is.
+
+    Why: PyTorch's CPU GELU, forward and backward, is slower on a channels_last (N, C, H, W) tensor than on the
+    same memory read as contiguous (N, H, W, C): 5.1 against 3.2 ms, forward and backward, for the stem's map at
+    batch 128 in bf16 on a 2-core AMX Xeon. There the whole `fast` training step (batch 128, 16 rounds of 10 steps,
+    the two in alternating order) ran 1.09x and 1.11x faster with this view in bf16 (faster in 15 rounds of 16,
+    both times), and 1.01x and 1.10x in fp32. The values are GELU's, the layout is unchanged, and in eval mode it
+    is plain GELU, so ONNX export sees one Gelu and prediction's fused copy (realfake.models.fused) treats it as
+    the nn.GELU it is.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.dim() == 4:
+            return nn.functional.gelu(x.permute(0, 2, 3, 1), approximate=self.approximate).permute(0, 3, 1, 2)
+        return nn.functional.gelu(x, approximate=self.approximate)
+
+
 def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     """3x3 conv (no bias: BatchNorm has one) -> BatchNorm -> GELU."""
     return nn.Sequential(
         nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(c_out, momentum=BN_MOMENTUM),
-        nn.GELU(),
+        DenseGELU(),
     )
 
 

@@ -80,12 +80,25 @@ def post_ops_work(dtype: torch.dtype) -> bool:
         return False
 
 
+def _post_op(module: nn.Module | None) -> tuple[str, str | None] | None:
+    """The post-op computing `module` (an activation of a POST_OPS type, or a subclass of one), else None."""
+    return next((op for kind, op in POST_OPS.items() if isinstance(module, kind)), None)
+
+
+class _Tracer(fx.Tracer):
+    """fx's tracer, with every activation POST_OPS knows (subclasses too, such as fast's DenseGELU) kept as one
+    module call, which the fusing pass then finds."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _post_op(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
 def fuse_activations(gm: fx.GraphModule, dtype: torch.dtype) -> int:
     """Replace each convolution whose only reader is an exact GELU module by one ConvAct; returns how many."""
     modules = dict(gm.named_modules())
     done = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or type(modules.get(node.target)) not in POST_OPS:
+        if node.op != "call_module" or _post_op(modules.get(node.target)) is None:
             continue
         act = modules[node.target]
         if isinstance(act, nn.GELU) and act.approximate != "none":
@@ -94,7 +107,7 @@ def fuse_activations(gm: fx.GraphModule, dtype: torch.dtype) -> int:
         if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and fusable(modules.get(src.target))):
             continue
-        name, algorithm = POST_OPS[type(act)]
+        name, algorithm = _post_op(act)  # type: ignore[misc]
         parent, _, attr = src.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, attr, ConvAct(modules[src.target], name, algorithm, dtype))
         node.replace_all_uses_with(src)
@@ -117,7 +130,7 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
     copy = deepcopy(model).eval()
     summary = {"batchnorm_folded": 0, "activations_fused": 0}
     try:
-        traced = fx.symbolic_trace(copy)
+        traced = fx.GraphModule(copy, _Tracer().trace(copy), copy.__class__.__name__)
     except Exception:  # noqa: BLE001 - a model fx cannot trace is still a model: predicted unfused
         traced = None
     if traced is not None:

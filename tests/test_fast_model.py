@@ -147,3 +147,30 @@ def test_a_large_batch_runs_in_pieces_on_the_cpu_with_the_same_logits(monkeypatc
         assert sizes == [16, 16, 16, 16, 8, 8] * 2  # image and mirror image per piece, backend then training
         np.testing.assert_allclose(pieces, whole, atol=1e-5)  # bf16 too: per-image kernels
         np.testing.assert_allclose(training_pieces, training_whole, atol=1e-5)
+
+
+def test_training_pools_over_the_nhwc_view_with_the_same_values_and_gradients():
+    """In training `fast` pools over the channels_last map viewed as (N, H*W, C), so the gradient reaches the last
+    BatchNorm in its input's layout; the values and gradients are those of pooling over (2, 3)."""
+    m = FastNet().train()
+    x = torch.randn(6, 128, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ref = x.detach().clone().requires_grad_()
+    got = m.pool(x)
+    want = torch.cat([ref.amax(dim=(2, 3)), ref.mean(dim=(2, 3))], dim=1)
+    torch.testing.assert_close(got, want)
+    weights = torch.randn_like(want)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
+    torch.testing.assert_close(m.eval().pool(x.detach()), want.detach())
+
+    # in a training step (bf16 autocast, as fit runs it) the last BatchNorm gets its gradient channels_last: pooled
+    # over (2, 3) it came back NCHW, beside a channels_last input, a backward 4x as slow
+    m = FastNet().to(memory_format=torch.channels_last).train()
+    layouts = []
+    m.stages[4][1].register_full_backward_hook(
+        lambda _m, _gi, go: layouts.append(go[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last))
+    torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.ones(8)).backward()
+    assert layouts == [True]

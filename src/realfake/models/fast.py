@@ -123,8 +123,21 @@ class FastNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem((x - 0.5) * 4.0))
-        pooled = torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
-        return self.head(pooled).squeeze(1)
+        return self.head(self.pool(x)).squeeze(1)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Global max and mean per channel, side by side.
+
+        In training they are taken over the map viewed as (N, H*W, C), the dense array channels_last memory is.
+        Pooled over dims (2, 3), the gradient came back in NCHW order and the last BatchNorm's backward, reading
+        it beside a channels_last input, took 1.5 ms a step (batch 128, bf16, 2-core AMX Xeon) against 0.4;
+        the step ran 1.08x faster in bf16 and 1.07x in fp32 with the view (16 rounds in alternating order,
+        faster in 14 and 12 of them). The values are the same either way; eval mode keeps the plain form.
+        """
+        if self.training:
+            v = x.permute(0, 2, 3, 1).flatten(1, 2)
+            return torch.cat([v.amax(dim=1), v.mean(dim=1)], dim=1)
+        return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
 
 
 @register("fast")

@@ -77,7 +77,7 @@ def test_seed_resnet50_folds_its_batchnorms_and_keeps_its_relus() -> None:
     model = _with_running_stats(build("seed-resnet50", "none").model)
     images = _images(4)
     copy, summary = fused.for_prediction(model, None)
-    assert summary == {"batchnorm_folded": 53, "activations_fused": 0}
+    assert summary == {"batchnorm_folded": 53, "activations_fused": 0, "weights_packed": 0}
     assert _count(copy, nn.BatchNorm2d) == 0 and _count(copy, nn.BatchNorm1d) == 1  # the head's: after a ReLU
     want = predict_logits(model, images, CPU, precision="fp32")
     np.testing.assert_allclose(predict_logits(copy, images, CPU, precision="fp32"), want, rtol=1e-4, atol=1e-4)
@@ -87,7 +87,8 @@ def test_without_the_onednn_kernel_only_batchnorm_is_folded(monkeypatch: pytest.
     monkeypatch.setattr(fused, "post_ops_work", lambda dtype: False)
     model = _with_running_stats(build("fast", "none").model)
     copy, summary = fused.for_prediction(model, None)
-    assert summary == {"batchnorm_folded": 6, "activations_fused": 0} and _count(copy, nn.GELU) == 6
+    assert summary == {"batchnorm_folded": 6, "activations_fused": 0, "weights_packed": 0}
+    assert _count(copy, nn.GELU) == 6
     images = _images(8)
     np.testing.assert_allclose(predict_logits(copy, images, CPU, precision="fp32"),
                                predict_logits(model, images, CPU, precision="fp32"), rtol=1e-4, atol=1e-5)
@@ -108,7 +109,7 @@ class _Branchy(nn.Module):
 def test_a_model_fx_cannot_trace_is_predicted_unfused() -> None:
     model = _with_running_stats(_Branchy())
     copy, summary = fused.for_prediction(model, None)
-    assert summary == {"batchnorm_folded": 0, "activations_fused": 0} and copy is not model
+    assert summary == {"batchnorm_folded": 0, "activations_fused": 0, "weights_packed": 0} and copy is not model
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(copy(x), model(x))
@@ -129,10 +130,12 @@ def test_building_the_copy_leaves_the_callers_random_state_alone() -> None:
     it would have drawn without loading it."""
     model = build("fast", "none").model
     fused.post_ops_work.cache_clear()
+    fused.packing_pays.cache_clear()
     torch.manual_seed(123)
     want = torch.rand(4)
     torch.manual_seed(123)
     fused.for_prediction(model, None)
+    fused.for_prediction(model, torch.bfloat16)
     assert torch.equal(torch.rand(4), want)
 
 
@@ -150,4 +153,50 @@ def test_fast_dense_gelu_is_gelu_and_fuses_like_it():
     y.sum().backward()
     plain(ref).sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)
-    assert fused.for_prediction(FastNet(), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6}
+    assert fused.for_prediction(FastNet(), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6,
+                                                         "weights_packed": 0}
+
+
+@pytest.mark.parametrize("name", ["fast", "seed-resnet50"])
+def test_packed_weights_give_the_unpacked_logits_at_every_batch_size(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 prediction's convolutions with their weights packed once (where `packing_pays`) answer exactly as the
+    unpacked copy does, one image at a time or many; forced on here, so the packed path runs on any CPU."""
+    model = _with_running_stats(build(name, "none").model)
+    images = _images(12)
+    pays = fused.packing_pays(torch.bfloat16)
+    monkeypatch.setattr(fused, "packing_pays", lambda dtype: False)
+    plain, summary = fused.for_prediction(model, torch.bfloat16)
+    assert summary["weights_packed"] == 0
+    monkeypatch.setattr(fused, "packing_pays", lambda dtype: True)
+    packed, summary = fused.for_prediction(model, torch.bfloat16)
+    convs = _count(model, nn.Conv2d)
+    assert summary["weights_packed"] == convs == _count(packed, fused.ConvAct) and _count(packed, nn.Conv2d) == 0
+    assert all(m.pack for m in packed.modules() if isinstance(m, fused.ConvAct))
+    want = predict_logits(plain, images, CPU, precision="bf16")
+    assert np.abs(want).max() > 1e-3
+    for batch in (1, 5, 12):
+        got = np.concatenate([predict_logits(packed, images[i : i + batch], CPU, precision="bf16")
+                              for i in range(0, len(images), batch)])
+        if pays:  # where realfake packs (bf16 on an AMX CPU), bit for bit
+            np.testing.assert_array_equal(got, want)
+        else:  # elsewhere oneDNN may pick another kernel for the packed layout: bf16's rounding apart
+            np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02)
+    assert {k for m in packed.modules() if isinstance(m, fused.ConvAct) for k in m._packed}  # packed, at first use
+
+
+def test_weights_are_packed_only_in_bf16_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    fused.packing_pays.cache_clear()
+    try:
+        assert not fused.packing_pays(torch.float32)  # fp32: oneDNN packs for one batch size, slower at others
+        monkeypatch.setattr(fused, "cpu_info", lambda: {"isa": {"amx_bf16": False, "avx512_bf16": True}})
+        assert not fused.packing_pays(torch.bfloat16)
+        fused.packing_pays.cache_clear()
+        monkeypatch.setattr(fused, "cpu_info", lambda: {"isa": {"amx_bf16": True}})
+        assert fused.packing_pays(torch.bfloat16) == hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+        fused.packing_pays.cache_clear()
+        monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", None)  # a build without the op
+        assert not fused.packing_pays(torch.bfloat16)
+    finally:
+        fused.packing_pays.cache_clear()

@@ -178,6 +178,7 @@ def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_near_autocast():
 
     from realfake.infer import TorchBackend, predict_logits
     from realfake.models import build
+    from realfake.models.fused import ConvAct
 
     model = build("seed-resnet50", "none").model.eval()
     images = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
@@ -189,4 +190,5 @@ def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_near_autocast():
     assert np.abs(got - fp32).max() <= 2 * np.abs(autocast - fp32).max() + 1e-3
     assert backend.model is model and all(p.dtype == torch.float32 for p in model.parameters())
     held = {type(m): m.weight.dtype for m in backend._predicting.modules() if hasattr(m, "weight")}
-    assert held[nn.Conv2d] == held[nn.Linear] == torch.bfloat16 and nn.BatchNorm2d not in held
+    conv = ConvAct if backend.fusion["weights_packed"] else nn.Conv2d  # packed on an AMX CPU (models.fused)
+    assert held[conv] == held[nn.Linear] == torch.bfloat16 and nn.BatchNorm2d not in held

@@ -8,6 +8,9 @@ convolutions, applies an activation to each output while it is still in register
 most of its prediction time outside its convolutions: on a 2-core AMX Xeon, with flip TTA in bf16, GELU took 38%
 of it and BatchNorm 13%, each a full pass over a feature map.
 
+In bf16 on a CPU with AMX, every convolution also holds its weights packed once in the layout AMX's kernel reads
+(`packing_pays`): unpacked, oneDNN re-lays them out at every call, which is most of a single image's time.
+
 Training never sees this copy (BatchNorm must learn there), and Grad-CAM and ONNX export keep the original, whose
 layers they hook and trace; so a Detector holds the model twice (for seed-resnet50 in fp32, 92 MiB more). A
 model torch.fx cannot trace is predicted unfused; on other devices (CUDA), or where the oneDNN kernel is missing
@@ -23,6 +26,8 @@ import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
+from realfake.device import cpu_info
+
 # Activations computed inside the convolution before them: module type -> (oneDNN post-op, its algorithm). GELU
 # only. Its erf makes it several times a ReLU's cost (on 4M bf16 values on a 2-core AMX Xeon: 4.8 ms against
 # 0.6), while oneDNN's pointwise entry point pays a fixed cost at each call that PyTorch's plain convolution
@@ -33,14 +38,18 @@ POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "no
 
 
 class ConvAct(nn.Module):
-    """A Conv2d followed by its activation, as one oneDNN convolution with the activation as a post-op.
+    """A Conv2d followed by its activation (`act` "none": by nothing), as one oneDNN convolution with the
+    activation as a post-op.
 
     The weight is held in `dtype` (bf16 under bf16 prediction, as autocast would cast it) and channels_last; the
     bias stays fp32 (a folded BatchNorm's shift, added in the kernel's fp32 accumulator). The input is cast to
-    the weight's dtype, as autocast casts a convolution's input.
+    the weight's dtype, as autocast casts a convolution's input. With `pack`, the weight is also packed into
+    oneDNN's own layout the first time an input of a shape comes (`packing_pays` says where that is worth it).
     """
 
-    def __init__(self, conv: nn.Conv2d, act: str, algorithm: str | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, act: str, algorithm: str | None, dtype: torch.dtype, pack: bool = False
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(
             conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last), requires_grad=False)
@@ -49,11 +58,27 @@ class ConvAct(nn.Module):
         self.stride, self.padding = list(conv.stride), list(conv.padding)  # type: ignore[arg-type]
         self.dilation, self.groups = list(conv.dilation), conv.groups
         self.act, self.algorithm = act, algorithm
+        self.pack = pack
+        self._packed: dict[tuple[int, ...], torch.Tensor] = {}  # one image's input shape -> the packed weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(self.weight.dtype), self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
-            self.act, [], self.algorithm)
+            x.to(self.weight.dtype), self._weight_for(x), self.bias, self.padding, self.stride, self.dilation,
+            self.groups, self.act, [], self.algorithm)
+
+    def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight as this input's convolution reads it: packed for one image of its shape (oneDNN's layout for
+        AMX does not depend on the batch, and the kernel's values do not either: tested), or as it is."""
+        if not self.pack:
+            return self.weight
+        key = tuple(x.shape[1:])
+        packed = self._packed.get(key)
+        if packed is None:
+            with torch.no_grad():
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *key])
+            self._packed[key] = packed
+        return packed
 
 
 def fusable(conv: nn.Module) -> bool:
@@ -78,6 +103,50 @@ def post_ops_work(dtype: torch.dtype) -> bool:
         return bool(torch.allclose(got, want, atol=0.05, rtol=0.05))
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
+
+
+@functools.cache
+def packing_pays(dtype: torch.dtype) -> bool:
+    """Whether prediction's convolutions should hold their weights packed once (`ConvAct(pack=True)`): in bf16 on a
+    CPU with AMX, where this PyTorch build has the packing op and the packed kernel gives the plain convolution's
+    values bit for bit at two batch sizes (checked once per process on a tiny input).
+
+    Why: unpacked, oneDNN re-lays out a bf16 weight into AMX's tiles at every call (59 times in one of
+    seed-resnet50's single-image forwards, seen with ONEDNN_VERBOSE=1), which is most of one image's time. Packed
+    once, on a 2-core AMX Xeon, one image took 6.6-13.0 ms against 15.1-23.5 (seed-resnet50) and 0.94-1.00 ms against
+    1.18-1.32 (`fast`), with the same logits at every batch size tried (1 to 300) and batches of 256 as fast as
+    before. Only there: in fp32 oneDNN packs for the batch size it is given (a 1x1 convolution packed for one image
+    ran 10x slower at batch 256), and a CPU without AMX was not measured.
+    """
+    if dtype != torch.bfloat16 or not cpu_info()["isa"].get("amx_bf16"):
+        return False
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(0)
+            conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+            x = torch.randn(5, 8, 6, 6).to(dtype)
+        packed = ConvAct(conv, "none", None, dtype, pack=True)
+        with torch.no_grad():
+            want = nn.functional.conv2d(x, conv.weight.to(dtype), padding=1)
+            return bool(torch.equal(packed(x), want) and torch.equal(packed(x[:1]), want[:1]))
+    except (RuntimeError, AttributeError, NotImplementedError, TypeError):
+        return False
+
+
+def pack_weights(gm: fx.GraphModule, dtype: torch.dtype) -> int:
+    """Every convolution oneDNN takes, made a ConvAct that packs its weights (a fused one keeps its post-op);
+    returns how many."""
+    done = 0
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, ConvAct):
+            module.pack = True
+        elif fusable(module):
+            parent, _, attr = name.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, attr, ConvAct(module, "none", None, dtype, pack=True))
+        else:
+            continue
+        done += 1
+    return done
 
 
 def _post_op(module: nn.Module | None) -> tuple[str, str | None] | None:
@@ -128,7 +197,7 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
     dtype through.
     """
     copy = deepcopy(model).eval()
-    summary = {"batchnorm_folded": 0, "activations_fused": 0}
+    summary = {"batchnorm_folded": 0, "activations_fused": 0, "weights_packed": 0}
     try:
         traced = fx.GraphModule(copy, _Tracer().trace(copy), copy.__class__.__name__)
     except Exception:  # noqa: BLE001 - a model fx cannot trace is still a model: predicted unfused
@@ -141,7 +210,11 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
         if post_ops_work(dtype or torch.float32):
             summary["activations_fused"] = fuse_activations(traced, dtype or torch.float32)
         copy = traced
-    return hold_weights_in(copy, dtype).eval(), summary
+    copy = hold_weights_in(copy, dtype)
+    if traced is not None and dtype is not None and packing_pays(dtype):
+        # after the cast: a convolution's bias was rounded to `dtype` with it, as before packing (the same values)
+        summary["weights_packed"] = pack_weights(traced, dtype)
+    return copy.eval(), summary
 
 
 def hold_weights_in(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:

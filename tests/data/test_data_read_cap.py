@@ -93,3 +93,19 @@ print(json.dumps(res))
     assert [s["path"] for s in out["skipped"]] == ["train/FAKE/bomb.png"]
     assert "file too large" in out["skipped"][0]["reason"]
     assert out["mb"] < 50, out  # nothing of the member was inflated (before: +400 MB)
+
+
+@posix_only
+def test_a_file_swapped_for_a_fifo_after_the_check_is_refused_without_blocking(tmp_path, monkeypatch):
+    """read_file checks the path, then opens it: a regular file replaced by a FIFO in between must not block the
+    reader (it opens non-blocking) and is refused by the check made on what was opened."""
+    import os
+
+    regular = tmp_path / "real.jpg"
+    regular.write_bytes(b"\xff\xd8\xff")
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # no writer: a blocking open would wait forever
+    real_stat = os.stat
+    monkeypatch.setattr(images.os, "stat", lambda p, *a, **k: real_stat(regular if str(p) == str(fifo) else p))
+    with pytest.raises(BadImage, match="not a regular file"):
+        images.read_file(fifo)

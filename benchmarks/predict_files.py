@@ -59,9 +59,9 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
     from realfake.predict import decode_chunk, default_workers, predict_batches, write_rows
 
     batch = inspect.signature(predict_batches).parameters["batch_size"].default  # the CLI's, as users run it
-    # Throughput in the steady state, as a large job runs: torchvision's JPEG decoder imported once, before the
-    # workers fork (`realfake predict` does so from FAST_JPEG_MIN_IMAGES files; below that, Pillow decodes and the
-    # import is saved). Start-up (the import, the model's load) is not in these figures.
+    # Throughput in the steady state: torchvision's JPEG operators set up once, before the workers fork, as
+    # `realfake predict` does wherever torch is imported (an ONNX Runtime job: from FAST_JPEG_MIN_IMAGES files).
+    # Start-up (imports, the model's load) is not in these figures.
     fast_jpeg = prepare_jpeg_decoding(FAST_JPEG_MIN_IMAGES)
     images, errors = decode_chunk(list(expand_inputs([folder])))
     n = len(errors)
@@ -106,7 +106,7 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "tta": detector.calibration.tta,
-        "jpeg_decoder": "torchvision, imported before the workers fork (a large job's)" if fast_jpeg else "Pillow",
+        "jpeg_decoder": "torchvision's operator, set up before the workers fork" if fast_jpeg else "Pillow",
         "device": str(getattr(detector, "device", "cpu")),
         "bare_model_images_per_s": n / r["bare_s"],
         "bare_model_at_pipeline_batch_images_per_s": n / r["bare_batch_s"],

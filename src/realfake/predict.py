@@ -15,9 +15,9 @@ took 6.1 CPU-seconds in the workers (0.3 ms an image) and formatting and writing
 that costs nothing, this process spends ~50 us of CPU an image (80-100 us when each row was a Prediction
 turned into a dict for json.dumps, written and flushed one by one). What remains between this and the bare
 model is the model sharing the cores with decoding (see `quiet_waiting_threads`). Since prediction's model copy
-is fused (realfake.models.fused) decoding is a larger share, and in a job large enough to repay importing
-torchvision (`prepare_jpeg_decoding`, before the workers fork) a plain 32x32 JPEG decodes through it
-(realfake.data.images): 0.12 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
+is fused (realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes through
+torchvision's libjpeg operator (realfake.data.images; set up by `prepare_jpeg_decoding` before the workers
+fork): 0.086-0.096 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def test_damaged_jpegs_get_pillows_reason(damage: str, monkeypatch: pytest.Monke
 
 def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """The once-per-process check is what keeps a different libjpeg from changing what the models see: torchvision's
-    operator called directly is checked first, its public function next, and Pillow decodes when neither agrees."""
+    operator called directly is checked first, its public function next (only where torchvision is imported
+    anyway), and Pillow decodes when neither agrees."""
     import torch
     import torchvision.io
 
@@ -135,6 +136,10 @@ def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.
         images._jpeg_decoder.cache_clear()
         fallback = images._jpeg_decoder()
         assert fallback.__name__ == "public" and np.array_equal(fallback(data), want)
+        monkeypatch.setattr(images, "_TORCHVISION_IO", "not.imported")  # the public function only where imported
+        images._jpeg_decoder.cache_clear()
+        assert images._jpeg_decoder() is None
+        monkeypatch.setattr(images, "_TORCHVISION_IO", "torchvision.io")
         monkeypatch.setattr(images, "_decode_jpeg_operator", lambda: None)  # a torchvision without the operator
         images._jpeg_decoder.cache_clear()
         assert images._jpeg_decoder().__name__ == "public"
@@ -182,19 +187,50 @@ real = images._jpeg_decoder
 images._jpeg_decoder = lambda: seen.append(1) or real()
 first = images.decode_bytes(data)
 small = images.prepare_jpeg_decoding(1000)
-print("before", "torchvision.io" in sys.modules, len(seen), small)
+print("before", "torch" in sys.modules, len(seen), small)
 large = images.prepare_jpeg_decoding(images.FAST_JPEG_MIN_IMAGES)
 after = images.decode_bytes(data)
-print("after", "torchvision.io" in sys.modules, large, np.array_equal(first, after))
+print("after", "torch" in sys.modules, large, np.array_equal(first, after), "torchvision" in sys.modules)
+"""
+
+_WITH_TORCH = """
+import io, sys
+import numpy as np
+import torch
+from PIL import Image
+from realfake.data import images
+from realfake.data.batches import _jpeg_codec, jpeg_roundtrip
+if sys.argv[1] == "missing":
+    images._IMAGE_LIBRARIES = ("no_such_library",)
+buf = io.BytesIO()
+Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)).save(buf, "JPEG")
+data = buf.getvalue()
+taken = images._small_jpeg(data, 32) is not None
+same = np.array_equal(images.decode_bytes(data), images._decode_with_pillow(data, 32))
+jpeg_roundtrip(np.zeros((2, 32, 32, 3), np.uint8), 50)
+print(taken, same, images.prepare_jpeg_decoding(10), _jpeg_codec().__name__, "torchvision" in sys.modules)
 """
 
 
-def test_torchvision_is_imported_only_for_a_job_that_repays_it() -> None:
-    """`import torchvision` costs a second or more (and each forked worker paid it again), more than its decoder
-    saves on a few thousand files: Pillow decodes until a caller about to decode FAST_JPEG_MIN_IMAGES prepares it."""
+def _script(code: str, *args: str) -> list[str]:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", _GATE], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["before", "False", "0", "False", "after", "True", "True", "True"]
+    return out.stdout.split()
+
+
+def test_a_process_without_torch_imports_it_only_for_a_job_that_repays_it() -> None:
+    """`import torch` costs about 2 s of CPU, more than the fast path saves on a few thousand files: an ONNX
+    Runtime job decodes with Pillow until a caller about to decode FAST_JPEG_MIN_IMAGES prepares the decoder,
+    and even then torchvision itself is not imported."""
+    assert _script(_GATE) == ["before", "False", "0", "False", "after", "True", "True", "True", "False"]
+
+
+def test_with_torch_the_fast_path_is_on_from_the_first_file_without_importing_torchvision() -> None:
+    """torchvision's image library is loaded by itself (`image_operators`), for decoding and for training's JPEG
+    round trip; where it cannot be found, Pillow decodes and the round trip falls back to torchvision's public
+    functions, which import it."""
+    assert _script(_WITH_TORCH, "found") == ["True", "True", "True", "direct", "False"]
+    assert _script(_WITH_TORCH, "missing") == ["False", "True", "False", "public", "True"]

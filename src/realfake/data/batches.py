@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from realfake.data.images import TORCHVISION_RGB, image_operators
+
 
 def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W, 3) uint8 array to an (N, 3, H, W) uint8 tensor on `device` (channels_last memory).
@@ -73,22 +75,39 @@ def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
-    """torchvision's JPEG round trip where its image extension works, else Pillow's (the same bytes, slower)."""
+    """torchvision's JPEG round trip where its image library loads, else Pillow's (the same bytes, slower).
+
+    Its operators are called directly (`image_operators`), so training does not import torchvision for them
+    (1.3-1.7 s of CPU on a 2-core AMX Xeon); torchvision's public functions are the fallback."""
+    ops = image_operators()
+    if ops is not None:
+
+        def direct(img: torch.Tensor, quality: int) -> np.ndarray:
+            encoded = ops.encode_jpeg(img.permute(2, 0, 1), quality)
+            return ops.decode_jpeg(encoded, TORCHVISION_RGB, False).permute(1, 2, 0).numpy()
+
+        candidates: tuple[Callable[[torch.Tensor, int], np.ndarray], ...] = (direct,)
+    else:
+        candidates = ()
     # torchvision 0.29 announces that these calls will move to TorchCodec (not a dependency here) and warns
-    # on every call; while they are there they are the fast path, and when they go Pillow takes over.
+    # on every call; while they are there they are a fast path, and when they go Pillow takes over.
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                             category=DeprecationWarning)
-    try:
+
+    def public(img: torch.Tensor, quality: int) -> np.ndarray:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-        def tv(img: torch.Tensor, quality: int) -> np.ndarray:
-            encoded = encode_jpeg(img.permute(2, 0, 1), quality=quality)
-            return decode_jpeg(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+        encoded = encode_jpeg(img.permute(2, 0, 1), quality=quality)
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
 
-        tv(torch.zeros(8, 8, 3, dtype=torch.uint8), 75)
-        return tv
-    except (ImportError, RuntimeError, AttributeError):  # a torchvision without libjpeg, or without these calls
-        return _pillow_roundtrip
+    probe = torch.zeros(8, 8, 3, dtype=torch.uint8)
+    for codec in (*candidates, public):
+        try:
+            codec(probe, 75)
+            return codec
+        except (ImportError, RuntimeError, AttributeError, TypeError):  # no libjpeg, or not these calls
+            continue
+    return _pillow_roundtrip
 
 
 def _pillow_roundtrip(img: torch.Tensor, quality: int) -> np.ndarray:

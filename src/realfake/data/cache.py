@@ -141,7 +141,7 @@ def _decoded_chunks(
     data set pile up in memory.
     """
     todo = [i for i, it in enumerate(items) if it.refused is None]
-    prepare_jpeg_decoding(len(todo))  # before the workers fork, so each does not import torchvision again
+    prepare_jpeg_decoding(len(todo))  # before the workers fork, so each does not set it up again
     starts = iter(range(0, len(todo), CHUNK))
     workers = min(workers or os.cpu_count() or 1, -(-len(todo) // CHUNK))
     bar = tqdm(total=len(todo), desc="decoding", unit="img", disable=not progress, file=sys.stderr)

@@ -221,21 +221,25 @@ def _decode_with_pillow(data: bytes, size: int) -> np.ndarray:
 # (`_jpeg_decoder`) and on the stand-in's files in the tests; where they differ, the fast path is off.
 
 #
-# The fast path has a price: `import torchvision` takes 1.3-1.7 s of CPU on that Xeon (its ops pull in
-# torch._dynamo), against 40-60 us saved a file. Worse, every forked decoding worker paid it again: `realfake
-# predict` (`fast`) on 4,096 JPEGs took 6.1-7.1 s with it and 4.2-5.1 s on Pillow alone (20,000: 9.7-10.8 s
-# against 8.8-9.3). Imported once before the workers fork, it saved 2-3 CPU-seconds on 60,000 JPEGs and no wall
-# time (16.4 and 19.6 s against 15.4 and 19.5). So the path is taken only where torchvision is already imported
-# (by a model that uses it, or by training's JPEG augmentation), or where a caller about to decode at least
-# FAST_JPEG_MIN_IMAGES asked for it first (`prepare_jpeg_decoding`: the data cache, batch prediction).
+# The fast path needs torch, and that is its price: `import torch` takes about 2 s of CPU. A process that has
+# torch already (every PyTorch model, training, the server's Detector) takes the path from its first file;
+# one that has not (an ONNX Runtime job) stays with Pillow unless it is about to decode FAST_JPEG_MIN_IMAGES,
+# enough to repay the import (`prepare_jpeg_decoding`: the data cache, batch prediction). torchvision itself is
+# never imported for it: its image library (libjpeg's operators, `torch.ops.image`) is loaded straight from
+# torchvision's folder in about 3 ms, where `import torchvision` took 1.3-1.7 s of CPU on a 2-core AMX Xeon
+# (its ops pull in torch._dynamo) and, in forked workers, was paid again by each: `realfake predict` (`fast`)
+# on 4,096 JPEGs took 6.1-7.1 s with that import and 4.2-5.1 s on Pillow alone. Until that was found, jobs
+# under 100,000 images decoded with Pillow to spare the import.
 FAST_JPEG_MIN_IMAGES = 100_000
+_TORCH = "torch"
 _TORCHVISION_IO = "torchvision.io"
 
 
 def prepare_jpeg_decoding(n_images: int) -> bool:
-    """Before decoding `n_images` (and before forking workers, which inherit it): import torchvision's decoder
-    if that many images repay the import; returns whether the fast path is on."""
-    if n_images >= FAST_JPEG_MIN_IMAGES or _TORCHVISION_IO in sys.modules:
+    """Before decoding `n_images` (and before forking workers, which inherit it): set up torchvision's decoder
+    where torch is already imported, or import torch where that many images repay it; returns whether the
+    fast path is on."""
+    if n_images >= FAST_JPEG_MIN_IMAGES or _TORCH in sys.modules:
         return _jpeg_decoder() is not None
     return False
 
@@ -283,9 +287,9 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
 
 
 def _small_jpeg(data: bytes, size: int) -> np.ndarray | None:
-    """The model array of a plain size x size JPEG through torchvision, or None for Pillow's path (always, until
-    torchvision is imported: see `prepare_jpeg_decoding`)."""
-    if _TORCHVISION_IO not in sys.modules:
+    """The model array of a plain size x size JPEG through torchvision's libjpeg, or None for Pillow's path
+    (always, in a process without torch: see `prepare_jpeg_decoding`)."""
+    if _TORCH not in sys.modules:
         return None
     head = jpeg_header(data)
     if head is None or head[:2] != (size, size) or head[2] not in (1, 3):
@@ -303,31 +307,43 @@ def _small_jpeg(data: bytes, size: int) -> np.ndarray | None:
 def _jpeg_decoder() -> Callable[[bytes], np.ndarray] | None:
     """torchvision's JPEG decoder, if it is there and gives Pillow's pixels on this machine's libraries: checked
     once on 32x32 JPEGs that Pillow writes (4:2:0, 4:4:4, progressive, grey, two qualities)."""
-    # torchvision 0.29 announces that these calls will move to TorchCodec and warns on every call; while they
-    # are here they are the fast path, and when they go Pillow's path is the only one.
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except (ImportError, RuntimeError, AttributeError):
-        return None
-    rgb = ImageReadMode.RGB
+    import torch
 
-    def public(data: bytes) -> np.ndarray:
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return np.ascontiguousarray(decode_jpeg(raw, mode=rgb).permute(1, 2, 0).numpy())
-
-    # The operator that function calls, called directly: torchvision's Python around it (usage logging, the
-    # deprecation warning, tracing checks) cost about as much as a fifth of a 32x32 file's read and decode (CPU
-    # time a file, 512-file chunks in turn, 16 rounds, 2-core AMX Xeon: 96 against 117 us). Private, so it is
-    # used only where it passes the same check, and the public function is the fallback.
+    # The operator, called directly: torchvision's Python around it (usage logging, the deprecation warning,
+    # tracing checks) cost about as much as a fifth of a 32x32 file's read and decode (CPU time a file, 512-file
+    # chunks in turn, 16 rounds, 2-core AMX Xeon: 96 against 117 us). Private, so it is used only where it passes
+    # the check below; torchvision's public function is the fallback where torchvision is imported anyway.
     op = _decode_jpeg_operator()
 
     def direct(data: bytes) -> np.ndarray:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return np.ascontiguousarray(op(raw, rgb.value, False).permute(1, 2, 0).numpy())
+        return np.ascontiguousarray(op(raw, TORCHVISION_RGB, False).permute(1, 2, 0).numpy())
 
+    def public(data: bytes) -> np.ndarray:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return np.ascontiguousarray(decode_jpeg(raw, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy())
+
+    if _TORCHVISION_IO in sys.modules:
+        # torchvision 0.29 announces that its decoding will move to TorchCodec and warns on every call; while
+        # it is here it is a fast path, and when it goes Pillow's path is the only one.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                                category=DeprecationWarning)
+    candidates = ((direct,) if op is not None else ()) + ((public,) if _TORCHVISION_IO in sys.modules else ())
+    samples = _check_samples()
+
+    def agrees(decode: Callable[[bytes], np.ndarray]) -> bool:
+        try:
+            return all(np.array_equal(decode(b), _decode_with_pillow(b, IMAGE_SIZE)) for b in samples)
+        except (RuntimeError, BadImage, TypeError, AttributeError, ImportError):
+            return False
+
+    return next((d for d in candidates if agrees(d)), None)
+
+
+def _check_samples() -> list[bytes]:
+    """32x32 JPEGs as Pillow writes them, in the encodings a decoder must get right."""
     rng = np.random.default_rng(0)
     smooth = np.cumsum(rng.integers(-12, 13, (IMAGE_SIZE, IMAGE_SIZE, 3)), axis=1) % 256
     samples = []
@@ -337,21 +353,58 @@ def _jpeg_decoder() -> Callable[[bytes], np.ndarray] | None:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", **options)
         samples.append(buf.getvalue())
-
-    def agrees(decode: Callable[[bytes], np.ndarray]) -> bool:
-        try:
-            return all(np.array_equal(decode(b), _decode_with_pillow(b, IMAGE_SIZE)) for b in samples)
-        except (RuntimeError, BadImage, TypeError, AttributeError):
-            return False
-
-    return next((d for d in ((direct,) if op is not None else ()) + (public,) if agrees(d)), None)
+    return samples
 
 
 def _decode_jpeg_operator() -> Callable[..., Any] | None:
     """torchvision's registered JPEG decoding operator (`torch.ops.image.decode_jpeg`), or None without one."""
+    ops = image_operators()
+    return None if ops is None else ops.decode_jpeg
+
+
+TORCHVISION_RGB = 3  # torchvision's ImageReadMode.RGB, as its operators take it
+
+# torchvision's image library by the names it has had: `image_stable` (0.29), `image` (before).
+_IMAGE_LIBRARIES = ("image_stable", "image")
+
+
+@functools.cache
+def image_operators() -> Any | None:
+    """torchvision's libjpeg operators (`torch.ops.image`: decode_jpeg, encode_jpeg), registered without
+    importing torchvision, or None where its image library cannot be found or loaded.
+
+    The library is found as torchvision finds it (an extension module in its package folder, by name) and
+    loaded through `torch.ops.load_library`, as torchvision does: so a later `import torchvision` loads the same
+    file, which the dynamic loader hands back without registering anything twice."""
+    import importlib.machinery
+    import importlib.util
+
     import torch
 
-    return getattr(getattr(torch.ops, "image", None), "decode_jpeg", None)
+    def registered() -> Any | None:
+        ops = torch.ops.image
+        return ops if getattr(ops, "decode_jpeg", None) is not None else None
+
+    if registered() is not None:  # torchvision imported, or loaded here before
+        return registered()
+    try:
+        spec = importlib.util.find_spec("torchvision")  # finds the package without importing it
+    except (ImportError, ValueError):
+        return None
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+    for folder in folders:
+        for name in _IMAGE_LIBRARIES:
+            found = importlib.machinery.FileFinder(folder, loader).find_spec(name)
+            if found is None or found.origin is None:
+                continue
+            try:
+                torch.ops.load_library(found.origin)
+            except (OSError, RuntimeError):  # built for another torch, or a missing libjpeg
+                continue
+            if registered() is not None:
+                return registered()
+    return None
 
 
 def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -174,3 +174,44 @@ def test_training_pools_over_the_nhwc_view_with_the_same_values_and_gradients():
         logits = m(torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last))
     torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), torch.ones(8)).backward()
     assert layouts == [True]
+
+
+def _random_statistics(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Weights and BatchNorm statistics as a trained model has them, not the identity a fresh one starts with."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.data = torch.randn(p.shape, generator=g) * 0.3
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean = torch.randn(m.num_features, generator=g) * 0.2
+            m.running_var = torch.rand(m.num_features, generator=g) + 0.5
+    return model.eval()
+
+
+def test_weights_say_their_version_and_a_run_from_before_relu_loads_as_gelu(tmp_path):
+    """`fast` switched from GELU (version 1) to ReLU (version 2). Weights carry their version; a run saved before
+    the switch has none, and must load as the GELU net it was trained as, with its logits, not as a ReLU net that
+    happens to fit its tensors."""
+    from realfake.models.fast import VERSION, DenseGELU
+    from realfake.models.registry import load_weights
+
+    x = torch.rand(6, 3, 32, 32)
+    new = _random_statistics(FastNet(), 1)
+    assert VERSION == 2 and int(new.state_dict()["version"]) == 2
+    assert not any(isinstance(m, torch.nn.GELU) for m in new.modules())
+    old = _random_statistics(FastNet(version=1), 2)
+    legacy = {k: v.contiguous() for k, v in old.state_dict().items() if k != "version"}  # as runs were saved
+    f = tmp_path / "model.safetensors"
+    save_file(legacy, str(f))
+    loaded = load_weights("fast", f).eval()
+    assert int(loaded.version) == 1 and sum(isinstance(m, DenseGELU) for m in loaded.modules()) == 6
+    assert torch.equal(loaded(x), old(x))
+    as_relu = FastNet().eval()
+    as_relu.load_state_dict({**legacy, "version": torch.tensor(2)})
+    assert not torch.allclose(as_relu(x), old(x), atol=1e-3)  # the same tensors read as ReLU: other logits
+    save_file({k: v.contiguous() for k, v in new.state_dict().items()}, str(f))
+    again = load_weights("fast", f).eval()
+    assert int(again.version) == 2 and torch.equal(again(x), new(x))
+    save_file({**{k: v.contiguous() for k, v in new.state_dict().items()}, "version": torch.tensor(9)}, str(f))
+    with pytest.raises(RealfakeError, match="does not fit the fast model: .*version 9"):
+        load_weights("fast", f)

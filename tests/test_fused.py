@@ -39,8 +39,13 @@ def _count(model: nn.Module, kind: type) -> int:
     return sum(isinstance(m, kind) for m in model.modules())
 
 
-def test_fast_folds_every_batchnorm_and_fuses_every_gelu_with_the_same_logits() -> None:
-    model = _with_running_stats(build("fast", "none").model).train()
+@pytest.mark.parametrize("version", [1, 2])
+def test_fast_folds_every_batchnorm_and_fuses_every_activation_with_the_same_logits(version: int) -> None:
+    """Both versions of `fast`: GELU (1) and ReLU (2), each computed inside its convolution."""
+    from realfake.models.fast import FastNet
+
+    act = {1: nn.GELU, 2: nn.ReLU}[version]
+    model = _with_running_stats(FastNet(version=version)).train()
     images = _images(16)
     copy, summary = fused.for_prediction(model, None)
     assert model.training and not copy.training
@@ -48,13 +53,13 @@ def test_fast_folds_every_batchnorm_and_fuses_every_gelu_with_the_same_logits() 
     assert summary["batchnorm_folded"] == _count(model, nn.BatchNorm2d) == 6
     assert _count(copy, nn.BatchNorm2d) == 0
     if fused.post_ops_work(torch.float32):
-        assert summary["activations_fused"] == _count(copy, fused.ConvAct) == 6 and _count(copy, nn.GELU) == 0
+        assert summary["activations_fused"] == _count(copy, fused.ConvAct) == 6 and _count(copy, act) == 0
     want = predict_logits(model, images, CPU, tta="flip", precision="fp32")
     got = predict_logits(copy, images, CPU, tta="flip", precision="fp32")
     assert np.abs(want).max() > 1e-3  # a model whose logits are all ~0 would pass anything
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    # the original is as it was: BatchNorm and GELU layers, fp32 (and its training flag, checked above)
-    assert _count(model, nn.BatchNorm2d) == 6 and _count(model, nn.GELU) == 6 and _count(model, fused.ConvAct) == 0
+    # the original is as it was: BatchNorm and activation layers, fp32 (and its training flag, checked above)
+    assert _count(model, nn.BatchNorm2d) == 6 and _count(model, act) == 6 and _count(model, fused.ConvAct) == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
@@ -90,7 +95,7 @@ def test_without_the_onednn_kernel_only_batchnorm_is_folded(monkeypatch: pytest.
     model = _with_running_stats(build("fast", "none").model)
     copy, summary = fused.for_prediction(model, None)
     assert summary == {"batchnorm_folded": 6, "activations_fused": 0, "weights_packed": 0}
-    assert _count(copy, nn.GELU) == 6
+    assert _count(copy, nn.ReLU) == 6
     images = _images(8)
     np.testing.assert_allclose(predict_logits(copy, images, CPU, precision="fp32"),
                                predict_logits(model, images, CPU, precision="fp32"), rtol=1e-4, atol=1e-5)
@@ -155,7 +160,7 @@ def test_fast_dense_gelu_is_gelu_and_fuses_like_it():
     y.sum().backward()
     plain(ref).sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)
-    assert fused.for_prediction(FastNet(), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6,
+    assert fused.for_prediction(FastNet(version=1), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6,
                                                          "weights_packed": 0}
 
 

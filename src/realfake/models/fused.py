@@ -28,13 +28,16 @@ from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from realfake.device import cpu_info
 
-# Activations computed inside the convolution before them: module type -> (oneDNN post-op, its algorithm). GELU
-# only. Its erf makes it several times a ReLU's cost (on 4M bf16 values on a 2-core AMX Xeon: 4.8 ms against
-# 0.6), while oneDNN's pointwise entry point pays a fixed cost at each call that PyTorch's plain convolution
-# does not (about 60 us for one image): fusing seed-resnet50's ReLUs took a single image from 12 to 21 ms, and at
-# batch 256 it was no faster than folding alone (0.99-1.06x the unfused model, folding alone 1.02-1.04x). `fast`'s
-# GELUs are most of its prediction time.
-POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "none")}
+# Activations oneDNN can compute inside the convolution before them: module type -> (post-op, its algorithm).
+POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", None)}
+# Which of them a model's copy fuses, unless the model names its own (`fused_activations`): GELU only. Its erf
+# makes it several times a ReLU's cost (on 4M bf16 values on a 2-core AMX Xeon: 4.8 ms against 0.6), while
+# oneDNN's pointwise entry point pays a fixed cost at each call that PyTorch's plain convolution does not (about
+# 60 us for one image): fusing seed-resnet50's ReLUs took a single image from 12 to 21 ms, and at batch 256 it was
+# no faster than folding alone (0.99-1.06x the unfused model, folding alone 1.02-1.04x); with its weights packed,
+# still no faster (11.7-14.9 ms against 12.0-12.8). `fast` (ReLU since version 2) names ReLU: its maps are
+# large for their arithmetic, so a separate pass over each costs more than the call (see realfake.models.fast).
+DEFAULT_FUSED: tuple[type[nn.Module], ...] = (nn.GELU,)
 
 
 class ConvAct(nn.Module):
@@ -101,13 +104,15 @@ def post_ops_work(dtype: torch.dtype) -> bool:
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
             torch.manual_seed(0)
-            conv, act = nn.Conv2d(4, 8, 3, padding=1), nn.GELU()
+            conv = nn.Conv2d(4, 8, 3, padding=1)
             x = torch.randn(2, 4, 5, 5)
-        fused = ConvAct(conv, "gelu", "none", dtype)
         with torch.no_grad():
-            got = fused(x.to(dtype)).float()
-            want = act(nn.functional.conv2d(x.to(dtype), conv.weight.to(dtype), conv.bias.to(dtype), padding=1)).float()
-        return bool(torch.allclose(got, want, atol=0.05, rtol=0.05))
+            plain = nn.functional.conv2d(x.to(dtype), conv.weight.to(dtype), conv.bias.to(dtype), padding=1)
+            for kind, (name, algorithm) in POST_OPS.items():
+                got = ConvAct(conv, name, algorithm, dtype)(x.to(dtype)).float()
+                if not torch.allclose(got, kind()(plain).float(), atol=0.05, rtol=0.05):
+                    return False
+        return True
     except (RuntimeError, AttributeError, NotImplementedError):
         return False
 
@@ -163,9 +168,11 @@ def pack_weights(gm: fx.GraphModule, dtype: torch.dtype) -> int:
     return done
 
 
-def _post_op(module: nn.Module | None) -> tuple[str, str | None] | None:
-    """The post-op computing `module` (an activation of a POST_OPS type, or a subclass of one), else None."""
-    return next((op for kind, op in POST_OPS.items() if isinstance(module, kind)), None)
+def _post_op(
+    module: nn.Module | None, kinds: tuple[type[nn.Module], ...] = tuple(POST_OPS)
+) -> tuple[str, str | None] | None:
+    """The post-op computing `module` (an activation of one of `kinds`, or a subclass of one), else None."""
+    return next((op for kind, op in POST_OPS.items() if kind in kinds and isinstance(module, kind)), None)
 
 
 class _Tracer(fx.Tracer):
@@ -176,12 +183,15 @@ class _Tracer(fx.Tracer):
         return _post_op(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
-def fuse_activations(gm: fx.GraphModule, dtype: torch.dtype) -> int:
-    """Replace each convolution whose only reader is an exact GELU module by one ConvAct; returns how many."""
+def fuse_activations(
+    gm: fx.GraphModule, dtype: torch.dtype, kinds: tuple[type[nn.Module], ...] = DEFAULT_FUSED
+) -> int:
+    """Replace each convolution whose only reader is an activation of `kinds` (GELU: the exact one) by one
+    ConvAct; returns how many."""
     modules = dict(gm.named_modules())
     done = 0
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or _post_op(modules.get(node.target)) is None:
+        if node.op != "call_module" or _post_op(modules.get(node.target), kinds) is None:
             continue
         act = modules[node.target]
         if isinstance(act, nn.GELU) and act.approximate != "none":
@@ -190,7 +200,7 @@ def fuse_activations(gm: fx.GraphModule, dtype: torch.dtype) -> int:
         if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
                 and fusable(modules.get(src.target))):
             continue
-        name, algorithm = _post_op(act)  # type: ignore[misc]
+        name, algorithm = _post_op(act, kinds)  # type: ignore[misc]
         parent, _, attr = src.target.rpartition(".")
         setattr(gm.get_submodule(parent) if parent else gm, attr, ConvAct(modules[src.target], name, algorithm, dtype))
         node.replace_all_uses_with(src)
@@ -222,7 +232,8 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
         summary["batchnorm_folded"] = before - sum(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in traced.modules())
         if post_ops_work(dtype or torch.float32):
-            summary["activations_fused"] = fuse_activations(traced, dtype or torch.float32)
+            kinds = tuple(getattr(model, "fused_activations", DEFAULT_FUSED))
+            summary["activations_fused"] = fuse_activations(traced, dtype or torch.float32, kinds)
         copy = traced
     copy = hold_weights_in(copy, dtype)
     if traced is not None and dtype is not None and packing_pays(dtype):

@@ -80,15 +80,11 @@ def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
     Its operators are called directly (`image_operators`), so training does not import torchvision for them
     (1.3-1.7 s of CPU on a 2-core AMX Xeon); torchvision's public functions are the fallback."""
     ops = image_operators()
-    if ops is not None:
 
-        def direct(img: torch.Tensor, quality: int) -> np.ndarray:
-            encoded = ops.encode_jpeg(img.permute(2, 0, 1), quality)
-            return ops.decode_jpeg(encoded, TORCHVISION_RGB, False).permute(1, 2, 0).numpy()
+    def direct(img: torch.Tensor, quality: int) -> np.ndarray:
+        encoded = ops.encode_jpeg(img.permute(2, 0, 1), quality)
+        return ops.decode_jpeg(encoded, TORCHVISION_RGB, False).permute(1, 2, 0).numpy()
 
-        candidates: tuple[Callable[[torch.Tensor, int], np.ndarray], ...] = (direct,)
-    else:
-        candidates = ()
     # torchvision 0.29 announces that these calls will move to TorchCodec (not a dependency here) and warns
     # on every call; while they are there they are a fast path, and when they go Pillow takes over.
     warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -101,7 +97,7 @@ def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
         return decode_jpeg(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
 
     probe = torch.zeros(8, 8, 3, dtype=torch.uint8)
-    for codec in (*candidates, public):
+    for codec in ((direct,) if ops is not None else ()) + (public,):
         try:
             codec(probe, 75)
             return codec

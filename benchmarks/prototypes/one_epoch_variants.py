@@ -14,8 +14,8 @@ Variants here (first argument; each a `benchmarks.generalization` method, so the
 - `e1-ls0`: the recipe without label smoothing;
 - `e1-b64-lr6`: batch 64 and lr 6e-3 alone.
 
-Measured (full stand-in, `--epochs 1`, seed 42, bf16, 2-core AMX Xeon, one run at a time; 2026-11-29,
-`benchmarks/results/generalization-1epoch-variants-2026-11-29-xeon-amx-e/f/g.json`):
+Measured with `fast` version 1, GELU (full stand-in, `--epochs 1`, seed 42, bf16, 2-core AMX Xeon, one run at a
+time; 2026-11-29, `benchmarks/results/generalization-1epoch-variants-2026-11-29-xeon-amx-e/f/g.json`):
 
 | variant | home | ganC balanced | fakes caught | ROC AUC |
 |---|---|---|---|---|
@@ -37,7 +37,8 @@ still costs the held-out generator 2-5 points.
 
 Run (from the repository root, about a minute a variant on that machine):
 
-    python -m benchmarks.prototypes.one_epoch_variants e1-shift2|e1-shift2-b64-lr6|e1-ls0 --epochs 1 [--out-dir DIR]
+    python -m benchmarks.prototypes.one_epoch_variants e1-shift2|e1-shift2-b64-lr6|e1-ls0|e1-b64-lr6 --epochs 1 \
+        [--out-dir DIR]
     python -m benchmarks.prototypes.one_epoch_variants shift2 --epochs 3
 """
 

@@ -84,9 +84,8 @@ class DenseGELU(nn.GELU):
 # 2-core AMX Xeon, seeds 42, 7 and 1; README "Generators it never saw"), ReLU did at least as well at home and on
 # the held-out generator, and its training step (batch 128, bf16, 16 rounds of 10 steps in turn) ran 1.08x and
 # 1.20x faster in two runs (faster in 15 and 11 of the rounds); viewing it as NHWC, as DenseGELU does, did not
-# help ReLU (0.91x). A model
-# records its version in its weights (the `version` buffer); weights without one are version 1 and load as GELU,
-# so a run trained before the change keeps its logits.
+# help ReLU (0.91x). A model records its version in its weights (the `version` buffer); weights without one are
+# version 1 and load as GELU, so a run trained before the change keeps its logits.
 VERSION = 2
 ACTIVATIONS: dict[int, type[nn.Module]] = {1: DenseGELU, 2: nn.ReLU}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import io
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from realfake.data.images import TORCHVISION_RGB, image_operators
+from realfake.data.images import TORCHVISION_RGB, image_operators, quiet_torchvision_io
 
 
 def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -85,10 +84,7 @@ def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
         encoded = ops.encode_jpeg(img.permute(2, 0, 1), quality)
         return ops.decode_jpeg(encoded, TORCHVISION_RGB, False).permute(1, 2, 0).numpy()
 
-    # torchvision 0.29 announces that these calls will move to TorchCodec (not a dependency here) and warns
-    # on every call; while they are there they are a fast path, and when they go Pillow takes over.
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
+    quiet_torchvision_io()
 
     def public(img: torch.Tensor, quality: int) -> np.ndarray:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg

@@ -326,10 +326,7 @@ def _jpeg_decoder() -> Callable[[bytes], np.ndarray] | None:
         return np.ascontiguousarray(decode_jpeg(raw, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy())
 
     if _TORCHVISION_IO in sys.modules:
-        # torchvision 0.29 announces that its decoding will move to TorchCodec and warns on every call; while
-        # it is here it is a fast path, and when it goes Pillow's path is the only one.
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
+        quiet_torchvision_io()
     candidates = ((direct,) if op is not None else ()) + ((public,) if _TORCHVISION_IO in sys.modules else ())
     samples = _check_samples()
 
@@ -364,6 +361,14 @@ def _decode_jpeg_operator() -> Callable[..., Any] | None:
 
 TORCHVISION_RGB = 3  # torchvision's ImageReadMode.RGB, as its operators take it
 
+
+def quiet_torchvision_io() -> None:
+    """torchvision 0.29 announces that its image decoding and encoding will move to TorchCodec (not a dependency
+    here) and warns at every call of its public functions; while they are there they are a fallback, and when
+    they go Pillow's path is the only one."""
+    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                            category=DeprecationWarning)
+
 # torchvision's image library by the names it has had: `image_stable` (0.29), `image` (before).
 _IMAGE_LIBRARIES = ("image_stable", "image")
 
@@ -385,8 +390,9 @@ def image_operators() -> Any | None:
         ops = torch.ops.image
         return ops if getattr(ops, "decode_jpeg", None) is not None else None
 
-    if registered() is not None:  # torchvision imported, or loaded here before
-        return registered()
+    ops = registered()
+    if ops is not None:  # torchvision imported, or loaded here before
+        return ops
     try:
         spec = importlib.util.find_spec("torchvision")  # finds the package without importing it
     except (ImportError, ValueError):
@@ -402,8 +408,9 @@ def image_operators() -> Any | None:
                 torch.ops.load_library(found.origin)
             except (OSError, RuntimeError):  # built for another torch, or a missing libjpeg
                 continue
-            if registered() is not None:
-                return registered()
+            ops = registered()
+            if ops is not None:
+                return ops
     return None
 
 

@@ -135,3 +135,31 @@ def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zi
               log=lambda m: None)
     assert seen == [{SmallMapConv2d}]
     assert {type(m) for m in built[0].modules() if isinstance(m, nn.Conv2d)} == {nn.Conv2d}
+
+
+def test_training_beside_busy_processes_records_its_thread_switches_and_hands_back_every_thread(
+        mini_zip, tmp_path, monkeypatch):
+    """fit drives device.ThreadGovernor: a window per step here, and /proc/stat saying other processes are busy."""
+    import json
+
+    from realfake import device as dev
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(dev.ThreadGovernor, "WINDOW_S", 0.0)
+    clock = iter(range(1_000_000))
+    monkeypatch.setattr(dev, "_cpu_seconds", lambda: (3.5 * (t := next(clock)), 2.0 * t))
+    threads = torch.get_num_threads()
+    seen: list[int] = []
+
+    def set_threads(n: int) -> None:
+        seen.append(n)
+        torch.set_num_threads(n)
+
+    defaults = dev.ThreadGovernor.__init__.__defaults__  # (threads, cpu_seconds, clock, set_threads, log)
+    monkeypatch.setattr(dev.ThreadGovernor.__init__, "__defaults__", (2, dev._cpu_seconds, defaults[2], set_threads,
+                                                                      None))
+    out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), progress=False, log=lambda m: None)
+    switches = json.loads((out / "run.json").read_text())["training_threads"]
+    assert switches and switches[0]["threads"] == 1 and switches[0]["others_cores"] >= dev.ThreadGovernor.BUSY
+    assert seen[0] == 1 and seen[-1] == 2  # the last: all threads again when training ends
+    assert torch.get_num_threads() == threads

@@ -12,10 +12,13 @@ are always computed in fp32 (`.float()` at the model's output). ONNX export and 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import platform
-from collections.abc import Iterator
+import resource
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +147,172 @@ def native_bf16_cpu() -> bool:
 def _bf16_units(info: dict[str, Any]) -> str:
     units = [f for f in ("amx_bf16", "avx512_bf16") if info["isa"].get(f)]
     return ", ".join(units) or "no AMX or AVX-512 BF16"
+
+
+# ---------------------------------------------------------------- memory
+
+# glibc's malloc parameters (malloc.h) and the values keep_freed_memory sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for the threshold it adjusts by itself (64-bit)
+KEEP_TRIM_THRESHOLD = 256 << 20
+_OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel; says what it did.
+
+    Why: every step of training, and every batch of prediction, allocates and frees the same few megabytes of
+    feature maps. By default glibc returns a freed top of heap over twice its largest recent mmap'd block
+    (a few MB here) to the kernel, and maps blocks over its threshold afresh, so each step's buffers came back
+    as new pages, zeroed by the kernel on first touch: `fast`'s training step (batch 128, bf16, 2-core AMX
+    Xeon) page-faulted about 1,850 times, 4-6 ms of CPU in the kernel a step, and prediction (batch 256, flip
+    TTA) 7.6 times an image, 17-22 ms of kernel CPU per 1,000 images against 1.7-2.3 with this setting
+    (the step: 17-46 faults). Blocks under KEEP_MMAP_THRESHOLD now come from the heap, and up to
+    KEEP_TRIM_THRESHOLD of freed heap stays in the process, as PyTorch's GPU caching allocator keeps its
+    blocks; larger blocks (a data set's array) are still mapped and returned.
+
+    Left alone where it cannot apply or the user chose: not glibc, another allocator preloaded, or glibc's
+    malloc tunables set in the environment. Process-wide and once per process; realfake's training (fit) and
+    PyTorch prediction (infer.TorchBackend) call it.
+    """
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        return f"left: the C library is {libc_name or 'not glibc'}"
+    preload = os.environ.get("LD_PRELOAD", "")
+    if any(a in preload for a in _OTHER_ALLOCATORS):
+        return f"left: another allocator is preloaded ({preload})"
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(k in os.environ for k in _MALLOC_ENV):
+        return "left: glibc's malloc is tuned in the environment"
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "left: mallopt not found"
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if mallopt(_M_MMAP_THRESHOLD, KEEP_MMAP_THRESHOLD) != 1 or mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD) != 1:
+        return "left: mallopt refused"
+    return (f"glibc malloc keeps freed memory (mmap threshold {KEEP_MMAP_THRESHOLD >> 20} MiB, "
+            f"trim threshold {KEEP_TRIM_THRESHOLD >> 20} MiB)")
+
+
+# ---------------------------------------------------------------- sharing the CPU
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(every process's busy CPU-seconds, this process's), or None where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return (user + nice + system + irq + softirq) / tick, me.ru_utime + me.ru_stime
+
+
+class ThreadGovernor:
+    """Train on all the cores alone, and on fewer while other work shares them, where fewer is faster (probed).
+
+    Why: on a 2-core AMX Xeon VM, `fast`'s training loop ran 1.2-1.5x faster alone with PyTorch's OpenMP threads
+    spinning between operations (libgomp's default) than sleeping (OMP_WAIT_POLICY=PASSIVE; two A/Bs in turn,
+    medians 0.83x and 0.68x, spinning faster in all 13 rounds). Beside a 2-thread matrix-multiply job, 2
+    threads fell to 28-65 img/s in some runs under either policy (each of a step's ~150 parallel regions waits
+    for both threads to hold a core) while 1 thread kept 1,146-1,679 img/s in all 5. On an AMD EPYC VM
+    (2026-11-28) 2 spinning threads fell to 107 img/s there (27% of a fair share) while 1 thread kept 408 (103%).
+    Which count is faster beside other work depends on the machine, so it is measured: every WINDOW_S seconds
+    of training the governor reads how much CPU other processes used (/proc/stat less this process); when they
+    used BUSY cores or more, it tries fewer threads for a window and keeps whichever count trained faster, tries
+    again every REPROBE windows, and returns to all threads when the others stop. Off where /proc/stat is
+    unreadable, with one thread, or when the user fixed the count (OMP_NUM_THREADS).
+    """
+
+    WINDOW_S = 3.0
+    BUSY = 0.5
+    REPROBE = 15
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        cpu_seconds: Callable[[], tuple[float, float] | None] = _cpu_seconds,
+        clock: Callable[[], float] = time.perf_counter,
+        set_threads: Callable[[int], None] = torch.set_num_threads,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.full = threads or torch.get_num_threads()
+        self.current = self.full
+        self._cpu_seconds, self._clock, self._set, self._log = cpu_seconds, clock, set_threads, log
+        start = cpu_seconds()
+        self.enabled = self.full > 1 and start is not None and "OMP_NUM_THREADS" not in os.environ
+        self.rates: dict[int, float] = {}  # the last window's images/s at each thread count
+        self.switches: list[dict[str, float]] = []  # for the run's record
+        self._trial = False
+        self._since_probe = 0
+        self._window(start)
+
+    def _window(self, cpu: tuple[float, float] | None) -> None:
+        self._t0, self._cpu0, self._images = self._clock(), cpu, 0
+
+    def restart(self) -> None:
+        """At an epoch's first step: a window measures training steps only, not the validation between epochs."""
+        if self.enabled:
+            self._window(self._cpu_seconds())
+
+    def observe(self, images: int) -> None:
+        """After each training step: `images` trained on in it."""
+        if not self.enabled:
+            return
+        self._images += images
+        now = self._clock()
+        if now - self._t0 < self.WINDOW_S:
+            return
+        cpu = self._cpu_seconds()
+        if cpu is None or self._cpu0 is None:
+            self.enabled = False
+            return
+        wall = now - self._t0
+        others = max(0.0, (cpu[0] - self._cpu0[0]) - (cpu[1] - self._cpu0[1])) / wall
+        self._decide(self._images / wall, others)
+        self._window(cpu)
+
+    def _decide(self, rate: float, others: float) -> None:
+        self.rates[self.current] = rate
+        self._since_probe += 1
+        if self._trial:  # the window after a probe: keep the faster count
+            self._trial = False
+            before = self.rates.get(self.previous)
+            if before is not None and before > rate:
+                self._switch(self.previous, others, "the probe was slower")
+            return
+        if others < self.BUSY / 2:  # alone again: all threads, and forget what contention measured
+            if self.current != self.full:
+                self._switch(self.full, others, "others gone")
+            self.rates.clear()
+            return
+        if others < self.BUSY:
+            return
+        target = max(1, self.full - max(1, round(others))) if self.current == self.full else self.full
+        if target not in self.rates or self._since_probe >= self.REPROBE:
+            self._switch(target, others, "others busy, probing", trial=True)
+
+    def _switch(self, threads: int, others: float, why: str, trial: bool = False) -> None:
+        self.previous, self.current = self.current, threads
+        self._trial, self._since_probe = trial, 0
+        self._set(threads)
+        self.switches.append({"threads": threads, "others_cores": round(others, 2),
+                              "img_s_before": round(self.rates.get(self.previous, 0.0), 1)})
+        if self._log is not None:
+            self._log(f"training threads: {threads} of {self.full} ({why}: other processes used {others:.1f} "
+                      f"cores; {self.rates.get(self.previous, 0.0):,.0f} img/s on {self.previous})")
+
+    def close(self) -> None:
+        """All threads again, for what runs after training."""
+        if self.current != self.full:
+            self._set(self.full)
+            self.current = self.full
 
 
 # ---------------------------------------------------------------- precision

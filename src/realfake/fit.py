@@ -29,7 +29,7 @@ from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
 from realfake.data.batches import ArtefactSimulation, RobustAugment, to_device_uint8, train_batches
 from realfake.data.placement import choose, place
-from realfake.device import amp_dtype, autocast
+from realfake.device import ThreadGovernor, amp_dtype, autocast, keep_freed_memory
 from realfake.distributed import (
     SINGLE,
     World,
@@ -138,6 +138,7 @@ def fit(
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
     check_global_batch(cfg.batch_size, world)
+    keep_freed_memory()  # each step's feature maps reuse the last step's pages (device.keep_freed_memory)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -172,6 +173,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if amp_dtype(device, cfg.precision) == torch.float16 else None
     writer = _tensorboard(run_dir) if world.is_main else None
     n_train = len(y_train)
+    # On a CPU shared with other work, fewer threads where that trains faster (device.ThreadGovernor).
+    governor = ThreadGovernor(log=log) if device.type == "cpu" and world.size == 1 else None
     t_start = time.perf_counter()
     stopped_early = early.should_stop
     for epoch in range(start_epoch, cfg.epochs):
@@ -186,6 +189,8 @@ def fit(
             disable=not (progress and world.is_main), file=sys.stderr, leave=True,
         )
         batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank, size=world.size)
+        if governor is not None:
+            governor.restart()
         for step, (x, y) in enumerate(batches):
             n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
             with autocast(device, cfg.precision):
@@ -209,6 +214,8 @@ def fit(
             sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
             sums[2] += len(y)
             bar.update(n_global)
+            if governor is not None:
+                governor.observe(len(y))
             if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
                 s_loss, s_correct, s_seen = sums.tolist()
                 bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")
@@ -252,8 +259,12 @@ def fit(
         writer.close()
     source.close()
     model.load_state_dict(best_state)
-    return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start,
-                     {"data_placement": choice.placement, "data_placement_reason": choice.reason})
+    info: dict[str, Any] = {"data_placement": choice.placement, "data_placement_reason": choice.reason}
+    if governor is not None:
+        governor.close()
+        if governor.switches:
+            info["training_threads"] = governor.switches
+    return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start, info)
 
 
 def check_sync_batchnorm(cfg: RunConfig, device: torch.device) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from realfake.contract import check_tta
 from realfake.data.batches import eval_batches, to_device_uint8
-from realfake.device import Precision, autocast, resolve_precision
+from realfake.device import Precision, autocast, keep_freed_memory, resolve_precision
 from realfake.models.fused import for_prediction
 
 
@@ -74,6 +74,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model: nn.Module, device: torch.device, tta: str = "none", precision: str = "auto") -> None:
+        keep_freed_memory()  # each batch's feature maps reuse the last batch's pages (device.keep_freed_memory)
         self.model = model.to(device).eval()
         self.device = device
         self.tta = check_tta(tta)

@@ -123,7 +123,7 @@ def machine_info() -> dict[str, Any]:
     """What a figure was measured on: CPU model and ISA flags (realfake.device.cpu_info), GPU, threads, load."""
     import torch
 
-    from realfake.device import cpu_info
+    from realfake.device import cpu_info, keep_freed_memory
 
     cpu = cpu_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -139,6 +139,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "malloc": keep_freed_memory(),  # what realfake's training and prediction set (it applies it here too)
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -320,6 +321,7 @@ def run_realfake(
         "history": result.history,
         "train_images_per_s": steady_throughput(records),
         "fit_s": result.seconds,
+        "training_threads": result.extra.get("training_threads", []),  # device.ThreadGovernor's switches, if any
         "time_to_accuracy_s": float(sum(seconds[:best])),
         "test_accuracy": accuracy,
         "test_n": len(test_idx),

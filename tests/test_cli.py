@@ -157,3 +157,15 @@ def test_download_failure_is_explained(monkeypatch):
     result = CliRunner().invoke(app, ["download"])
     assert result.exit_code == 1
     assert "could not download CIFAKE" in result.output and "--data" in result.output
+
+
+@pytest.mark.parametrize(("command", "sleeps"), [("predict", True), ("serve", True), ("train", False)])
+def test_predict_and_serve_let_the_models_threads_sleep_and_training_does_not(monkeypatch, tmp_path, command, sleeps):
+    import os
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "recorded")  # so that monkeypatch restores the variable afterwards
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    args = {"predict": ["predict", tmp_path / "no-run", tmp_path / "x.jpg"], "serve": ["serve", tmp_path / "no-run"],
+            "train": ["train", "--data", tmp_path / "missing.zip", "--epochs", 0]}[command]
+    assert cli_inline(*args).returncode != 0  # each fails early, after choosing its policy
+    assert os.environ.get("OMP_WAIT_POLICY") == ("PASSIVE" if sleeps else None)

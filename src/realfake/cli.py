@@ -15,10 +15,10 @@ from realfake.errors import RealfakeError
 from realfake.predict import quiet_waiting_threads
 from realfake.rundir import RunDir
 
-# Every command's OpenMP threads sleep rather than spin while they wait (unless the user chose a policy), set
-# here because it only takes effect before torch loads: on a machine shared with another job, spinning threads
-# cost `fast` training three quarters of its fair share (see quiet_waiting_threads for the figures).
-quiet_waiting_threads()
+# `predict` and `serve` let their OpenMP threads sleep rather than spin while they wait (quiet_waiting_threads,
+# called in each before torch loads): decoding workers and request handling need those cores. Training keeps
+# libgomp's spinning threads, 1.2-1.5x faster alone on a 2-core Xeon, and shares a busy machine by thread count
+# instead (realfake.device.ThreadGovernor).
 
 app = typer.Typer(
     add_completion=False,
@@ -302,6 +302,7 @@ def serve(
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
+    quiet_waiting_threads()  # before torch loads: between requests the model's threads sleep
     import uvicorn
 
     from realfake.serve import create_app

@@ -122,11 +122,10 @@ def quiet_waiting_threads() -> None:
     35.4 s bare, for 20,000 JPEGs whose decoding took 5.7 CPU-seconds) and prediction from files ran at
     0.52-0.74x the bare model (3 runs; 0.67-0.89x on 4,000 JPEGs); waiting passively, at 1.15-1.40x on the
     same 4,000 (the bare model, which shares the cores with the other jobs, got faster too).
-    Training (`python -m benchmarks.contention`, `fast`, batch 128, 2 torch threads, AMD EPYC 2 cores, beside a
-    2-thread PyTorch matrix-multiply job): spinning, 791 img/s alone and 107 beside it (27% of its fair share,
-    half the alone figure); passive, 842 alone and 506 beside it (128%); one thread, 514 / 408.
-    It only takes effect before torch is first imported, so the `realfake` command calls it when it starts
-    (realfake.cli); a program that imports torch itself sets the variable itself.
+    Training does not use it: its loop ran 1.2-1.5x faster alone with spinning threads on a 2-core AMX Xeon, and
+    it shares a busy machine by thread count instead (realfake.device.ThreadGovernor, with the figures).
+    It only takes effect before torch is first imported, so `realfake predict` and `realfake serve` call it when
+    they start (realfake.cli); a program that imports torch itself sets the variable itself.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -6,6 +6,13 @@ another PyTorch process multiplying matrices on as many threads as there are cor
 would. "Fair share" is half of the alone throughput (two jobs, one machine); issue 11 asks for at least half of it.
 
     python -m benchmarks.contention [--steps 40] [--out benchmarks/results/contention-DATE-HOST.json]
+    python -m benchmarks.contention --loop [--limit 6000] [--data ZIP] [--out ...]
+
+`--loop` times training's whole loop instead (`realfake.training.train`: the recipe's JPEG and blur augmentation,
+2 epochs, the second timed) under realfake's own default (spinning threads with realfake.device.ThreadGovernor)
+and fixed thread counts. The bare steps above hid what the loop showed on a 2-core Xeon: sleeping threads cost
+the loop a sixth to a third alone, and beside the other job both policies sometimes fell below 70 img/s on 2
+threads (README "On a busy machine").
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 CHILD = r"""
 import os, sys, time, torch
@@ -42,6 +51,18 @@ for _ in range(steps):
 print(steps * 128 / (time.perf_counter() - t))
 """
 
+LOOP_CHILD = r"""
+import json, sys, tempfile
+from benchmarks.run import steady_throughput, timed_train_batches
+from realfake.training import train
+records = []
+with tempfile.TemporaryDirectory() as tmp, timed_train_batches(records, lambda: None):
+    run = train(model="fast", data=sys.argv[1], limit=int(sys.argv[2]), epochs=2, out=tmp + "/run", progress=False,
+                log=lambda m: None, seed=42)
+    switches = json.loads((run / "run.json").read_text()).get("training_threads", [])
+print(json.dumps({"img_s": steady_throughput(records), "switches": switches}))
+"""
+
 COMPETITOR = r"""
 import torch
 a = torch.rand(1024, 1024); b = torch.rand(1024, 1024)
@@ -57,6 +78,27 @@ SETTINGS = {
 }
 
 
+LOOP_SETTINGS = {
+    "realfake's default (spinning threads, ThreadGovernor)": {"threads": 0, "env": {}},
+    "2 threads fixed, OMP_WAIT_POLICY=PASSIVE (the default until 2026-11-29)":
+        {"threads": 2, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "2 threads fixed, spinning": {"threads": 2, "env": {}},
+    "1 thread": {"threads": 1, "env": {}},
+}
+
+
+def measure_loop(threads: int, env: dict[str, str], data: Path, limit: int, cache: Path) -> dict[str, Any]:
+    """Training's whole loop in a child; a fixed count goes through OMP_NUM_THREADS, which the governor obeys."""
+    full_env = {**os.environ, **env, "REALFAKE_CACHE_DIR": str(cache)}
+    if threads:
+        full_env["OMP_NUM_THREADS"] = str(threads)
+    else:
+        full_env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", LOOP_CHILD, str(data), str(limit)], cwd=Path(__file__).parents[1],
+                         env=full_env, capture_output=True, text=True, check=True, timeout=1800)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def measure(threads: int, env: dict[str, str], steps: int) -> float:
     n = max(1, (os.cpu_count() or 1) // 2) if threads == -2 else threads  # 0: torch's default (all cores)
     full_env = {**os.environ, **env}
@@ -69,28 +111,43 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--loop", action="store_true", help="time training's whole loop (realfake.training.train)")
+    p.add_argument("--limit", type=int, default=6000, help="--loop: images of the data set used")
+    p.add_argument("--data", type=Path, default=None, help="--loop: the data (default: the stand-in zip)")
     args = p.parse_args(argv)
-    from benchmarks.run import machine_info  # the bench's own record of the machine
+    from benchmarks.run import DEFAULT_DATA, machine_info  # the bench's own record of the machine
 
-    results: dict[str, dict[str, float]] = {}
-    for name, s in SETTINGS.items():
-        alone = measure(s["threads"], s["env"], args.steps)
-        comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.DEVNULL)
-        try:
-            time.sleep(3)  # let it spin up
-            busy = measure(s["threads"], s["env"], args.steps)
-        finally:
-            comp.kill()
-            comp.wait()
-        results[name] = {"alone_img_s": round(alone, 1), "contended_img_s": round(busy, 1)}
-        print(f"{name}: alone {alone:.0f} img/s, beside a 2-thread PyTorch job {busy:.0f} img/s", flush=True)
-    base = results[next(iter(SETTINGS))]["alone_img_s"]
+    results: dict[str, dict[str, Any]] = {}
+    settings = LOOP_SETTINGS if args.loop else SETTINGS
+    with tempfile.TemporaryDirectory() as cache:
+        for name, s in settings.items():
+            def once(s: dict[str, Any] = s) -> dict[str, Any]:
+                if args.loop:
+                    return measure_loop(s["threads"], s["env"], args.data or DEFAULT_DATA, args.limit, Path(cache))
+                return {"img_s": measure(s["threads"], s["env"], args.steps), "switches": []}
+
+            alone = once()
+            comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.DEVNULL)
+            try:
+                time.sleep(3)  # let it spin up
+                busy = once()
+            finally:
+                comp.kill()
+                comp.wait()
+            results[name] = {"alone_img_s": round(alone["img_s"], 1), "contended_img_s": round(busy["img_s"], 1)}
+            if args.loop:
+                results[name]["thread_switches"] = {"alone": alone["switches"], "contended": busy["switches"]}
+            print(f"{name}: alone {alone['img_s']:.0f} img/s, beside a 2-thread PyTorch job {busy['img_s']:.0f} img/s",
+                  flush=True)
+    base = results[next(iter(settings))]["alone_img_s"]
     for r in results.values():
         r["share_of_fair"] = round(r["contended_img_s"] / (base / 2), 3)  # fair share: half the default alone
     out = args.out or Path("benchmarks/results") / f"contention-{date.today()}-{platform.node() or 'host'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": "python -m benchmarks.contention " + " ".join(argv or sys.argv[1:]),
-              "machine": machine_info(), "steps": args.steps, "batch": 128, "model": "fast", "settings": results}
+              "machine": machine_info(), "steps": None if args.loop else args.steps, "batch": 128, "model": "fast",
+              "measured": "training's whole loop, 2 epochs" if args.loop else "bare training steps",
+              "limit": args.limit if args.loop else None, "settings": results}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out)

@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# Tests compare runs bit for bit (same seed, resume). realfake.device.ThreadGovernor changes the thread count
+# when other processes are busy, which a shared CI machine may be, and a run whose count changed is not repeatable
+# bit for bit; it steps aside where the user fixed the count, as here (before torch loads; children inherit it).
+# Its own tests unset the variable.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
 MINI_ZIP = SHARED_DATA / "standin-cifake-mini.zip"

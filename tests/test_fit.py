@@ -149,6 +149,7 @@ def test_training_beside_busy_processes_records_its_thread_switches_and_hands_ba
     clock = iter(range(1_000_000))
     monkeypatch.setattr(dev, "_cpu_seconds", lambda: (3.5 * (t := next(clock)), 2.0 * t))
     threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the count the governor starts from below
     seen: list[int] = []
 
     def set_threads(n: int) -> None:
@@ -158,8 +159,27 @@ def test_training_beside_busy_processes_records_its_thread_switches_and_hands_ba
     defaults = dev.ThreadGovernor.__init__.__defaults__  # (threads, cpu_seconds, clock, set_threads, log)
     monkeypatch.setattr(dev.ThreadGovernor.__init__, "__defaults__", (2, dev._cpu_seconds, defaults[2], set_threads,
                                                                       None))
-    out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), progress=False, log=lambda m: None)
-    switches = json.loads((out / "run.json").read_text())["training_threads"]
-    assert switches and switches[0]["threads"] == 1 and switches[0]["others_cores"] >= dev.ThreadGovernor.BUSY
-    assert seen[0] == 1 and seen[-1] == 2  # the last: all threads again when training ends
-    assert torch.get_num_threads() == threads
+
+    at_interrupt: list[int] = []
+
+    def interrupt(epoch):
+        at_interrupt.append(torch.get_num_threads())
+        raise KeyboardInterrupt
+
+    def to_one_thread(self, rate, others):  # the second run: one thread from the first window on, kept
+        if self.current != 1:
+            self._switch(1, others, "test")
+
+    try:
+        out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), progress=False, log=lambda m: None)
+        switches = json.loads((out / "run.json").read_text())["training_threads"]
+        assert switches and switches[0]["threads"] == 1 and switches[0]["others_cores"] >= dev.ThreadGovernor.BUSY
+        assert seen[0] == 1 and seen[-1] == 2  # the last: all threads again when training ends
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(dev.ThreadGovernor, "_decide", to_one_thread)
+        with pytest.raises(KeyboardInterrupt):  # stopped on one thread: every thread comes back all the same
+            run.train(small_cfg(mini_zip, tmp_path / "i", epochs=2), on_epoch_end=interrupt, progress=False,
+                      log=lambda m: None)
+        assert at_interrupt == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

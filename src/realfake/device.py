@@ -16,7 +16,6 @@ import ctypes
 import functools
 import os
 import platform
-import resource
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -202,9 +201,11 @@ def keep_freed_memory() -> str:
 def _cpu_seconds() -> tuple[float, float] | None:
     """(every process's busy CPU-seconds, this process's), or None where /proc/stat cannot be read (not Linux)."""
     try:
+        import resource  # Unix only
+
         with open("/proc/stat") as f:
             fields = f.readline().split()
-    except OSError:
+    except (OSError, ImportError):
         return None
     if not fields or fields[0] != "cpu":
         return None
@@ -227,7 +228,10 @@ class ThreadGovernor:
     of training the governor reads how much CPU other processes used (/proc/stat less this process); when they
     used BUSY cores or more, it tries fewer threads for a window and keeps whichever count trained faster, tries
     again every REPROBE windows, and returns to all threads when the others stop. Off where /proc/stat is
-    unreadable, with one thread, or when the user fixed the count (OMP_NUM_THREADS).
+    unreadable, with one thread, or when the user fixed the count (OMP_NUM_THREADS). In a container whose
+    /proc/stat counts the host's other tenants it probes now and then: one window in REPROBE + 1, kept only
+    if faster. A run whose thread count changed is not repeatable bit for bit (reductions split differently):
+    run.json lists the switches, and OMP_NUM_THREADS turns the governor off for a run that must be.
     """
 
     WINDOW_S = 3.0
@@ -249,6 +253,7 @@ class ThreadGovernor:
         self.enabled = self.full > 1 and start is not None and "OMP_NUM_THREADS" not in os.environ
         self.rates: dict[int, float] = {}  # the last window's images/s at each thread count
         self.switches: list[dict[str, float]] = []  # for the run's record
+        self.previous = self.full
         self._trial = False
         self._since_probe = 0
         self._window(start)

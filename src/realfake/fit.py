@@ -177,93 +177,96 @@ def fit(
     governor = ThreadGovernor(log=log) if device.type == "cpu" and world.size == 1 else None
     t_start = time.perf_counter()
     stopped_early = early.should_stop
-    for epoch in range(start_epoch, cfg.epochs):
-        if early.should_stop:
-            stopped_early = True
-            break
-        t0 = time.perf_counter()
-        net.train()
-        sums = torch.zeros(3, device=device)  # loss, correct, images: this rank's, on the device (no sync per step)
-        bar = tqdm(
-            total=n_train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-            disable=not (progress and world.is_main), file=sys.stderr, leave=True,
-        )
-        batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank, size=world.size)
-        if governor is not None:
-            governor.restart()
-        for step, (x, y) in enumerate(batches):
-            n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
-            with autocast(device, cfg.precision):
-                logits = net(x)
-            target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-            # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
-            # gradient of the global batch's mean loss, however the batch is shared out.
-            loss_sum = nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum")
-            loss = loss_sum * (world.size / n_global)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if per_step:
-                scheduler.step()
-            sums[0] += loss_sum.detach()
-            sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
-            sums[2] += len(y)
-            bar.update(n_global)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if early.should_stop:
+                stopped_early = True
+                break
+            t0 = time.perf_counter()
+            net.train()
+            sums = torch.zeros(3, device=device)  # loss, correct, images: this rank's, on the device (no sync per step)
+            bar = tqdm(
+                total=n_train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
+                disable=not (progress and world.is_main), file=sys.stderr, leave=True,
+            )
+            batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank,
+                                    size=world.size)
             if governor is not None:
-                governor.observe(len(y))
-            if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
-                s_loss, s_correct, s_seen = sums.tolist()
-                bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")
-        loss_total, correct_total, seen = all_sum(sums.tolist(), world)
-        val_logits = _validation_logits(model, images, my_val, x_val, device, cfg)
-        val_logits = gather_interleaved(val_logits, len(val_rows), world)
-        val_loss, val_acc = broadcast_floats(list(_bce_and_accuracy(val_logits, y_val)), world)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": round(loss_total / max(seen, 1), 6),
-            "train_accuracy": round(correct_total / max(seen, 1), 6),
-            "val_loss": round(val_loss, 6),
-            "val_accuracy": round(val_acc, 6),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
-                        val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
-        bar.close()
-        if not per_step:
-            scheduler.step(val_loss)
-        if early.step(val_loss, epoch + 1):
-            best_state = state_to_cpu(model)
-        history.append(row)
-        if writer is not None:
-            for k in HISTORY_FIELDS[1:]:
-                writer.add_scalar(k, row[k], epoch + 1)
-            writer.flush()
-        if world.is_main:  # one writer: the other ranks hold the same state
-            try:
-                write_history(run_dir, history)
-            except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
-                raise e.then(_continue(run_dir, ckpt_dir)) from None
-            write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-        if early.should_stop:
-            stopped_early = epoch + 1 < cfg.epochs
-            break
+                governor.restart()
+            for step, (x, y) in enumerate(batches):
+                n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
+                with autocast(device, cfg.precision):
+                    logits = net(x)
+                target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+                # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
+                # gradient of the global batch's mean loss, however the batch is shared out.
+                loss_sum = nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum")
+                loss = loss_sum * (world.size / n_global)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if per_step:
+                    scheduler.step()
+                sums[0] += loss_sum.detach()
+                sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
+                sums[2] += len(y)
+                bar.update(n_global)
+                if governor is not None:
+                    governor.observe(len(y))
+                if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
+                    s_loss, s_correct, s_seen = sums.tolist()
+                    bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")
+            loss_total, correct_total, seen = all_sum(sums.tolist(), world)
+            val_logits = _validation_logits(model, images, my_val, x_val, device, cfg)
+            val_logits = gather_interleaved(val_logits, len(val_rows), world)
+            val_loss, val_acc = broadcast_floats(list(_bce_and_accuracy(val_logits, y_val)), world)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": round(loss_total / max(seen, 1), 6),
+                "train_accuracy": round(correct_total / max(seen, 1), 6),
+                "val_loss": round(val_loss, 6),
+                "val_accuracy": round(val_acc, 6),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
+                            val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
+            bar.close()
+            if not per_step:
+                scheduler.step(val_loss)
+            if early.step(val_loss, epoch + 1):
+                best_state = state_to_cpu(model)
+            history.append(row)
+            if writer is not None:
+                for k in HISTORY_FIELDS[1:]:
+                    writer.add_scalar(k, row[k], epoch + 1)
+                writer.flush()
+            if world.is_main:  # one writer: the other ranks hold the same state
+                try:
+                    write_history(run_dir, history)
+                except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
+                    raise e.then(_continue(run_dir, ckpt_dir)) from None
+                write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1)
+            if early.should_stop:
+                stopped_early = epoch + 1 < cfg.epochs
+                break
+    finally:
+        if governor is not None:  # all threads again, also after an interrupt or an error
+            governor.close()
     if writer is not None:
         writer.close()
     source.close()
     model.load_state_dict(best_state)
     info: dict[str, Any] = {"data_placement": choice.placement, "data_placement_reason": choice.reason}
-    if governor is not None:
-        governor.close()
-        if governor.switches:
-            info["training_threads"] = governor.switches
+    if governor is not None and governor.switches:
+        info["training_threads"] = governor.switches
     return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start, info)
 
 

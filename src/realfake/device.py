@@ -168,7 +168,7 @@ def keep_freed_memory() -> str:
     as new pages, zeroed by the kernel on first touch: `fast`'s training step (batch 128, bf16, 2-core AMX
     Xeon) page-faulted about 1,850 times, 4-6 ms of CPU in the kernel a step, and prediction (batch 256, flip
     TTA) 7.6 times an image, 17-22 ms of kernel CPU per 1,000 images against 1.7-2.3 with this setting
-    (the step: 17-46 faults). Blocks under KEEP_MMAP_THRESHOLD now come from the heap, and up to
+    (the step: 17-51 faults). Blocks under KEEP_MMAP_THRESHOLD now come from the heap, and up to
     KEEP_TRIM_THRESHOLD of freed heap stays in the process, as PyTorch's GPU caching allocator keeps its
     blocks; larger blocks (a data set's array) are still mapped and returned.
 

@@ -221,9 +221,10 @@ class ThreadGovernor:
     Why: on a 2-core AMX Xeon VM, `fast`'s training loop ran 1.2-1.5x faster alone with PyTorch's OpenMP threads
     spinning between operations (libgomp's default) than sleeping (OMP_WAIT_POLICY=PASSIVE; two A/Bs in turn,
     medians 0.83x and 0.68x, spinning faster in all 13 rounds). Beside a 2-thread matrix-multiply job, 2
-    threads fell to 28-65 img/s in some runs under either policy (each of a step's ~150 parallel regions waits
-    for both threads to hold a core) while 1 thread kept 1,146-1,679 img/s in all 5. On an AMD EPYC VM
-    (2026-11-28) 2 spinning threads fell to 107 img/s there (27% of a fair share) while 1 thread kept 408 (103%).
+    threads fell to 28-65 img/s in some runs under either policy (a step issues about 440 ATen operators, and
+    each that runs on both threads waits for both to hold a core) while 1 thread kept 1,146-1,679 img/s in all 5.
+    On an AMD EPYC VM (2026-11-28) 2 spinning threads fell to 107 img/s there (27% of a fair share) while 1 thread
+    kept 408 (103%).
     Which count is faster beside other work depends on the machine, so it is measured: every WINDOW_S seconds
     of training the governor reads how much CPU other processes used (/proc/stat less this process); when they
     used BUSY cores or more, it tries fewer threads for a window and keeps whichever count trained faster, tries

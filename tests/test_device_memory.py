@@ -13,7 +13,7 @@ from realfake.device import keep_freed_memory
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
-# A training step of `fast` (batch 64, fp32: any CPU), eight times over; the kernel's count of minor page faults
+# A training step of `fast` (batch 64, fp32: any CPU), thirty times over; the kernel's count of minor page faults
 # (pages touched for the first time) around each step.
 STEPS = r"""
 import json, resource, sys
@@ -32,21 +32,26 @@ def faults():
     loss = nn.functional.binary_cross_entropy_with_logits(m(x), y)
     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"said": said, "faults": [faults() for _ in range(8)]}))
+print(json.dumps({"said": said, "faults": [faults() for _ in range(30)]}))
 """
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_a_training_steps_feature_maps_come_back_without_page_faults():
-    out = subprocess.run([sys.executable, "-c", STEPS, "keep"], capture_output=True, text=True, check=True)
-    run = json.loads(out.stdout)
-    assert run["said"].startswith("glibc malloc keeps freed memory"), run
-    first, steady = run["faults"][0], sorted(run["faults"][3:])
-    # The counter sees the first step's fresh memory (about 13,000 pages at this batch on a 2-core Xeon)...
-    assert first > 2000, run
-    # ...and from the fourth step the maps reuse those pages. With glibc's defaults the median step there
-    # faulted 1,000-1,500 times (8-12% of the first), in runs by hand.
-    assert steady[len(steady) // 2] < first // 50, run
+    def steps(mode: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    kept, default = steps("keep"), steps("default")
+    assert kept["said"].startswith("glibc malloc keeps freed memory"), kept
+    # The counter sees the first step's fresh memory (9,000-14,000 pages at this batch on a 2-core Xeon)...
+    assert kept["faults"][0] > 2000 and default["faults"][0] > 2000, (kept, default)
+    # ...and from the fourth step on the maps reuse those pages. Single steps are noisy both ways: with the setting
+    # the heap still grows by a few MiB now and then while it settles (a step of 128-1,536 faults, seen here and on
+    # CI), and with glibc's defaults a step now and then faults none. Over the 27 steps from the fourth, in 5 runs
+    # by hand on the Xeon: 512-2,561 faults in all with the setting, 50,513-67,371 with glibc's defaults.
+    kept_total, default_total = sum(kept["faults"][3:]), sum(default["faults"][3:])
+    assert kept_total * 4 < default_total, (kept, default)
 
 
 @pytest.mark.parametrize(("env", "said"), [

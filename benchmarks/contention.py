@@ -107,6 +107,13 @@ def measure(threads: int, env: dict[str, str], steps: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def once(setting: dict[str, Any], args: argparse.Namespace, cache: Path, default_data: Path) -> dict[str, Any]:
+    """One measurement under one setting: the loop's or the bare step's images/s, and the governor's switches."""
+    if args.loop:
+        return measure_loop(setting["threads"], setting["env"], args.data or default_data, args.limit, cache)
+    return {"img_s": measure(setting["threads"], setting["env"], args.steps), "switches": []}
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=40)
@@ -121,16 +128,11 @@ def main(argv: list[str] | None = None) -> Path:
     settings = LOOP_SETTINGS if args.loop else SETTINGS
     with tempfile.TemporaryDirectory() as cache:
         for name, s in settings.items():
-            def once(s: dict[str, Any] = s) -> dict[str, Any]:
-                if args.loop:
-                    return measure_loop(s["threads"], s["env"], args.data or DEFAULT_DATA, args.limit, Path(cache))
-                return {"img_s": measure(s["threads"], s["env"], args.steps), "switches": []}
-
-            alone = once()
+            alone = once(s, args, Path(cache), DEFAULT_DATA)
             comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.DEVNULL)
             try:
                 time.sleep(3)  # let it spin up
-                busy = once()
+                busy = once(s, args, Path(cache), DEFAULT_DATA)
             finally:
                 comp.kill()
                 comp.wait()

@@ -557,6 +557,31 @@ def precision_summary(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def run_contention(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The busy-machine case (issue 11): benchmarks.contention's loop measurement, run here so that the bench JSON
+    carries it. It runs alone, after the models, in child processes of its own."""
+    from benchmarks import contention
+
+    log(f"contention: `fast`'s training loop on {args.contention} images, alone and beside a 2-thread job")
+    out = contention.main(["--loop", "--limit", str(args.contention), "--data", str(args.data),
+                           "--out", str(work / "contention.json")])
+    record = json.loads(out.read_text())
+    return {k: record[k] for k in ("measured", "limit", "batch", "model", "settings")}
+
+
+def contention_table(results: dict[str, Any]) -> str:
+    """The busy-machine rows (empty for a bench JSON without them)."""
+    c = results.get("contention")
+    if not c:
+        return ""
+    lines = ["", f"| `{c['model']}`'s training loop ({c['limit']:,} images), thread setting | alone, images/s "
+             "| beside a 2-thread PyTorch job | share of a fair share |", "|---|---|---|---|"]
+    for name, r in c["settings"].items():
+        lines.append(f"| {name} | {r['alone_img_s']:,.0f} | {r['contended_img_s']:,.0f} "
+                     f"| {r['share_of_fair']:.0%} |")
+    return "\n".join(lines)
+
+
 def precision_table(results: dict[str, Any]) -> str:
     """Each model's figures at each precision, side by side (empty when only one precision was run)."""
     lines: list[str] = []
@@ -667,6 +692,8 @@ def table(results: dict[str, Any], source: str | Path | None = None) -> str:
         lines.insert(-2, row("via ONNX Runtime int8 (`--quantize int8`), images/s", int8_cell))
     if extra := precision_table(results):
         lines.append(extra)
+    if busy := contention_table(results):
+        lines.append(busy)
     m = results["machine"]
     used = sorted({f"{v['precision']} ({v['precision_reason']})" for k, v in models.items()
                    if k != "reference" and "precision" in v})
@@ -731,6 +758,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--files-models", default="fast", help="comma-separated models timed predicting from files")
     p.add_argument("--full-decode", action=argparse.BooleanOptionalAction, default=True,
                    help="also build the cache of the whole zip cold (the decode-speed figure at full size)")
+    p.add_argument("--contention", type=int, default=0, metavar="N",
+                   help="also time `fast`'s training loop on N images alone and beside a 2-thread PyTorch job, "
+                   "under realfake's default and fixed thread settings (benchmarks.contention --loop; minutes; "
+                   "0: skip it)")
     p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--progress", action="store_true", help="show realfake's training progress bars")
     a = p.parse_args(argv)
@@ -798,6 +829,8 @@ def main(argv: list[str] | None = None) -> Path:
                 extract_split_tree(args.data, ds, split, tree)
                 results["models"]["reference"] = run_reference(tree, args, work)
                 log(f"reference: {json.dumps({k: results['models']['reference'][k] for k in _BRIEF})}")
+            if args.contention:
+                results["contention"] = run_contention(args, work)
         finally:
             if old_cache is None:
                 os.environ.pop("REALFAKE_CACHE_DIR", None)

@@ -777,6 +777,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.files_models = [m.strip() for m in a.files_models.split(",") if m.strip()]
     if unknown:
         p.error(f"unknown --models {', '.join(sorted(unknown))}")
+    if a.contention < 0:
+        p.error(f"--contention must be an image count, or 0 to skip it; got {a.contention}")
     return a
 
 

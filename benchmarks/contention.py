@@ -107,10 +107,10 @@ def measure(threads: int, env: dict[str, str], steps: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def once(setting: dict[str, Any], args: argparse.Namespace, cache: Path, default_data: Path) -> dict[str, Any]:
+def once(setting: dict[str, Any], args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     """One measurement under one setting: the loop's or the bare step's images/s, and the governor's switches."""
     if args.loop:
-        return measure_loop(setting["threads"], setting["env"], args.data or default_data, args.limit, cache)
+        return measure_loop(setting["threads"], setting["env"], args.data, args.limit, cache)
     return {"img_s": measure(setting["threads"], setting["env"], args.steps), "switches": []}
 
 
@@ -124,15 +124,17 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     from benchmarks.run import DEFAULT_DATA, machine_info  # the bench's own record of the machine
 
+    args.data = args.data or DEFAULT_DATA
+
     results: dict[str, dict[str, Any]] = {}
     settings = LOOP_SETTINGS if args.loop else SETTINGS
     with tempfile.TemporaryDirectory() as cache:
         for name, s in settings.items():
-            alone = once(s, args, Path(cache), DEFAULT_DATA)
+            alone = once(s, args, Path(cache))
             comp = subprocess.Popen([sys.executable, "-c", COMPETITOR], stdout=subprocess.DEVNULL)
             try:
                 time.sleep(3)  # let it spin up
-                busy = once(s, args, Path(cache), DEFAULT_DATA)
+                busy = once(s, args, Path(cache))
             finally:
                 comp.kill()
                 comp.wait()

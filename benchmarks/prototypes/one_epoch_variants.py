@@ -126,17 +126,6 @@ class LookaheadAdam(torch.optim.Adam):
         return loss
 
 
-WARM = [0.2]
-
-
-def warm_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int):  # noqa: ANN001, ANN201
-    """fit.make_scheduler's onecycle with its warm-up over WARM[0] of the steps instead of 20%."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = max(1, round(WARM[0] * total))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.1 + 0.9 * step / warm if step < warm else max(0.0, (total - step) / (total - warm)))
-
-
 VARIANTS = {
     "e1-shift2": ({"model": "fast"}, "1 epoch, recipe + random translation +-2 px (reflect)"),
     "e1-shift2-b64-lr6": ({"model": "fast", "batch_size": 64, "lr": 6e-3},
@@ -169,8 +158,7 @@ def main(argv: list[str]) -> None:
     if "shift" in name:
         batches.random_flips = flips_and_shift  # train_batches looks the name up at each batch
     if name.endswith(("-warm5", "-warm40")):
-        WARM[0] = 0.05 if name.endswith("-warm5") else 0.40
-        fit.make_scheduler = warm_scheduler  # fit looks the name up when it builds the schedule
+        fit.ONECYCLE_WARMUP = 0.05 if name.endswith("-warm5") else 0.40  # read when fit builds the schedule
     if name.endswith("-la"):
         torch.optim.Adam = LookaheadAdam  # fit builds its optimizer as torch.optim.Adam(...)
     overrides, note = VARIANTS[name]

@@ -46,6 +46,7 @@ from realfake.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam kernel
+ONECYCLE_WARMUP = 0.2  # the share of onecycle's steps spent warming up (a prototype varies it by name)
 
 
 @dataclass
@@ -325,7 +326,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_e
             optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
         )
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = max(1, round(0.2 * total))
+    warm = max(1, round(ONECYCLE_WARMUP * total))
 
     def factor(step: int) -> float:
         if step < warm:

@@ -66,6 +66,11 @@ it most (8 points, and 3.4-4.8% of its fakes confidently REAL), though over thre
 what lifts `fast` from 95.6% to 98.5% (README, "Generators it never saw"). Batch 16 costs ganC too and trains
 slower. None went into the recipe.
 
+On one NVIDIA H200 (2026-11-29, the seventh session, `--device cuda`, bf16;
+`generalization-1epoch-version2-b32-lr6-2026-11-29-h200-seed{42,7,1}.json`) `e1-b32-lr6` gave 99.64/99.72/99.67%
+at home and 92.47/90.85/96.38% on ganC (mean 93.23%), and one epoch of the plain recipe 90.92/91.70/93.90% (README,
+"On a GPU"): the GPU's different arithmetic moves one epoch's ganC figure by as much as the changes above do.
+
 Run (from the repository root, about a minute a variant on that machine):
 
     python -m benchmarks.prototypes.one_epoch_variants VARIANT --epochs 1 [--seed N] [--out-dir DIR]

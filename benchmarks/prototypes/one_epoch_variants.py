@@ -69,7 +69,8 @@ slower. None went into the recipe.
 On one NVIDIA H200 (2026-11-29, the seventh session, `--device cuda`, bf16;
 `generalization-1epoch-version2-b32-lr6-2026-11-29-h200-seed{42,7,1}.json`) `e1-b32-lr6` gave 99.64/99.72/99.67%
 at home and 92.47/90.85/96.38% on ganC (mean 93.23%), and one epoch of the plain recipe 90.92/91.70/93.90% (README,
-"On a GPU"): the GPU's different arithmetic moves one epoch's ganC figure by as much as the changes above do.
+"On a GPU"): on other hardware (other arithmetic, and augmentation drawn from the GPU's generator) the same
+variant and seeds lost 3 points on average (0.2-5.5 a seed), as much as most of the changes above moved it.
 
 Run (from the repository root, about a minute a variant on that machine):
 

@@ -91,7 +91,7 @@ def test_crafted_pickle_in_a_run_folder_never_runs(run_copy, tmp_path):
 
 @pytest.mark.parametrize("where", ["aside", "beside"])
 def test_state_pt_is_never_opened(run_copy, tmp_path, where):
-    """Also in the aside copy a crash can leave (checkpoint.old), and next to a new-format state."""
+    """Also in the aside copy a crash can leave (.checkpoint.PID.RANDOM.old), and next to a new-format state."""
     from realfake.atomic import existing_dir
     from realfake.checkpoint import read_checkpoint
 
@@ -99,7 +99,7 @@ def test_state_pt_is_never_opened(run_copy, tmp_path, where):
     ckpt = run_copy / "checkpoint"
     if where == "aside":
         _plant_pickle(ckpt, marker)
-        ckpt.rename(run_copy / "checkpoint.old")
+        ckpt.rename(run_copy / ".checkpoint.123.0a1b.old")
         with pytest.raises(RealfakeError, match="older realfake"):
             read_checkpoint(existing_dir(ckpt))
     else:

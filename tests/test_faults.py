@@ -35,13 +35,14 @@ TRAIN_FLAGS = ["--limit", "200", "--epochs", "3", "--batch-size", "32", "--weigh
 
 # Runs `realfake ARGV`, with faults put in by environment variables (read here only, never by realfake):
 #   REALFAKE_TEST_PAUSE_AT=NAME  print PAUSED and sleep when a finished temporary is about to be renamed to NAME
-#                                (os.replace(tmp, .../NAME)): the write is under way, its temporary complete
+#                                (os.replace(tmp, .../NAME); NAME may be a glob): the write is under way, its
+#                                temporary complete
 #   REALFAKE_TEST_FULL_AT=WHAT   the disk is full (RLIMIT_FSIZE 0) while WHAT runs: history (write_history),
 #                                weights (the final save_weights) or report (plots and report.html)
 #   REALFAKE_TEST_FULL_CALL=N    ... on the Nth call of WHAT only (default 1): history 2 is epoch 2's
 #   REALFAKE_TEST_AS_NOBODY=1    drop root (after importing the train command), so a read-only folder is one
 WRAPPER = r"""
-import functools, importlib, os, resource, signal, sys, time
+import fnmatch, functools, importlib, os, resource, signal, sys, time
 
 if os.environ.get("REALFAKE_TEST_AS_NOBODY") and os.geteuid() == 0:
     import encodings.cp437, realfake.cli, realfake.config  # first: the interpreter may live under /root
@@ -57,7 +58,7 @@ pause_at = os.environ.get("REALFAKE_TEST_PAUSE_AT")
 if pause_at:
     real_replace = os.replace
     def replace(src, dst, *a, **kw):
-        if os.path.basename(os.fspath(dst)) == pause_at:
+        if fnmatch.fnmatchcase(os.path.basename(os.fspath(dst)), pause_at):
             print("PAUSED", flush=True)
             time.sleep(600)
         return real_replace(src, dst, *a, **kw)
@@ -381,7 +382,7 @@ def test_kill_and_full_disk_mid_training_then_resume_gives_the_same_model(tmp_pa
 
     run = tmp_path / "run"
     kill_when_paused(start("train", "--data", mini_zip, "--out", run, *TRAIN_FLAGS,
-                           env={"REALFAKE_TEST_PAUSE_AT": f"{RunDir.CHECKPOINT}.old"}))  # epoch 2's swap
+                           env={"REALFAKE_TEST_PAUSE_AT": f".{RunDir.CHECKPOINT}.*.old"}))  # epoch 2's swap
     assert [p.name.startswith(f".{RunDir.CHECKPOINT}.") for p in debris(run)] == [True]  # the dead temporary
     history = (run / RunDir.HISTORY).read_bytes()
 

@@ -40,7 +40,7 @@ from realfake.data.cache import load_dataset
 from realfake.device import select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, log_to_stderr
-from realfake.fit import state_to_cpu
+from realfake.fit import check_finite, state_to_cpu
 from realfake.infer import TorchBackend
 from realfake.models import load_weights
 from realfake.rundir import RunDir
@@ -49,6 +49,7 @@ MIN_IMAGES = 20  # below this neither a temperature nor a threshold means anythi
 MIN_PER_CLASS = 5  # per class, and per part when the set is split for fine-tuning
 FINETUNE_EPOCHS = 5
 FINETUNE_LR = 1e-3
+MAX_LR = 10.0  # Adam's step is lr-sized: far above 1 it only diverges, and near 1e38 it overflows float32 outright
 FINETUNE_BATCH = 64
 CALIBRATION_SHARE = 0.5  # with --finetune-head: this share of each class calibrates, the rest trains the head
 COPIED = (RunDir.SPLIT, RunDir.DATA_REPORT)  # the parent's training facts, still true of the child's backbone
@@ -74,6 +75,7 @@ def adapt(
 ) -> Path:
     """Adapt the run at `run_dir` to the labelled set `data` (any layout the data loader reads: REAL/ and
     FAKE/ folders, a zip, a CSV list); returns the new run folder (default: RUN-adapted-<data name>)."""
+    _check_options(options)
     parent = _parent(run_dir)
     child = RunDir(out) if out is not None else parent.adapted(data)
     _check_out(parent, child, options.overwrite)
@@ -89,12 +91,11 @@ def adapt_arrays(
 ) -> Path:
     """`adapt` on images already decoded ((N, 32, 32, 3) uint8 and 0/1 labels): what the benchmark calls."""
     o = options
+    _check_options(o)
     parent, child = _parent(run_dir), RunDir(out)
     _check_out(parent, child, o.overwrite)
     y = np.asarray(labels).astype(np.int64).ravel()
     _check_set(y, data_name, o.finetune_head, o.calibration_share)
-    if o.finetune_head and (o.epochs < 1 or not o.lr > 0):
-        raise RealfakeError(f"fine-tuning needs at least 1 epoch and a learning rate above 0; got {o.epochs}, {o.lr}")
     cfg = parent.config()
     info = parent.info()
     parent_cal = Calibration.from_info(info, cfg.threshold)
@@ -109,6 +110,7 @@ def adapt_arrays(
     if tune_idx is not None:
         torch.manual_seed(o.seed)
         losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr, seed=o.seed)
+        check_finite(state_to_cpu(model), f"the fine-tuned weights (lr {o.lr:g})")
         finetuned = {"layers": "head", "epochs": o.epochs, "lr": o.lr, "batch_size": FINETUNE_BATCH,
                      "train_loss": [round(v, 6) for v in losses], "images": _counts(y[tune_idx])}
         log(f"fine-tuned the head for {o.epochs} epochs on {len(tune_idx)} images (loss {losses[0]:.4f} -> "
@@ -160,13 +162,39 @@ def _parent(run_dir: str | Path) -> RunDir:
 
 
 def _check_out(parent: RunDir, child: RunDir, overwrite: bool) -> None:
-    """The child never is, holds or sits inside the parent; an existing folder is replaced only when told."""
+    """The child never is, holds or sits inside the parent; only a run realfake made is ever replaced, and only
+    when told (`--overwrite`): a user's other folder, or a copy of the parent, is never removed."""
     p, c = parent.path.resolve(), child.path.resolve()
     if c == p or p.is_relative_to(c) or c.is_relative_to(p):
         raise RealfakeError(f"--out {child.path} would change the parent run {parent.path}: pick a folder outside it")
-    if child.path.exists() and (not child.path.is_dir() or any(child.path.iterdir())) and not overwrite:
-        raise RealfakeError(f"{child.path} already exists: pick another --out, or pass --overwrite to replace it")
+    if child.path.is_symlink() or (child.path.exists() and not child.path.is_dir()):
+        raise RealfakeError(f"--out {child.path} is not a folder: pick another --out")
+    if child.path.exists() and any(child.path.iterdir()):
+        if not overwrite:
+            raise RealfakeError(f"{child.path} already exists: pick another --out, or pass --overwrite to replace it")
+        if not _is_run(child):
+            raise RealfakeError(f"--overwrite replaces only a run folder realfake made, and {child.path} is not one "
+                                f"(no {RunDir.CONFIG} and {RunDir.INFO}): pick another --out")
     check_writable(child / RunDir.CONFIG)
+
+
+def _is_run(folder: RunDir) -> bool:
+    """A folder `train` or `adapt` wrote: its config and run.json are there and run.json names a model."""
+    if not (folder.has(RunDir.CONFIG) and folder.has(RunDir.INFO)):
+        return False
+    try:
+        return isinstance(folder.info().get("model"), str)
+    except RealfakeError:
+        return False
+
+
+def _check_options(o: AdaptOptions) -> None:
+    """Settings that would fail midway (a seed numpy refuses) or train to NaN weights (an infinite rate)."""
+    if not 0 <= o.seed < 2**32:
+        raise RealfakeError(f"--seed must be between 0 and {2**32 - 1}; got {o.seed}")
+    if o.finetune_head and (o.epochs < 1 or not 0 < o.lr <= MAX_LR):  # NaN fails the comparison too
+        raise RealfakeError(f"fine-tuning needs at least 1 epoch and a learning rate above 0 and at most {MAX_LR:g}; "
+                            f"got {o.epochs}, {o.lr}")
 
 
 def _check_set(y: np.ndarray, name: str, finetune_head: bool, calibration_share: float) -> None:

@@ -6,6 +6,10 @@ drops the lock when the writer dies, however it dies. `remove_stale_temporaries`
 whose lock it can take, i.e. whose writer is gone: never one a live process (here or on another machine
 sharing the folder) is still writing. Where flock does not exist (Windows) nothing is removed.
 
+A folder is replaced by two renames (`atomic_dir`): the old folder goes aside under a name unique to that
+call (`.NAME.PID.RANDOM.old`), then the new one takes its place. Nothing else is ever renamed or removed: a
+user's own `NAME.old` (a copy of a run, another tool's folder) is never touched.
+
 A write that fails (disk full, quota, no permission, read-only file system, a file in the way) removes its
 temporary and raises `WriteError`: one line naming the file, the system's reason and what to do, instead of
 an OSError traceback, so every command that writes through here fails the same readable way.
@@ -17,6 +21,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,6 +37,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 _TMP_NAME = re.compile(r"\.(?P<target>.+)\.\d+\.[a-z0-9_]+\.tmp")  # .NAME.PID.RANDOM.tmp
+_ASIDE_NAME = re.compile(r"\.(?P<target>.+)\.\d+\.[a-z0-9_]+\.old")  # .NAME.PID.RANDOM.old (atomic_dir)
 
 
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -157,8 +163,10 @@ def _locked_temporary(make: Callable[[], tuple[int | None, str]]) -> tuple[int, 
 def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> list[Path]:
     """Remove the temporaries that crashed writers left in `folder` (those for target `name`, or all).
 
-    Only names made by this module are considered, and only those whose writer's lock is free; errors are
-    ignored (a sweep is housekeeping, it must never fail the run that does it). Returns what was removed.
+    Only names made by this module are considered: temporaries whose writer's lock is free, and aside copies
+    (`atomic_dir`) whose replacement is in place; an aside whose target is missing is the only copy a crash
+    between the two renames left, and is kept (`existing_dir` reads it). Errors are ignored (a sweep is
+    housekeeping, it must never fail the run that does it). Returns what was removed.
     """
     if fcntl is None:  # pragma: no cover - without flock a live writer cannot be told from a dead one
         return []
@@ -168,8 +176,14 @@ def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> lis
     except OSError:
         return removed
     for e in entries:
-        m = _TMP_NAME.fullmatch(e.name)
+        aside = _ASIDE_NAME.fullmatch(e.name)
+        m = aside or _TMP_NAME.fullmatch(e.name)
         if m is None or (name is not None and m["target"] != name):
+            continue
+        if aside is not None:
+            if os.path.lexists(os.path.join(folder, m["target"])):
+                _remove(e)
+                removed.append(Path(e.path))
             continue
         try:
             fd = os.open(e.path, os.O_RDONLY)
@@ -177,15 +191,19 @@ def remove_stale_temporaries(folder: str | Path, name: str | None = None) -> lis
             continue
         try:
             if _try_lock(fd) and os.path.lexists(e.path):
-                if e.is_dir(follow_symlinks=False):
-                    shutil.rmtree(e.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.unlink(e.path)
+                _remove(e)
                 removed.append(Path(e.path))
         finally:
             os.close(fd)
     return removed
+
+
+def _remove(e: os.DirEntry[str]) -> None:
+    if e.is_dir(follow_symlinks=False):
+        shutil.rmtree(e.path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(e.path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -237,9 +255,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it replaces `path` in one rename.
 
-    A folder cannot be swapped by os.replace while the target is non-empty, so the old one is
-    first renamed aside (`path.old`); readers that find only the aside copy use it (see `existing_dir`).
-    The temporary is locked while it is filled, so that `remove_stale_temporaries` leaves it alone.
+    A folder cannot be swapped by os.replace while the target is non-empty, so the old one is first renamed
+    aside, under a name unique to this call (`.NAME.PID.RANDOM.old`), and removed once the new one is in
+    place; readers that find only the aside copy (a crash between the two renames) use it (`existing_dir`).
+    No other name is touched, so a user's own `NAME.old` is safe. The temporary is locked while it is filled,
+    so that `remove_stale_temporaries` leaves it alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,13 +268,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
                                                                 suffix=".tmp")))
     try:
         yield tmp
-        old = path.with_name(path.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if path.exists():
-            os.replace(path, old)
+        aside = None
+        if os.path.lexists(path):
+            aside = path.with_name(f"{_tmp_prefix(path)}{secrets.token_hex(6)}.old")
+            os.replace(path, aside)  # a fresh random name: nothing there to replace
         os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if aside is not None:
+            if aside.is_dir() and not aside.is_symlink():
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                aside.unlink(missing_ok=True)
+        remove_stale_temporaries(path.parent, path.name)  # asides an earlier crash left, now that `path` is back
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -267,5 +291,20 @@ def existing_dir(path: str | Path) -> Path | None:
     path = Path(path)
     if path.is_dir():
         return path
-    old = path.with_name(path.name + ".old")
-    return old if old.is_dir() else None
+    try:
+        asides = [e for e in os.scandir(path.parent) if (m := _ASIDE_NAME.fullmatch(e.name))
+                  and m["target"] == path.name and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return None
+    return Path(max(asides, key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns).path) if asides else None
+
+
+def existing_dirs(folder: str | Path) -> dict[str, Path]:
+    """Every visible folder in `folder` by name, with the aside copy standing in for one a crash left missing."""
+    try:
+        entries = [e for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return {}
+    names = {e.name for e in entries if not e.name.startswith(".")}
+    names |= {m["target"] for e in entries if (m := _ASIDE_NAME.fullmatch(e.name))}
+    return {n: found for n in sorted(names) if (found := existing_dir(Path(folder) / n)) is not None}

@@ -86,8 +86,18 @@ def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """safetensors through the one atomic writer: a full disk is a one-line WriteError, never half a file,
-    and a killed write leaves a temporary the next write of the run removes."""
+    and a killed write leaves a temporary the next write of the run removes. Non-finite weights are refused:
+    they would call every image one class, silently."""
+    check_finite(state, f"the weights for {path}")
     atomic_write_bytes(path, safetensors_bytes(state))
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """One line naming the first tensor holding NaN or inf: training diverged, and nothing of it may be saved."""
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise RealfakeError(f"training diverged: {what} hold NaN or inf values ({bad}); nothing was saved. "
+                            f"Train again with a lower learning rate (--lr)")
 
 
 def _bce_and_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -238,6 +248,12 @@ def fit(
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.3f}",
                             val_loss=f"{val_loss:.4f}", val_acc=f"{val_acc:.3f}")
             bar.close()
+            if not (math.isfinite(row["train_loss"]) and math.isfinite(val_loss)):  # before anything is written
+                raise RealfakeError(
+                    f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}, validation loss "
+                    f"{val_loss}): this epoch was not saved. Train again with a lower learning rate (--lr, it was "
+                    f"{cfg.lr:g})")
+            check_finite(model.state_dict(), f"the weights after epoch {epoch + 1}")
             if not per_step:
                 scheduler.step(val_loss)
             if early.step(val_loss, epoch + 1):

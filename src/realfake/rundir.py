@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from realfake.atomic import atomic_write_bytes, remove_stale_temporaries
+from realfake.atomic import atomic_write_bytes, existing_dirs, remove_stale_temporaries
 from realfake.config import RunConfig, validated
 from realfake.errors import RealfakeError
 
@@ -207,16 +207,8 @@ class RunDir:
     def evaluations(self) -> list[RunDir]:
         """Every evaluation that wrote metrics, in name order.
 
-        Temporaries (hidden names) are never listed; an aside copy (`NAME.old`) only when a crash between
-        the two renames of its replacement left no `NAME`.
+        Temporaries (hidden names) are never listed; an aside copy (realfake.atomic.atomic_dir) only when a
+        crash between the two renames of its replacement left no `NAME`.
         """
-        root = self.path / self.EVALUATIONS
-        if not root.is_dir():
-            return []
-        found = {m.parent.name: m.parent for m in root.glob(f"*/{self.METRICS}") if not m.parent.name.startswith(".")}
-        out = []
-        for name in sorted(found):
-            if name.endswith(".old") and name[: -len(".old")] in found:
-                continue
-            out.append(RunDir(found[name]))
-        return out
+        found = existing_dirs(self.path / self.EVALUATIONS)
+        return [RunDir(d) for d in found.values() if (d / self.METRICS).is_file()]

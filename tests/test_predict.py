@@ -256,3 +256,90 @@ def test_out_names_its_format_and_a_failed_run_leaves_no_file(tmp_path):
             write_file(failing(), tmp_path / name)
     assert (tmp_path / "old.jsonl").read_text() == "old rows\n"  # the previous file stays whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.jsonl"]  # no half file, no temporary
+
+
+# --- `--out` is checked before any work: never the run's own files, never a folder, a place that can be written ---
+
+
+def _symlink(link, target):
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def _folder(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def _file(path):
+    path.write_text("in the way")
+    return path
+
+
+OUT_REFUSED = {  # (the run folder's name, --out from it, what the one line says)
+    "the run's predictions.csv": ("run", lambda run: run / "predictions.csv", "is in the run folder"),
+    "deeper in the run": ("run", lambda run: run / "evaluations" / "x" / "rows.jsonl", "is in the run folder"),
+    "the run by another path": ("run", lambda run: run.parent / "elsewhere" / ".." / "run" / "rows.csv",
+                                "is in the run folder"),
+    "the run through a symlinked folder": ("run", lambda run: _symlink(run.parent / "alias", run) / "predictions.csv",
+                                           "is in the run folder"),
+    "the run folder itself": ("run.jsonl", lambda run: run, "is in the run folder"),
+    "an existing folder": ("run", lambda run: _folder(run.parent / "rows.jsonl"), "is a folder: name a file in it"),
+    "a file in the way of its folder": ("run", lambda run: _file(run.parent / "blocker") / "rows.parquet",
+                                        "a file is in the way"),
+}
+
+
+@pytest.mark.parametrize("case", OUT_REFUSED, ids=list(OUT_REFUSED))
+def test_predict_refuses_a_harmful_or_failing_out_before_any_work(case, tmp_path, monkeypatch):
+    from tests.clitools import cli_inline
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(Detector, "load", never)
+    name, make_out, message = OUT_REFUSED[case]
+    run = tmp_path / name
+    run.mkdir()
+    (run / "predictions.csv").write_text("path,label,p_fake\na.png,REAL,0.1\n")
+    (run / "run.json").write_text('{"status": "trained"}')
+    before = {p: p.read_bytes() for p in run.rglob("*")}
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "img.png")
+    out = make_out(run)
+
+    proc = cli_inline("predict", run, tmp_path / "img.png", "--workers", 2, "--out", out)
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: --out {out} ") or line.startswith(f"error: could not write {out} "), line
+    assert message in line
+    assert {p: p.read_bytes() for p in run.rglob("*")} == before  # nothing replaced, nothing added
+
+
+def test_write_file_refuses_a_folder_before_taking_a_batch(tmp_path):
+    from realfake.errors import RealfakeError
+    from realfake.predict import write_file
+
+    def batches():
+        raise AssertionError("a batch was asked for")
+        yield
+
+    (tmp_path / "rows.csv").mkdir()
+    with pytest.raises(RealfakeError, match="is a folder"):
+        write_file(batches(), tmp_path / "rows.csv")
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.csv"]  # no temporary beside it
+
+
+def test_predict_out_into_a_real_run_leaves_its_predictions_for_report(trained_run, tmp_path):
+    import os
+    import shutil
+
+    from tests.clitools import assert_one_line_error, cli_inline
+
+    run = tmp_path / "run"  # a copy of links: a write replaces a name in it, never the shared run's files
+    shutil.copytree(trained_run, run, copy_function=os.link)
+    before = (run / "predictions.csv").read_bytes()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "img.png")
+    proc = cli_inline("predict", run, tmp_path / "img.png", "--device", "cpu", "--out", run / "predictions.csv")
+    assert_one_line_error(proc, f"--out {run / 'predictions.csv'} is in the run folder {run}")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert (run / "predictions.csv").read_bytes() == before

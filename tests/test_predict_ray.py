@@ -100,7 +100,7 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     with pytest.raises(RealfakeError) as e:
         require_ray()
     assert str(e.value) == MISSING_RAY == "Ray is not installed: pip install 'realfake[ray]'"
-    res = CliRunner().invoke(app, ["predict", str(tmp_path), str(tmp_path), "--engine", "ray",
+    res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path), "--engine", "ray",
                                    "--out", str(tmp_path / "rows.parquet")])
     assert res.exit_code == 1 and res.output == f"error: {MISSING_RAY}\n"
     assert not (tmp_path / "rows.parquet").exists()

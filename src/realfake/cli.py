@@ -187,8 +187,22 @@ def robustness(
     typer.echo(table_text(result))
 
 
+def _sigterm_stops_cleanly(fn: F) -> F:
+    """SIGTERM ends the command through its finally blocks (decoding workers stopped, no --out temporary left),
+    not at once as Python's default does (realfake.predict.stop_cleanly_on_sigterm)."""
+    from realfake.predict import stop_cleanly_on_sigterm
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with stop_cleanly_on_sigterm():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 @app.command()
 @friendly
+@_sigterm_stops_cleanly
 def predict(
     run_dir: Path = typer.Argument(..., help="a trained run directory, or a .onnx file from `realfake export`"),
     paths: list[str] = typer.Argument(..., help="image files, folders (recursive), globs (quoted) and zips"),
@@ -222,8 +236,8 @@ def predict(
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
     from realfake.predict import (
+        check_out,
         explain_paths,
-        out_format,
         predict_batches,
         quiet_waiting_threads,
         write_file,
@@ -240,7 +254,7 @@ def predict(
     if engine not in ("local", "ray"):
         raise RealfakeError(f"--engine must be local or ray; got {engine!r}")
     if out is not None:
-        out_format(out)
+        check_out(out, run_dir)  # before any work: not the run's own files, not a folder, a writable place
         if explain is not None:
             raise RealfakeError("--explain prints its rows: leave out --out")
     if engine == "ray":

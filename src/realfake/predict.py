@@ -18,18 +18,25 @@ model is the model sharing the cores with decoding (see `quiet_waiting_threads`)
 is fused (realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes through
 torchvision's libjpeg operator (realfake.data.images; set up by `prepare_jpeg_decoding` before the workers
 fork): 0.086-0.096 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
+
+The workers live no longer than this process (`decoding_pool`), however it ends: a `predict` killed with SIGKILL
+used to leave them blocked on their pipe for ever (~455 MB each), holding the `--out` temporary's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import io
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
@@ -130,6 +137,100 @@ def quiet_waiting_threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# --- the decoding workers, tied to this process's life -------------------------------------------------------
+
+# File descriptors a forked decoding worker closes as it starts: the locked temporary of an `--out` being written
+# (write_file), whose lock must go when this process dies, so that the next write sweeps the temporary.
+_NOT_FOR_WORKERS: set[int] = set()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_CHECK_S = 1.0  # how often a worker's watchdog looks at its parent's pid, besides waiting on its sentinel
+
+
+def decoding_pool(workers: int) -> ProcessPoolExecutor:
+    """`workers` decoding processes that die with this one, however it dies, so that a killed `predict` leaves
+    no process behind (see `_worker_started`); forked where the system can, so they inherit the JPEG decoder.
+
+    On Linux the kernel kills a worker when the *thread* that forked it ends: the pool forks its workers in the
+    thread of its first `submit`, which for `predict_batches` is the thread that iterates it and shuts it down.
+    """
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_started,
+                               initargs=(os.getpid(),))
+
+
+def _worker_started(parent_pid: int) -> None:
+    """A decoding worker's first act: let go of what is the parent's alone, and end when the parent ends.
+
+    Two ties, since neither is enough alone: a parent-death signal (Linux), at once and even if this worker is
+    stuck in C code; and a watchdog thread (any system), in case the signal is missing or came too late.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler (stop_cleanly_on_sigterm)
+    for fd in list(_NOT_FOR_WORKERS):
+        with contextlib.suppress(OSError):
+            os.close(fd)  # the lock stays with the parent's own descriptor
+    _kill_me_with_parent()
+    if os.getppid() != parent_pid:  # the parent died before the signal was asked for: it will never come
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="realfake-parent-watch", daemon=True).start()
+
+
+def _kill_me_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG); elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                   ctypes.c_ulong(0))
+    except (OSError, AttributeError):  # no libc to call: the watchdog still ends this worker
+        pass
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """End this worker once its parent is gone: its sentinel (a pipe the parent holds; a process handle on
+    Windows) becomes ready at once, and a changed parent pid is seen within PARENT_CHECK_S, for the pipe may
+    stay open in a worker forked later, until that one ends."""
+    parent = mp.parent_process()
+    while os.getppid() == parent_pid:
+        if parent is None:
+            time.sleep(PARENT_CHECK_S)
+        elif mp.connection.wait([parent.sentinel], timeout=PARENT_CHECK_S):
+            break
+    os._exit(1)
+
+
+@contextmanager
+def kept_from_workers(fd: int) -> Iterator[None]:
+    """Decoding workers forked while the block runs close `fd`: a lock it holds then goes with this process."""
+    _NOT_FOR_WORKERS.add(fd)
+    try:
+        yield
+    finally:
+        _NOT_FOR_WORKERS.discard(fd)
+
+
+@contextmanager
+def stop_cleanly_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM raises SystemExit(143) in the main thread, so that finally blocks run (the
+    decoding pool shut down, an `--out` temporary removed): Python's default for SIGTERM ends the process at
+    once, with none of them. A second SIGTERM ends it at once. Where SIGTERM is already handled or ignored (or
+    off the main thread, where no handler can be set) nothing changes."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def default_workers() -> int:
     """Decoding processes when the caller names none: one per core. While the model is the slower stage the
     pool idles (a chunk is only submitted when the model takes one), so spare workers cost no CPU."""
@@ -165,8 +266,7 @@ def predict_batches(
     try:
         with clock("start workers"):
             if workers:
-                ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                pool = decoding_pool(workers)
         pending: deque[tuple[list[InputRef], list[Future[Chunk]]]] = deque()
         queue_ = iter(batches)
 
@@ -356,6 +456,18 @@ class _WriterThread:
         self.thread.join()
 
 
+@contextmanager
+def _closed_after(results: Iterable[Any]) -> Iterator[Iterable[Any]]:
+    """`results`, closed when the block ends if it can be (a generator): its own finally (the decoding pool's
+    shutdown) then runs now, on an error or SIGTERM included, not whenever it is collected."""
+    try:
+        yield results
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
 def write_rows(
     results: Iterable[Result], fmt: str, out: TextIO, with_heatmap: bool = False,
     stages: dict[str, float] | None = None,
@@ -365,21 +477,22 @@ def write_rows(
 
     Formatting and writing run in a writer thread, overlapping whatever produces `results` (the model, for
     `predict_batches`). `stages`, if given, accumulates the seconds spent waiting for the writer, and the
-    writer thread's own.
+    writer thread's own. `results` is closed at the end (a generator's decoding pool shut down), also on an error.
     """
     rows = RowFormatter(fmt, with_heatmap)
     clock = Stages(stages)
     seen = read = 0
     writer = _WriterThread(out, rows, clock)
     try:
-        for r in results:
-            if isinstance(r, PredictionBatch):
-                seen, read = seen + len(r), read + r.n_read
-            else:
-                pred = r[0] if isinstance(r, tuple) else r
-                seen, read = seen + 1, read + (pred.error is None)
-            with clock("wait for writer"):
-                writer.put(r)
+        with _closed_after(results):
+            for r in results:
+                if isinstance(r, PredictionBatch):
+                    seen, read = seen + len(r), read + r.n_read
+                else:
+                    pred = r[0] if isinstance(r, tuple) else r
+                    seen, read = seen + 1, read + (pred.error is None)
+                with clock("wait for writer"):
+                    writer.put(r)
     finally:
         with clock("wait for writer"):
             writer.close()
@@ -398,6 +511,27 @@ def out_format(path: str | Path) -> str:
     fmt = OUT_SUFFIXES.get(Path(path).suffix.lower())
     if fmt is None:
         raise RealfakeError(f"--out {path}: name a .parquet, .jsonl or .csv file")
+    return fmt
+
+
+def check_out(out: str | Path, run: str | Path | None = None) -> str:
+    """Refuse now, before any decoding, an `--out` that would fail or do harm only after all the work; returns
+    its format. Refused: a name without a known suffix; anything in the run folder `run` (its predictions.csv
+    replaced would break `realfake report`), through symlinked folders too; an existing folder (the final
+    rename would fail); a place that cannot be written (`check_writable`).
+
+    The final name is not followed: the write replaces it (a symlink there included), never what it points to.
+    """
+    fmt = out_format(out)
+    path = Path(out)
+    if run is not None and Path(run).is_dir():
+        home, where = Path(run).resolve(), path.parent.resolve() / path.name
+        if where == home or home in where.parents:
+            raise RealfakeError(f"--out {out} is in the run folder {run}, whose own files it could replace: "
+                                "write it somewhere else")
+    if path.is_dir():
+        raise RealfakeError(f"--out {out} is a folder: name a file in it, e.g. {path / ('predictions.' + fmt)}")
+    check_writable(path)
     return fmt
 
 
@@ -435,11 +569,13 @@ def write_file(batches: Iterable[PredictionBatch], out: str | Path) -> tuple[int
     """Write one row per input to `out`, in the format its name says (.parquet, .jsonl, .csv), streaming batch
     by batch into a temporary that replaces `out` only when every row is written: an interrupted run leaves no
     half file. The JSON lines and CSV are byte for byte what `write_rows` prints. Returns (inputs seen, read).
+
+    `batches` is closed before the temporary is removed (a generator's decoding pool shut down first), and
+    decoding workers forked meanwhile do not hold the temporary open: its lock goes when this process dies.
     """
-    fmt = out_format(out)
+    fmt = check_out(out)
     schema = parquet_schema() if fmt == "parquet" else None  # pyarrow missing: say so before any work
-    check_writable(out)
-    with atomic_file(out) as f:
+    with atomic_file(out) as f, kept_from_workers(f.fileno()), _closed_after(batches):
         if schema is not None:
             return _write_parquet(batches, f, schema)
         text = io.TextIOWrapper(f, encoding="utf-8", newline="")  # no newline translation: rows as printed

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictStr, ValidationError, field_validator
 from scipy.special import expit, log_expit, logit
 
-from realfake.contract import CLASS_NAMES
+from realfake.contract import CLASS_NAMES, TTA_MODES
 from realfake.errors import RealfakeError
 
 UNCERTAIN = "uncertain"
@@ -176,11 +177,17 @@ def parse_band(text: str | None) -> tuple[float, float] | None:
         lo, hi = float(lo_s), float(hi_s)
     except ValueError:
         lo = hi = math.nan
-    if not sep or not 0 <= lo < hi <= 1:
-        raise RealfakeError(
-            f"uncertainty band must be LOW:HIGH with 0 <= LOW < HIGH <= 1 (e.g. 0.35:0.65); got {text!r}"
-        )
+    if not sep or not band_ok(lo, hi):
+        raise RealfakeError(f"uncertainty band must be LOW:HIGH with {BAND_RULE} (e.g. 0.35:0.65); got {text!r}")
     return lo, hi
+
+
+BAND_RULE = "0 <= LOW < HIGH <= 1"
+
+
+def band_ok(lo: float, hi: float) -> bool:
+    """The band rule, for a typed option and a stored band alike (NaN fails it)."""
+    return 0 <= lo < hi <= 1
 
 
 def in_band(p_fake: np.ndarray, band: tuple[float, float] | None) -> np.ndarray:
@@ -261,18 +268,132 @@ class Typicality:
         return {"level": self.level, "real": [round(v, 6) for v in self.real], "fake": [round(v, 6) for v in self.fake]}
 
     @classmethod
-    def from_info(cls, d: Any) -> Typicality | None:
+    def from_info(cls, d: Any, source: str = "run.json") -> Typicality | None:
         """From run.json's `ood` (None when the run has none; malformed is a one-line error)."""
-        if not d:
-            return None
+        return Calibration.from_info({"ood": d}, source=source).ood
+
+
+# --- what a run stores, read back: one schema for run.json and an ONNX file's metadata -----------------------
+
+# A number as JSON writes it: not a string, not a bool, and (allow_inf_nan=False below) finite. Values read back
+# are data from anyone, and a NaN or out-of-range setting gives no error, only wrong verdicts.
+Number = Annotated[float, Strict()]
+_STORED = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class StoredOod(BaseModel):
+    """run.json's (or the metadata's) `ood`: the writer stores exactly OOD_POINTS quantiles per class."""
+
+    model_config = _STORED
+    level: Number = Field(gt=0, lt=1)
+    real: list[Number]
+    fake: list[Number]
+
+    @field_validator("real", "fake", mode="before")
+    @classmethod
+    def _length(cls, v: Any) -> Any:
+        """Checked before pydantic looks at the items: a list of a million quantiles fails at once."""
+        if not isinstance(v, (list, tuple)) or len(v) != OOD_POINTS:
+            raise ValueError("length")
+        return v
+
+    @field_validator("real", "fake")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        if any(b < a for a, b in zip(v[:-1], v[1:], strict=True)):
+            raise ValueError("order")
+        return v
+
+
+class StoredCalibration(BaseModel):
+    """The settings a verdict depends on, as stored; other keys (provenance of many shapes) pass unchecked."""
+
+    model_config = _STORED
+    temperature: Number | None = Field(None, gt=0)
+    logit_offset: Number | None = None
+    threshold: Number | None = Field(None, gt=0, lt=1)
+    threshold_policy: StrictStr | None = None
+    uncertain_band: tuple[Number, Number] | None = None
+    tta: Literal[TTA_MODES] | None = None  # type: ignore[valid-type]  # named once, in contract.py
+    ood: StoredOod | None = None
+    class_names: tuple[StrictStr, StrictStr] | None = None
+    quantization: dict[str, Any] | None = None  # an int8 ONNX file's (see realfake.quantize)
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _policy(cls, v: str | None) -> str | None:
         try:
-            real, fake, level = tuple(map(float, d["real"])), tuple(map(float, d["fake"])), float(d["level"])
-        except (KeyError, TypeError, ValueError):
-            raise RealfakeError("the run's 'ood' entry is malformed (expected level, real, fake)") from None
-        ordered = len(real) >= 2 and len(fake) >= 2 and list(real) == sorted(real) and list(fake) == sorted(fake)
-        if not ordered or not 0 < level < 1:
-            raise RealfakeError("the run's 'ood' entry is malformed (sorted quantiles, level between 0 and 1)")
-        return cls(real, fake, level)
+            if v is not None:
+                parse_policy(v)
+        except RealfakeError:  # not a ValueError, so pydantic would let it through with no file named
+            raise ValueError("policy") from None
+        return v
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not band_ok(*v):
+            raise ValueError("band")
+        return v
+
+    @field_validator("class_names")
+    @classmethod
+    def _classes(cls, v: tuple[str, str] | None) -> tuple[str, str] | None:
+        if v is not None and v != CLASS_NAMES:
+            raise ValueError("classes")
+        return v
+
+
+_QUANTILES = f"must be {OOD_POINTS} finite numbers in ascending order"
+_STORED_RULES = {  # what each stored field must be, said once (the models above check it)
+    "temperature": "must be a finite number above 0",
+    "logit_offset": "must be a finite number",
+    "threshold": "must be a number between 0 and 1",
+    "threshold_policy": f"must be {POLICY_HELP}",
+    "uncertain_band": f"must be [LOW, HIGH] with {BAND_RULE}, or null",
+    "tta": f"must be one of {', '.join(TTA_MODES)}",
+    "ood": "must be an object with level, real and fake, or null",
+    "ood.level": "must be a number between 0 and 1",
+    "ood.real": _QUANTILES,
+    "ood.fake": _QUANTILES,
+    "class_names": f"must be {list(CLASS_NAMES)}",
+    "quantization": "must be an object",
+}
+
+
+def check_stored(values: dict[str, Any], source: str, todo: str = "restore it from a copy, or retrain",
+                 key: str = "") -> StoredCalibration:
+    """`values` (run.json, or an ONNX file's metadata parsed) checked against the one schema of stored settings.
+
+    A bad value is one RealfakeError: `source`, the field (after `key`, e.g. "metadata "), what it must be, what
+    it is, and `todo`; so no caller ever sees a traceback or computes a verdict from it.
+    """
+    if not isinstance(values, dict):
+        raise RealfakeError(f"{source} must hold an object of settings, not {type(values).__name__}: {todo}")
+    try:
+        return StoredCalibration.model_validate(values)
+    except ValidationError as e:
+        loc = [str(x) for x in e.errors()[0]["loc"]]  # e.g. ["threshold"], ["ood", "real", "7"]
+    field = ".".join(loc[:2]) if ".".join(loc[:2]) in _STORED_RULES else loc[0]
+    where = "the 'ood' entry is malformed: " if field.startswith("ood") else ""
+    raise RealfakeError(
+        f"{source}: {where}{key}{field} {_STORED_RULES[field]}, got {_shown(values, field, loc)}: {todo}"
+    ) from None
+
+
+def _shown(values: dict[str, Any], field: str, loc: list[str]) -> str:
+    """The offending value, short: a long list by its length, an item of a list by its position."""
+    v: Any = values
+    for part in field.split("."):
+        if not isinstance(v, dict) or part not in v:
+            return "nothing"
+        v = v[part]
+    item = loc[field.count(".") + 1] if len(loc) > field.count(".") + 1 else None
+    if item is not None and item.isdigit() and isinstance(v, (list, tuple)) and int(item) < len(v):
+        return f"{v[int(item)]!r}"[:60] + f" at position {item}"
+    if isinstance(v, (list, tuple)) and len(v) > 4:
+        return f"a list of {len(v)} values"
+    return repr(v)[:80]
 
 
 # --- what a run stores, and the figures evaluation reports ---------------------------------------------------
@@ -291,17 +412,20 @@ class Calibration:
     offset: float = 0.0  # the raw logit the policy's threshold lies at: p_fake = sigmoid((logit - offset) / T)
 
     @classmethod
-    def from_info(cls, info: dict[str, Any], default_threshold: float = 0.5) -> Calibration:
-        """From run.json; runs made before calibration existed get T = 1 and their stored threshold."""
-        band = info.get("uncertain_band")
+    def from_info(cls, info: dict[str, Any], default_threshold: float = 0.5, source: str = "run.json") -> Calibration:
+        """From run.json or an ONNX file's metadata, checked by `check_stored` (a bad value is one line naming
+        `source`); runs made before calibration existed get T = 1 and their stored threshold."""
+        s = check_stored(info, source)
+        threshold = default_threshold if s.threshold is None else s.threshold
+        ood = s.ood
         return cls(
-            temperature=float(info.get("temperature") or 1.0),
-            offset=float(info.get("logit_offset") or 0.0),
-            threshold=float(info.get("threshold", default_threshold)),
-            threshold_policy=str(info.get("threshold_policy") or f"fixed:{info.get('threshold', default_threshold):g}"),
-            uncertain_band=(float(band[0]), float(band[1])) if band else None,
-            tta=str(info.get("tta") or "none"),
-            ood=Typicality.from_info(info.get("ood")),
+            temperature=1.0 if s.temperature is None else s.temperature,
+            offset=s.logit_offset or 0.0,
+            threshold=threshold,
+            threshold_policy=s.threshold_policy or f"fixed:{threshold:g}",
+            uncertain_band=s.uncertain_band,
+            tta=s.tta or "none",
+            ood=Typicality(tuple(ood.real), tuple(ood.fake), ood.level) if ood else None,
         )
 
     def to_info(self) -> dict[str, Any]:

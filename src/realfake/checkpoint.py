@@ -37,6 +37,7 @@ from torch import nn
 
 from realfake.atomic import atomic_dir, existing_dir
 from realfake.errors import RealfakeError
+from realfake.models.registry import first_non_finite
 
 FORMAT = "realfake-checkpoint"
 VERSION = 1
@@ -51,6 +52,9 @@ LEGACY_FILE = "state.pt"  # the pickle older versions wrote; its presence is rep
 PARAM_SHAPED = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "sum",
                 "exp_inf", "prev", "ax"}
 _TAGS = ("$tensor", "$float", "$tuple")
+# Optimizer flags that say how torch computes a step, not what it computes: they may differ between machines
+# (fused Adam on one device, not on another). Every other flag (amsgrad, maximize, ...) must be the run's own.
+IMPLEMENTATION = {"foreach", "fused", "capturable", "differentiable"}
 
 
 @dataclass
@@ -95,6 +99,8 @@ class Checkpoint:
             raise _damaged(state_json, self.path, f"early_stopping must hold the numbers {sorted(names)}")
         if unknown := sorted(self.scheduler["state"].keys() - scheduler.state_dict().keys()):
             raise _damaged(state_json, self.path, f"unknown scheduler settings {unknown[:3]}")
+        if wrong := _kind_mismatch(self.scheduler["state"], scheduler.state_dict(), "scheduler.state"):
+            raise _damaged(state_json, self.path, wrong)
         try:
             model.load_state_dict(self.model)
             optimizer.load_state_dict(self.optimizer["torch"])
@@ -378,16 +384,60 @@ def _check_optimizer(state_json: Path, ckpt_dir: Path, saved: dict[str, Any], op
     groups = saved["torch"]["param_groups"]
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise _damaged(state_json, ckpt_dir, "its optimizer parameter groups do not fit the model")
-    for g, now in zip(groups, optimizer.param_groups, strict=True):
+    fresh = optimizer.state_dict()["param_groups"]  # parameter ids as the checkpoint holds them
+    for i, (g, now) in enumerate(zip(groups, fresh, strict=True)):
         if unknown := sorted(g.keys() - now.keys()):
             raise _damaged(state_json, ckpt_dir, f"unknown optimizer settings {unknown[:3]}")
+        if wrong := _kind_mismatch(g, now, f"optimizer.param_groups.{i}"):
+            raise _damaged(state_json, ckpt_dir, wrong)
+        if switched := sorted(k for k, v in g.items() if isinstance(now.get(k), bool) and k not in IMPLEMENTATION
+                              and v != now[k]):
+            raise _damaged(state_json, ckpt_dir, f"optimizer setting {switched[0]} is {g[switched[0]]}, the run's "
+                           f"optimizer has {now[switched[0]]} (was it written by another realfake?)")
     params = dict(zip((p for g in groups for p in g["params"]),
                       (p for g in optimizer.param_groups for p in g["params"]), strict=True))
     for pid, entries in saved["torch"]["state"].items():
         for name, value in entries.items():
-            if name in PARAM_SHAPED and isinstance(value, torch.Tensor) and value.shape != params[pid].shape:
+            if value is None or name not in PARAM_SHAPED and (isinstance(value, torch.Tensor) or _is_number(value)):
+                continue
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                raise _damaged(state_json, ckpt_dir, f"optimizer.state.{pid}.{name} must be a tensor of floats, not "
+                               f"{_short(value)}")
+            if value.shape != params[pid].shape:
                 raise _damaged(ckpt_dir / TENSORS_FILE, ckpt_dir, f"optimizer.state.{pid}.{name} has shape "
                                f"{tuple(value.shape)}, its parameter {tuple(params[pid].shape)}")
+
+
+def _kind_mismatch(saved: Any, fresh: Any, name: str) -> str | None:
+    """Where `saved` is not the kind of value `fresh` (the freshly built object's own) is, what is wrong there.
+
+    torch's load_state_dict takes any value: a learning rate of "abc" or a scheduler counter that is a list
+    fails only at the first step, an epoch later, with a traceback. A number must stay a number (finite where the
+    run's is), a flag a flag or None, a string a string, a tensor a tensor, a list a list as long.
+    """
+    if isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            return f"{name} must be a list of {len(fresh)}, not {_short(saved)}"
+        pairs = [(f"{name}.{i}", a, b) for i, (a, b) in enumerate(zip(saved, fresh, strict=True))]
+    elif isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            return f"{name} must be an object, not {_short(saved)}"
+        pairs = [(f"{name}.{k}", saved[k], fresh[k]) for k in saved if k in fresh]
+    else:
+        if isinstance(fresh, bool) or fresh is None:
+            ok, kind = saved is None or isinstance(saved, bool), "a flag"
+        elif _is_number(fresh):
+            ok, kind = _is_number(saved) and (math.isfinite(saved) or not math.isfinite(fresh)), "a number"
+        elif isinstance(fresh, (str, torch.Tensor)):
+            ok, kind = isinstance(saved, type(fresh)), f"a {type(fresh).__name__}"
+        else:
+            return None  # anything else (a function's state) is torch's to check
+        return None if ok else f"{name} must be {kind}, not {_short(saved)}"
+    return next(filter(None, (_kind_mismatch(a, b, where) for where, a, b in pairs)), None)
+
+
+def _short(value: Any) -> str:
+    return "a tensor" if isinstance(value, torch.Tensor) else repr(value)[:40]
 
 
 def _check_weights(
@@ -402,6 +452,8 @@ def _check_weights(
         if saved[k].shape != v.shape or saved[k].dtype != v.dtype:
             raise _damaged(file, ckpt_dir, f"{k} is {saved[k].dtype} {tuple(saved[k].shape)}, the model needs "
                            f"{v.dtype} {tuple(v.shape)}")
+    if (bad := first_non_finite(saved)) is not None:
+        raise _damaged(file, ckpt_dir, f"{bad} holds NaN or infinite values")
 
 
 def _load_tensors(file: Path, ckpt_dir: Path) -> dict[str, torch.Tensor]:

@@ -15,11 +15,14 @@ from realfake.calibration import parse_band, parse_policy
 from realfake.contract import PRECISIONS, TTA_MODES, check_protocol
 from realfake.errors import RealfakeError
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0..2**32-1; torch.manual_seed fails beyond 2**64 - 1
+
 
 class RunConfig(BaseModel):
-    """Everything that decides what a training run does. Unknown keys are refused (typos fail early)."""
+    """Everything that decides what a training run does. Unknown keys are refused (typos fail early), and so
+    are non-finite numbers (`lr: .inf`, `data_budget_mb: .nan`): config.yaml is read back from run folders."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     data: str | None = Field(None, description="folder or .zip; None means the bundled sample")
     protocol: str = Field("seed", description="seed | official | holdout:SOURCE (train without SOURCE, test on it)")
@@ -36,7 +39,7 @@ class RunConfig(BaseModel):
         "plateau", description="plateau = ReduceLROnPlateau per epoch; onecycle = warm-up then linear decay per step"
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="BCE targets become y*(1-e) + e/2")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="seeds torch and NumPy; 0..2**32-1")
     device: str = "auto"
     precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]  # named once, in contract.py
         "auto", description="auto = bf16 autocast where the CPU (AMX, AVX-512 BF16) or GPU has it natively, "

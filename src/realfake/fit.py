@@ -41,6 +41,7 @@ from realfake.distributed import (
 )
 from realfake.errors import RealfakeError
 from realfake.infer import predict_logits
+from realfake.models.registry import first_non_finite
 from realfake.models.small_maps import small_map_kernels
 from realfake.rundir import RunDir
 
@@ -94,8 +95,7 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
     """One line naming the first tensor holding NaN or inf: training diverged, and nothing of it may be saved."""
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
-    if bad is not None:
+    if (bad := first_non_finite(state)) is not None:
         raise RealfakeError(f"training diverged: {what} hold NaN or inf values ({bad}); nothing was saved. "
                             f"Train again with a lower learning rate (--lr)")
 

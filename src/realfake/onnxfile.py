@@ -18,6 +18,7 @@ The writer is `realfake.export`; this module is all a reader needs (no torch, no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from realfake.calibration import Calibration
+from realfake.calibration import Calibration, check_stored
 from realfake.contract import CLASS_NAMES, IMAGE_SIZE, __version__
 from realfake.errors import RealfakeError
 
@@ -78,21 +79,18 @@ def metadata(
     return {k: str(v) for k, v in meta.items()}
 
 
-def parse_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """metadata_props back to Python values (floats, JSON lists); unknown keys stay strings."""
+def parse_metadata(props: dict[str, str], source: str = "the ONNX file") -> dict[str, Any]:
+    """metadata_props back to Python values (floats, JSON lists), checked by the schema a run.json's settings go
+    through (`calibration.check_stored`): a bad value is one line naming `source` and the key. Unknown keys stay
+    strings."""
     out: dict[str, Any] = dict(props)
-    for key in _FLOAT_KEYS:
-        if key in out:
-            try:
-                out[key] = float(out[key])
-            except ValueError:
-                raise RealfakeError(f"ONNX metadata {key}={out[key]!r} is not a number") from None
-    for key in _JSON_KEYS:
-        if key in out:
-            try:
-                out[key] = json.loads(out[key])
-            except json.JSONDecodeError:
-                raise RealfakeError(f"ONNX metadata {key}={out[key]!r} is not JSON") from None
+    for keys, parse, fails in ((_FLOAT_KEYS, float, ValueError), (_JSON_KEYS, json.loads, json.JSONDecodeError)):
+        for key in keys:
+            if key in out:
+                # one that does not parse stays a string, which check_stored reports with the rule it breaks
+                with contextlib.suppress(fails):
+                    out[key] = parse(out[key])
+    check_stored(out, source, "export it again with `realfake export RUN`", key="metadata ")
     return out
 
 
@@ -156,8 +154,6 @@ def load_onnx(path: str | Path) -> tuple[OnnxBackend, dict[str, Any]]:
             f"{path} is not a realfake export (want input {INPUT_NAME!r} and outputs {OUTPUT_NAME!r}, "
             f"{LOGIT_NAME!r}); make one with `realfake export RUN`"
         )
-    meta = parse_metadata(session.get_modelmeta().custom_metadata_map)
-    if list(meta.get("class_names", CLASS_NAMES)) != list(CLASS_NAMES):
-        raise RealfakeError(f"{path} has class names {meta['class_names']}, not {list(CLASS_NAMES)}")
+    meta = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     backend = OnnxBackend(session, path)
     return backend, {**meta, "backend": backend.name, "onnx_file": str(path)}

@@ -5,6 +5,8 @@ every command (train, resume, evaluate, predict, serve, report, the model card):
 - a file that is missing reads as empty (`{}`), and the caller decides whether it needed it;
 - a file that is there but damaged (not JSON/YAML, or not a mapping) is a RealfakeError that names the
   file and says what to do, never a traceback and never silently "absent";
+- a value that is there but wrong (a threshold of "abc" or NaN, a million OOD quantiles, a seed torch cannot
+  take) is the same: run.json's settings go through `calibration.check_stored`, config.yaml through `RunConfig`;
 - every write is atomic (a reader or a crash sees the old file or the new one, never half); one that fails
   (disk full, read-only) is a one-line `WriteError` naming the file, and leaves no temporary behind;
 - every write first removes what a killed writer left in the folder (temporaries whose writer is gone), so a
@@ -25,6 +27,7 @@ from typing import Any
 import yaml
 
 from realfake.atomic import atomic_write_bytes, existing_dirs, remove_stale_temporaries
+from realfake.calibration import check_stored
 from realfake.config import RunConfig, validated
 from realfake.errors import RealfakeError
 
@@ -127,8 +130,11 @@ class RunDir:
         return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
     def info(self) -> dict[str, Any]:
-        """run.json: model, status, calibration, provenance."""
-        return self.read_json(self.INFO)
+        """run.json: model, status, calibration, provenance; the settings a verdict depends on are checked here,
+        so every command that reads them (predict, evaluate, export, adapt, serve, train) refuses a bad one."""
+        info = self.read_json(self.INFO)
+        check_stored(info, str(self.path / self.INFO))
+        return info
 
     def config(self) -> RunConfig:
         """config.yaml as a validated RunConfig; a run without one is not a run."""

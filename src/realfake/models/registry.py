@@ -83,7 +83,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise RealfakeError(reason.splitlines()[0][:300]) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise RealfakeError(f"weights file {path} does not hold a state dict")
+    if (bad := first_non_finite(state)) is not None:
+        raise RealfakeError(f"weights file {path} holds NaN or infinite values (in {bad}), so every p_fake it gave "
+                            f"would be NaN: restore it from a copy, or retrain")
     return state
+
+
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating-point tensor holding a NaN or an infinity: one such weight makes every logit NaN."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:

@@ -158,3 +158,10 @@ def test_a_diverged_training_stops_with_one_line_and_saves_no_weights(mini_zip, 
     assert_one_line_error(proc, "training diverged in epoch 1")
     assert "--lr" in proc.stderr
     assert not (run / RunDir.WEIGHTS).exists() and existing_dir(run / RunDir.CHECKPOINT) is None
+
+
+def test_a_rate_that_would_overflow_adam_is_refused_before_any_work(tmp_path):
+    """1e38 overflowed float32 inside Adam's step: a traceback, after the data had loaded."""
+    run = tmp_path / "run"
+    assert_one_line_error(cli_inline("train", "--lr", "1e38", "--out", run), "lr: Input should be less than or equal")
+    assert not run.exists()

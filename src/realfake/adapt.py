@@ -33,7 +33,7 @@ from torch import nn
 
 from realfake.atomic import WriteError, atomic_dir, check_writable
 from realfake.calibration import Calibration, calibrate, parse_policy
-from realfake.config import RunConfig
+from realfake.config import MAX_LR, RunConfig
 from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.batches import random_flips, to_device_uint8, to_float
 from realfake.data.cache import load_dataset
@@ -49,7 +49,6 @@ MIN_IMAGES = 20  # below this neither a temperature nor a threshold means anythi
 MIN_PER_CLASS = 5  # per class, and per part when the set is split for fine-tuning
 FINETUNE_EPOCHS = 5
 FINETUNE_LR = 1e-3
-MAX_LR = 10.0  # Adam's step is lr-sized: far above 1 it only diverges, and near 1e38 it overflows float32 outright
 FINETUNE_BATCH = 64
 CALIBRATION_SHARE = 0.5  # with --finetune-head: this share of each class calibrates, the rest trains the head
 COPIED = (RunDir.SPLIT, RunDir.DATA_REPORT)  # the parent's training facts, still true of the child's backbone

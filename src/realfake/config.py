@@ -15,6 +15,7 @@ from realfake.calibration import parse_band, parse_policy
 from realfake.contract import PRECISIONS, TTA_MODES, check_protocol
 from realfake.errors import RealfakeError
 
+MAX_LR = 10.0  # Adam steps are lr-sized: far above 1 training only diverges, near 1e38 float32 overflows outright
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0..2**32-1; torch.manual_seed fails beyond 2**64 - 1
 
 
@@ -31,7 +32,7 @@ class RunConfig(BaseModel):
     epochs: int = Field(10, ge=1)
     patience: int = Field(3, ge=1, description="early stopping patience, epochs without val-loss progress")
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=MAX_LR)
     lr_factor: float = Field(0.2, gt=0, lt=1, description="ReduceLROnPlateau factor")
     lr_patience: int = Field(2, ge=0, description="ReduceLROnPlateau patience")
     min_lr: float = Field(1e-6, ge=0)

@@ -4,9 +4,13 @@ For each setting of --batch-wait-ms it starts `realfake serve` on a free 127.0.0
 interface), then runs two phases against it:
 - light: --clients concurrent clients, each sending --requests single-image requests (one kept-alive
   connection per client);
-- light+heavy: the same, while --heavy clients keep one decode-heavy upload each in flight (a compressible PNG
-  of --heavy-side x --heavy-side pixels: a small file that decodes to ~150 MB), which is what decoding inside
-  the model lock used to turn into a stall for everyone.
+- light+heavy: the same, while --heavy clients keep one decode-heavy upload each in flight, which is what
+  decoding inside the model lock used to turn into a stall for everyone. --heavy-kind says which: `gradient`
+  (default), a smooth RGB PNG of --heavy-side x --heavy-side pixels (a small file that decodes to ~150 MB), or
+  `bomb16`, issue 26's 16-bit grey PNG of 7900 x 7900 (121 KB that decode to 125 MB of samples; 48 clients
+  with one each once took all 40 of the server's request threads: `--heavy 48 --heavy-kind bomb16`). A heavy
+  client refused with 503 waits the Retry-After it was given, as HTTP asks, before it sends again
+  (--heavy-ignore-retry-after: at once); `heavy.refused_503` counts those refusals.
 It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
 (VmRSS from /proc), the CPU seconds the server and the clients used during the light requests, the CPU model
 and the load average, and writes benchmarks/results/serve-<date>-<host>.json
@@ -29,12 +33,14 @@ import json
 import os
 import platform
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -119,6 +125,19 @@ def heavy_image(side: int) -> bytes:
     return png(Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_90), ramp)))
 
 
+def bomb16_image(side: int = 7900) -> bytes:
+    """Issue 26's file: a black side x side 16-bit grey PNG (121 KB at 7900), written row by row
+    so it costs no memory here; the server decodes it to side x side x 2 bytes (125 MB), under every limit."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp, row = zlib.compressobj(9), bytes(1 + 2 * side)  # black: deflate at its best ratio, ~1,030:1
+    idat = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def multipart(data: bytes, name: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
@@ -134,8 +153,14 @@ class Client:
         self.conn: http.client.HTTPConnection | None = None
 
     def post(self, data: bytes, name: str) -> tuple[str, float]:
+        status, seconds, _ = self.post_for_retry(data, name)
+        return status, seconds
+
+    def post_for_retry(self, data: bytes, name: str) -> tuple[str, float, float | None]:
+        """(status, seconds, the Retry-After header in seconds or None)."""
         body, ctype = multipart(data, name)
         start = time.perf_counter()
+        retry_after = None
         try:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(HOST, self.port, timeout=REQUEST_TIMEOUT_S)
@@ -143,12 +168,14 @@ class Client:
             resp = self.conn.getresponse()
             resp.read()
             status = str(resp.status)
+            with contextlib.suppress(TypeError, ValueError):
+                retry_after = float(resp.getheader("retry-after"))  # type: ignore[arg-type]
             if resp.getheader("connection", "").lower() == "close":
                 self.close()
         except (OSError, http.client.HTTPException) as e:
             status = f"error:{type(e).__name__}"
             self.close()
-        return status, time.perf_counter() - start
+        return status, time.perf_counter() - start, retry_after
 
     def close(self) -> None:
         if self.conn is not None:
@@ -182,6 +209,7 @@ def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes
     deadline = time.monotonic() + args.max_seconds
     light: list[tuple[str, float]] = []
     heavy_records: list[tuple[str, float]] = []
+    retry_afters: list[float] = []
     lock = threading.Lock()
     light_done = threading.Event()
 
@@ -198,9 +226,13 @@ def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes
     def heavy_client() -> None:
         client = Client(port)
         while not light_done.is_set() and time.monotonic() < deadline:
-            record = client.post(heavy, "heavy.png")  # type: ignore[arg-type]
+            status, seconds, retry_after = client.post_for_retry(heavy, "heavy.png")  # type: ignore[arg-type]
             with lock:
-                heavy_records.append(record)
+                heavy_records.append((status, seconds))
+                if status == "503" and retry_after is not None:
+                    retry_afters.append(retry_after)
+            if status == "503" and retry_after is not None and not args.heavy_ignore_retry_after:
+                light_done.wait(max(0.0, min(retry_after, deadline - time.monotonic())))
         client.close()
 
     heavies = [threading.Thread(target=heavy_client, daemon=True) for _ in range(args.heavy if heavy else 0)]
@@ -226,6 +258,10 @@ def load_phase(port: int, pid: int, args: argparse.Namespace, images: list[bytes
                        for (k, v), v0 in zip(cpu.items(), (server_cpu, client_cpu), strict=True)}
     if heavy is not None:
         result["heavy"] = summary(heavy_records, time.perf_counter() - heavy_start)
+        result["heavy"]["refused_503"] = sum(s == "503" for s, _ in heavy_records)
+        result["heavy"]["retry_after_s"] = (
+            {"min": min(retry_afters), "median": float(np.median(retry_afters)), "max": max(retry_afters)}
+            if retry_afters else None)
     result["stopped_at_max_seconds"] = time.monotonic() > deadline
     return result
 
@@ -238,6 +274,8 @@ def server(run: Path, batch_wait_ms: float, args: argparse.Namespace, work: Path
     cmd = [sys.executable, "-m", "realfake.cli", "serve", str(run), "--host", HOST, "--port", str(port),
            "--device", args.device, "--batch-wait-ms", str(batch_wait_ms), "--max-batch", str(args.max_batch),
            "--workers", str(args.workers)]
+    if args.heavy_queue is not None:
+        cmd += ["--heavy-queue", str(args.heavy_queue)]
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
@@ -282,7 +320,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=50, help="concurrent light clients")
     p.add_argument("--requests", type=int, default=20, help="single-image requests per light client")
     p.add_argument("--heavy", type=int, default=8, help="decode-heavy uploads kept in flight in the second phase")
-    p.add_argument("--heavy-side", type=int, default=7000, help="pixels per side of the decode-heavy PNG")
+    p.add_argument("--heavy-kind", choices=("gradient", "bomb16"), default="gradient",
+                   help="gradient: a smooth RGB PNG of --heavy-side pixels a side; bomb16: issue 26's 121 KB 16-bit "
+                        "grey PNG of 7900 x 7900")
+    p.add_argument("--heavy-side", type=int, default=7000, help="pixels per side of the gradient PNG")
+    p.add_argument("--heavy-ignore-retry-after", action="store_true",
+                   help="heavy clients send again at once after a 503 instead of waiting its Retry-After")
+    p.add_argument("--heavy-queue", type=int, default=None,
+                   help="the server's `serve --heavy-queue` (default: the server's own default)")
     p.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5.0, 0.0],
                    help="server settings to compare (0: micro-batching off)")
     p.add_argument("--max-batch", type=int, default=64)
@@ -310,7 +355,7 @@ def main(argv: list[str] | None = None) -> Path:
         run = args.run or train_tiny_run(work, args.device)
         results["args"]["run"] = str(run)
         images = light_images()
-        heavy = heavy_image(args.heavy_side)
+        heavy = bomb16_image() if args.heavy_kind == "bomb16" else heavy_image(args.heavy_side)
         results["heavy_png_bytes"] = len(heavy)
         for wait in args.batch_wait_ms:
             name = f"batch_wait_ms={wait:g}"
@@ -323,8 +368,9 @@ def main(argv: list[str] | None = None) -> Path:
                 entry: dict[str, Any] = {"rss_mb_before": rss_mb(pid), "load_average_before": list(os.getloadavg())}
                 log(f"{name}: light load ({args.clients} clients x {args.requests} requests)")
                 entry["light"] = load_phase(port, pid, args, images, None)
-                log(f"{name}: light load with {args.heavy} decode-heavy uploads in flight")
+                log(f"{name}: light load with {args.heavy} {args.heavy_kind} decode-heavy clients")
                 entry["light_with_heavy"] = load_phase(port, pid, args, images, heavy)
+                log(f"{name}: heavy clients refused with 503: {entry['light_with_heavy']['heavy']['refused_503']}")
                 entry["rss_mb_after"] = rss_mb(pid)
                 entry["load_average_after"] = list(os.getloadavg())
             results["settings"][name] = entry

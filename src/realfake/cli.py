@@ -310,6 +310,10 @@ def serve(
     batch_wait_ms: float = typer.Option(5.0, help="how long a request waits for others to share its forward pass; "
                                                   "0 turns micro-batching off"),
     max_batch: int = typer.Option(64, help="most images in one shared forward pass"),
+    heavy_queue: int = typer.Option(
+        8, help="decode-heavy uploads (over 16 MiB once decoded) that may wait for the one heavy-decode thread; one "
+                "more is refused at once with 503 and Retry-After (0..20: each waiting one holds a request thread)"
+    ),
     workers: int = typer.Option(1, help="server processes, each with its own model and an equal share of the "
                                        "cores (more requests/s on a multi-core machine; N x the memory)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | mps"),
@@ -328,7 +332,7 @@ def serve(
     settings = dict(
         max_upload_bytes=int(max_upload_mb * 1_000_000), max_images=max_images, device=device,
         max_decode_bytes=int(max_decode_mb * 1_000_000), body_timeout_s=body_timeout, token=token or None,
-        batch_wait_ms=batch_wait_ms, max_batch=max_batch, precision=precision,
+        batch_wait_ms=batch_wait_ms, max_batch=max_batch, precision=precision, heavy_queue=heavy_queue,
     )
     api = create_app(run_dir, **settings)  # also with workers: a damaged run stops here, in one line
     if not token and not _is_loopback(host):

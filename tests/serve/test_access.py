@@ -85,7 +85,8 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list:
 
 def test_cli_serve_passes_its_settings_and_guards_v1(trained_run: Path, uvicorn_calls: list) -> None:
     result = CliRunner().invoke(cli, ["serve", str(trained_run), "--device", "cpu", "--token", TOKEN,
-                                      "--body-timeout", "3", "--max-decode-mb", "50", "--batch-wait-ms", "0"])
+                                      "--body-timeout", "3", "--max-decode-mb", "50", "--batch-wait-ms", "0",
+                                      "--heavy-queue", "3"])
     assert result.exit_code == 0, result.output
     [(api, kw)] = uvicorn_calls
     assert kw == {"host": "127.0.0.1", "port": 8000}
@@ -93,6 +94,7 @@ def test_cli_serve_passes_its_settings_and_guards_v1(trained_run: Path, uvicorn_
     assert TOKEN not in result.output  # never echoed
     service = api.state.service
     assert (service.limits.body_timeout_s, service.limits.max_decode_bytes) == (3.0, 50_000_000)
+    assert (service.limits.heavy_queue, service.heavy.max_waiting) == (3, 3)
     assert service.batcher is None
     client = TestClient(api)
     assert client.get("/v1/model").status_code == 401

@@ -184,3 +184,26 @@ def test_uncertain_result_says_why(browser: Any, server: str, tmp_path: Path) ->
         assert "Out of distribution" in why and "0.991 is above 0.95" in why
     finally:
         pg.close()
+
+
+@pytest.mark.parametrize(("path", "shows"), [("/docs", ".opblock-summary-path"), ("/redoc", "[data-section-id]")],
+                         ids=["swagger-ui", "redoc"])
+def test_api_docs_render_without_internet(browser: Any, server: str, path: str, shows: str) -> None:
+    """/docs and /redoc as a lab without internet access sees them: every request to another host is refused,
+    and the page still lists the API (it loaded its scripts from this server). Nothing went elsewhere: the one
+    outside URL ReDoc asks for (its maker's logo) the page's Content-Security-Policy stops in the browser."""
+    pg = browser.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.requested = []
+    stopped_by_csp: list[str] = []
+    pg.on("request", lambda req: pg.requested.append(req.url))
+    pg.on("requestfailed", lambda req: req.failure == "csp" and stopped_by_csp.append(req.url))
+    pg.route(lambda url: not url.startswith((server, "blob:", "data:")), lambda route: route.abort())
+    try:
+        pg.goto(server + path)
+        pg.wait_for_selector(shows)
+        assert "/v1/predict" in pg.inner_text("body")
+        pg.requested = [u for u in pg.requested if u not in stopped_by_csp]
+        assert_only_local(pg, server)
+    finally:
+        pg.close()

@@ -7,8 +7,10 @@ thread (a decode-heavy one on the server's one low-priority thread: `decoding`),
 `Detector.predictions`, so the API answers what `realfake predict` and `Detector.predict` answer; concurrent
 requests share forward passes (`batching.MicroBatcher`). Limits hold from the first byte (`guards`): a body
 over `max_upload_bytes` or slower than `body_timeout_s` is refused while it is being read, and a request's
-images may not decode to more than `max_decode_bytes` together. With a token, /v1/* needs
-`Authorization: Bearer TOKEN`; / and /healthz stay open.
+images may not decode to more than `max_decode_bytes` together, and a decode-heavy upload that finds the heavy
+thread's queue full (`heavy_queue` waiting) is refused at once (503 with Retry-After) instead of holding a
+worker thread. With a token, /v1/* needs `Authorization: Bearer TOKEN`; /, /healthz and the API docs (/docs,
+/redoc) stay open.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -38,13 +42,22 @@ from realfake.errors import RealfakeError
 from realfake.report.summary import Summary, run_summary, summarize
 from realfake.rundir import RunDir
 from realfake.serve.batching import MicroBatcher
-from realfake.serve.decoding import HEAVY_DECODE_BYTES, HeavyDecoder
-from realfake.serve.guards import BodyGuard, TokenGuard
+from realfake.serve.decoding import (
+    DEFAULT_HEAVY_QUEUE,
+    HEAVY_DECODE_BYTES,
+    MAX_HEAVY_QUEUE,
+    HeavyDecoder,
+    HeavyQueueFull,
+)
+from realfake.serve.guards import BodyGuard, TokenGuard, count_refusal
 
 # decode_bytes' reason for data Pillow cannot identify at all: the one failure that is "not an image" (415)
 # rather than "an image we cannot read" (422: truncated, corrupt, empty, too many pixels).
 NOT_AN_IMAGE = "not an image"
 NO_FILES = "no files: send one or more images in the multipart field 'files'"
+# How an upload refused by the full heavy-decode queue is marked in its `error`: a request whose uploads all
+# failed with at least one of these is answered 503 (try again later), not 415/422 (do not try again).
+BUSY = "server busy: "
 HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
 # One image at the pixel limit, as 8-bit RGB (64 MP x 3 bytes), fits; two such images in one request do not.
 DEFAULT_DECODE_BYTES = 200_000_000
@@ -80,6 +93,9 @@ class Limits(BaseModel):
     max_decode_bytes: int = Field(description="decoded pixels' bytes (width x height x bands x bytes per sample) "
                                   "allowed per request, summed over its images")
     body_timeout_s: float = Field(description="seconds a client has to send its whole request body")
+    heavy_queue: int = Field(DEFAULT_HEAVY_QUEUE, description="decode-heavy uploads (over 16 MiB decoded) that may "
+                             "wait for the server's one heavy-decode thread; one more is refused at once (503 "
+                             "with Retry-After, or that item's error in a request with others)")
 
 
 class OodFigures(BaseModel):
@@ -165,7 +181,7 @@ class Service:
         self.detector = detector
         self.limits = limits
         self._model_lock = threading.Lock()
-        self.heavy = HeavyDecoder()
+        self.heavy = HeavyDecoder(limits.heavy_queue)
         self.batcher: MicroBatcher[Any, Prediction] | None = (
             MicroBatcher(self._judge, max_items=max_batch, wait_s=batch_wait_ms / 1000) if batch_wait_ms > 0 else None
         )
@@ -180,7 +196,8 @@ class Service:
         never decoded; the ones that fit are still judged. An upload that fits but decodes to more than
         HEAVY_DECODE_BYTES is decoded on the server's one heavy-decode thread (`decoding.HeavyDecoder`), the
         others here, in the request's worker thread; one upload at a time either way, so the budget is spent
-        in upload order as before.
+        in upload order as before. A heavy one that finds that thread's queue full gets a BUSY error at once
+        and spends no budget; the others are still decoded.
         """
         left = self.limits.max_decode_bytes
 
@@ -198,7 +215,10 @@ class Service:
         for upload in data:
             item = (upload, header_decoded_bytes(upload))  # the header is read once: for the route and the budget
             if HEAVY_DECODE_BYTES < item[1] <= left:  # one over the budget is refused here, without queueing
-                _, d, e = self.heavy.run(self.detector.decode, [item], within_budget)
+                try:
+                    _, d, e = self.heavy.run(self.detector.decode, [item], within_budget)
+                except HeavyQueueFull as full:
+                    d, e = [None], [f"{BUSY}{full}"]
             else:
                 _, d, e = self.detector.decode([item], within_budget)
             decoded += d
@@ -214,7 +234,11 @@ class Service:
         names = [name for name, _ in uploads]
         decoded, errors = self.decode([d for _, d in uploads])
         heatmaps: list[str | None] = [None] * len(uploads)
-        if explain:
+        if all(d is None for d in decoded):
+            # Nothing to judge, so no model call: such a request (a flood of refused heavy uploads) waits
+            # neither for the batcher nor for the model lock.
+            preds = self.detector.predictions(names, decoded, errors)
+        elif explain:
             with self._model_lock:
                 explained = self.detector.explanations(names, decoded, errors)
             preds = [e.prediction for e in explained]
@@ -300,6 +324,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "no files, a malformed parameter, or no upload could be read (corrupt, "
                                             "too many pixels, over the request's decode budget)"},
     501: {"model": ErrorBody, "description": "explain=true but this detector cannot explain"},
+    503: {"model": ErrorBody, "description": "no upload was judged and at least one was a decode-heavy image that "
+                                            "found the server's heavy-decode queue full: send it again after "
+                                            "Retry-After seconds",
+          "headers": {"Retry-After": {"description": "seconds to wait before sending it again",
+                                      "schema": {"type": "integer", "minimum": 1}}}},
 }
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong access token (send 'Authorization: Bearer TOKEN')"},
@@ -328,6 +357,46 @@ async def index() -> HTMLResponse:
     return HTMLResponse(_page())
 
 
+# The API docs, served whole by this server: FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN
+# (and ReDoc its fonts from Google), which left them blank in a lab without internet access. The scripts come
+# from the fastapi-offline package (Swagger UI 5 and ReDoc 2, MIT), mounted at DOCS_ASSETS by create_app.
+DOCS_ASSETS = "/docs-assets"
+DOCS_PACKAGE = ("fastapi_offline", "static")
+# And the browser may fetch nothing from elsewhere for them: ReDoc's side menu loads its maker's logo from
+# their CDN whatever its options say (it hides the image when that fails, as it does here). Inline script and
+# styles: FastAPI's Swagger page starts Swagger UI from an inline script, and both libraries style inline;
+# ReDoc's search runs in a worker made from a blob.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'self'")
+
+
+def _docs_page(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
+
+
+@router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI on /openapi.json (its Authorize button takes the token for /v1/*)."""
+    root = request.scope.get("root_path", "")
+    return _docs_page(get_swagger_ui_html(
+        openapi_url=f"{root}{request.app.openapi_url}", title=f"{request.app.title} - API docs",
+        swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+    ))
+
+
+@router.get("/redoc", response_class=HTMLResponse, include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    """ReDoc on /openapi.json, without the Google fonts FastAPI's page would load."""
+    root = request.scope.get("root_path", "")
+    return _docs_page(get_redoc_html(
+        openapi_url=f"{root}{request.app.openapi_url}", title=f"{request.app.title} - API reference",
+        redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js", redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+        with_google_fonts=False,
+    ))
+
+
 @v1.get("/model", response_model=ModelInfo)
 async def model(service: ServiceDep) -> ModelInfo:
     """The model being served: a summary sentence and its figures, name, training data, test metrics, threshold,
@@ -337,10 +406,10 @@ async def model(service: ServiceDep) -> ModelInfo:
 
 @v1.post("/predict", response_model=list[ImageResult], responses=ERRORS)
 async def predict(
+    request: Request,
     service: ServiceDep,
     files: Annotated[list[UploadFile], File(description="one or more images", min_length=1)],
     explain: Annotated[bool, Query(description="add a heatmap_png to each result")] = False,
-    explain_form: Annotated[bool | None, Form(alias="explain", include_in_schema=False)] = None,
 ) -> list[ImageResult]:
     """Judge each uploaded image (multipart field `files`); results come back in upload order.
 
@@ -349,9 +418,12 @@ async def predict(
     readable is the whole request refused: 415 if none was an image at all, 422 if some were images that
     could not be read (truncated, corrupt, empty, over the pixel limit or the request's decode budget). No
     files is 422; more than `max_images` files or a body over `max_upload_bytes` is 413; a body slower than
-    the body timeout is 408; `explain=true` on a detector without `explain` is 501.
+    the body timeout is 408; `explain=true` on a detector without `explain` is 501. A decode-heavy upload
+    (over 16 MiB decoded) that finds the server's heavy-decode queue full is refused at once: its item's
+    `error` starts with "server busy", and when nothing in the request was judged the answer is 503 with a
+    Retry-After header.
     """
-    explain = explain or bool(explain_form)
+    explain = explain or await _explain_in_form(request)
     if explain and not service.detector.can_explain:
         raise HTTPException(501, "this detector cannot explain: explanations need a PyTorch run, not an ONNX file")
     max_images = service.limits.max_images
@@ -361,8 +433,22 @@ async def predict(
     results = await run_in_threadpool(service.predict, uploads, explain)
     if all(r.error is not None for r in results):
         detail = "; ".join(f"{r.filename}: {r.error}" for r in results)
+        if any(r.error is not None and r.error.startswith(BUSY) for r in results):
+            count_refusal(request.app.state.refusals, request.scope, 503, detail)
+            raise HTTPException(503, detail, headers={"Retry-After": str(service.heavy.retry_after_s())})
         raise HTTPException(unreadable_status(results), detail)
     return results
+
+
+async def _explain_in_form(request: Request) -> bool:
+    """Whether the multipart form also says explain=true (the page uses the query; some clients send a field).
+
+    Read from the form FastAPI already parsed rather than declared as a Form parameter: a declared one shows in
+    /openapi.json whatever `include_in_schema` says (FastAPI builds the body's schema from every form field),
+    and the value it documented there, null, was then refused with 422, a drift schemathesis found.
+    """
+    value = (await request.form()).get("explain")
+    return isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on")
 
 
 def validation_detail(errors: Sequence[Any]) -> str:
@@ -414,12 +500,14 @@ def create_app(
     batch_wait_ms: float = 5.0,
     max_batch: int = 64,
     precision: str | None = None,
+    heavy_queue: int = DEFAULT_HEAVY_QUEUE,
 ) -> FastAPI:
     """The app for one detector, loaded once here from a run directory (or an exported .onnx file).
 
     `token` guards /v1/* (None or "": open); `batch_wait_ms` is how long a request may wait for others to share
     its forward pass (0: no batching), up to `max_batch` images; `precision` is the model's (auto | fp32 | bf16,
-    None: the run's; see Detector.load). Raises RealfakeError when the path is not a
+    None: the run's; see Detector.load); `heavy_queue` is how many decode-heavy uploads may wait for the heavy
+    thread (0..MAX_HEAVY_QUEUE; see `decoding`). Raises RealfakeError when the path is not a
     trained run (or its files are damaged) or a limit is out of range, so a bad setting fails before the
     server starts.
     """
@@ -427,14 +515,18 @@ def create_app(
         raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
     if batch_wait_ms < 0 or max_batch < 1:
         raise RealfakeError("the batch wait must be at least 0 ms and the batch size at least 1")
+    if not 0 <= heavy_queue <= MAX_HEAVY_QUEUE:
+        raise RealfakeError(f"the heavy-decode queue must be 0..{MAX_HEAVY_QUEUE} (each waiting upload holds one of "
+                            f"the server's 40 request threads); got {heavy_queue}")
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:
         detector = Detector.load(run_dir_or_detector, device=device, precision=precision)
     limits = Limits(max_upload_bytes=max_upload_bytes, max_images=max_images, max_decode_bytes=max_decode_bytes,
-                    body_timeout_s=body_timeout_s)
+                    body_timeout_s=body_timeout_s, heavy_queue=heavy_queue)
     app = FastAPI(title="realfake", summary="Tell AI-generated images from real photographs.", version=__version__,
-                  lifespan=_lifespan)
+                  lifespan=_lifespan, docs_url=None, redoc_url=None)  # /docs and /redoc: the router's, offline
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[DOCS_PACKAGE]), name="docs-assets")
     app.state.service = Service(detector, limits, batch_wait_ms, max_batch)
     app.state.refusals = refusals = Counter[int]()
     app.add_middleware(BodyGuard, limit=max_upload_bytes, timeout_s=body_timeout_s, refusals=refusals)

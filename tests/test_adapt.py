@@ -3,9 +3,12 @@ is never touched."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import math
 import zipfile
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from realfake.data.cache import load_dataset
 from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.models import read_state_dict
+from realfake.report.summary import ADAPTED_ON, run_summary
 from realfake.rundir import RunDir
 
 CPU = AdaptOptions(device="cpu")
@@ -75,8 +79,8 @@ def test_adapt_writes_a_child_that_records_its_parent_and_loads(trained_run, new
 
 def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip, tmp_path):
     """Two sets with the same REAL images, one with the FAKE images the parent scores highest, one with those it
-    scores lowest (a generator it finds harder): the second's decision logit (the threshold, centred into the
-    calibration as its offset) is lower."""
+    scores lowest (a generator it finds harder): the second's decision logit (the raw logit at which p_fake
+    reaches the threshold, T * logit(threshold)) is lower."""
     ds = load_dataset(_tree(mini_zip, tmp_path / "pool", 40, 80), progress=False)
     parent = Detector.load(trained_run, device="cpu")
     z = parent.predict_logits(ds.images)
@@ -88,8 +92,8 @@ def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip,
         child = adapt_arrays(trained_run, ds.images[idx], ds.labels[idx], name, tmp_path / name, CPU,
                              log=lambda m: None)
         info = RunDir(child).info()
-        assert info["threshold"] == 0.5  # the policy's cut lives in the offset
-        thresholds.append(info["logit_offset"])
+        assert "logit_offset" not in info  # the cut is on p_fake, which stays a probability
+        thresholds.append(info["temperature"] * math.log(info["threshold"] / (1 - info["threshold"])))
     assert thresholds[1] < thresholds[0]
 
 
@@ -104,6 +108,16 @@ def test_finetune_head_changes_only_the_head(trained_run, new_set, tmp_path):
     assert adapted_on["finetuned"]["images"] == {"REAL": 15, "FAKE": 15}  # the other half calibrated
     assert adapted_on["calibration_images"] == {"REAL": 15, "FAKE": 15}
     Detector.load(child, device="cpu")
+    # new weights, new logits: the parent's test figures are not the child's, and the report says so
+    assert not (child / RunDir.METRICS).exists() and not (child / RunDir.PREDICTIONS).exists()
+    card = (child / RunDir.MODEL_CARD).read_text()
+    page = unescape((child / RunDir.REPORT).read_text())
+    for text in (card, page):
+        assert f"Adapted from run {trained_run.name} on newgen (60 labelled images): the model's head fine-tuned " \
+               "for 2 epochs on 30 of them, then temperature, decision threshold and 'I don't know' (OOD) quantiles " \
+               "re-fitted on the other 30." in text
+        assert "Not measured on its test split since its head was fine-tuned" in text
+        assert "realfake evaluate RUN" in text
 
 
 def test_bad_sets_and_runs_are_one_line_errors(trained_run, mini_zip, tmp_path):
@@ -128,3 +142,46 @@ def test_cli_default_name_sits_beside_the_parent(trained_run, new_set, tmp_path)
     assert json.loads((child / RunDir.INFO).read_text())["parent"]["name"] == "run"
     out = cli("predict", child, new_set / "REAL", "--workers", "1").stdout.splitlines()
     assert len(out) == 30 and all("p_fake" in json.loads(line) for line in out)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_adapted_run_reports_where_it_comes_from_and_its_own_test_figures(trained_run, new_set, tmp_path):
+    """report.html and MODEL_CARD.md at once, naming the parent, the set and what was re-fitted; the home figures
+    are the parent's test-split logits under the child's calibration; an evaluation on the set is no test."""
+    from realfake.evaluation import evaluate
+
+    child = adapt(trained_run, new_set, tmp_path / "child", CPU, progress=False, log=lambda m: None)
+    card = (child / RunDir.MODEL_CARD).read_text()
+    page = unescape((child / RunDir.REPORT).read_text())
+    for text in (card, page):
+        assert f"Adapted from run {trained_run.name} on newgen (60 labelled images): temperature, decision " \
+               "threshold and 'I don't know' (OOD) quantiles re-fitted on them; the weights are the parent's, " \
+               "unchanged." in text
+        assert str(trained_run.resolve()) in text and str(new_set) in text  # parent and set, by path too
+        assert "its parent's test split (images like its training data" in text
+
+    metrics = json.loads((child / RunDir.METRICS).read_text())
+    assert metrics["rescored_from"]["run"] == trained_run.name
+    parent_rows, rows = _rows(trained_run / RunDir.PREDICTIONS), _rows(child / RunDir.PREDICTIONS)
+    assert [r["logit"] for r in rows] == [r["logit"] for r in parent_rows]  # the same weights: the same logits
+    cal = Detector.load(child, device="cpu").calibration
+    z = np.array([float(r["logit"]) for r in rows])
+    y = np.array([int(r["label"]) for r in rows])
+    verdicts = cal.labels(cal.p_fake(z), cal.ood_scores(z))
+    assert [r["predicted"] for r in rows] == verdicts  # the child's own verdicts, as predict gives them
+    assert metrics["labels"]["FAKE"]["counts"]["uncertain"] == sum(
+        1 for v, t in zip(verdicts, y, strict=True) if t == 1 and v == "uncertain")
+    assert metrics["n"] == len(rows) and metrics["threshold"] == cal.threshold
+
+    evaluate(child, new_set, device="cpu", progress=False, log=lambda m: None)
+    s = run_summary(child)
+    assert s.measured == [] and [(m.name, m.kind) for m in s.fitted_on] == [("newgen", ADAPTED_ON)]
+    assert "On newgen (adapted on these images, so not a test): of fakes" in s.text
+    assert "Performance on generators it was not trained on is unknown" in s.text
+    page = unescape((child / RunDir.REPORT).read_text())
+    assert "adapted on (not a test)" in page and "On newgen (adapted on these images, so not a test)" in page
+    assert "| newgen | adapted on (not a test) | 60 |" in (child / RunDir.MODEL_CARD).read_text()

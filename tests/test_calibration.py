@@ -130,32 +130,43 @@ def test_calibrate_stores_what_from_info_reads_back():
     again = Calibration.from_info(cal.to_info())
     assert again.threshold == cal.threshold and again.uncertain_band == (0.4, 0.6) and again.tta == "flip"
     assert again.temperature == pytest.approx(cal.temperature, abs=1e-5)
-    assert again.offset == cal.offset != 0
+    assert "logit_offset" not in cal.to_info()
     old_run = Calibration.from_info({"threshold": 0.7})
     assert old_run.temperature == 1.0 and old_run.threshold == 0.7 and old_run.uncertain_band is None
-    assert old_run.offset == 0.0  # runs from before the offset keep their p_fake
+
+
+def test_a_run_that_stored_its_cut_as_an_offset_keeps_every_verdict_and_gets_a_probability():
+    """Runs from before: p = sigmoid((logit - offset) / T), FAKE from 0.5. Read back, the cut is on p = sigmoid(
+    logit / T), where it always was, and p is the calibrated probability again."""
+    t, offset = 0.3, -1.9
+    cal = Calibration.from_info({"temperature": t, "threshold": 0.5, "logit_offset": offset})
+    z = np.random.default_rng(0).uniform(-8, 8, 20000)
+    assert np.array_equal(cal.is_fake(cal.p_fake(z)), apply_temperature(z - offset, t) >= 0.5)
+    assert np.allclose(cal.p_fake(z), apply_temperature(z, t))
+    assert cal.threshold == pytest.approx(apply_temperature(np.array([offset]), t)[0])
 
 
 @pytest.mark.parametrize("policy", ["balanced", "fpr:0.005", "real:0.005"])
-def test_a_chosen_threshold_becomes_p_half_with_the_same_verdicts(policy):
-    """The policy's cut moves into the calibration: FAKE means p_fake >= 0.5, and no verdict changes."""
+def test_a_chosen_threshold_is_a_cut_on_the_calibrated_probability(policy):
+    """p_fake is sigmoid(logit / T), nothing folded in; the policy's cut is applied to it, wherever it lies."""
     rng = np.random.default_rng(11)
     y = rng.integers(0, 2, 3000)
     z = np.where(y == 1, rng.normal(2.5, 1.2, y.size), rng.normal(-3.5, 0.6, y.size))  # REAL tight, FAKE spread
     cal = calibrate(z, y, policy)
     t = fit_temperature(z, y)
     before = choose_threshold(y, apply_temperature(z, t), policy)
-    assert cal.threshold == 0.5 and cal.temperature == t
+    assert cal.threshold == before and cal.temperature == t
     held = np.concatenate([z, rng.uniform(-6, 6, 5000)])  # validation and unseen logits alike
+    assert np.array_equal(cal.p_fake(held), apply_temperature(held, t))
     assert np.array_equal(cal.is_fake(cal.p_fake(held)), apply_temperature(held, t) >= before)
-    if policy != "balanced":  # a REAL-anchored cut lies far below p = 0.5 before centring
-        assert before < 0.05 and cal.offset < 0
+    if policy != "balanced":  # a REAL-anchored cut lies far below p = 0.5, and says so
+        assert before < 0.05
 
 
 def test_a_fixed_threshold_is_kept_on_p():
     z, y = _two_classes()
     cal = calibrate(z, y, "fixed:0.3")
-    assert cal.threshold == 0.3 and cal.offset == 0.0
+    assert cal.threshold == 0.3
 
 
 def _two_classes(n: int = 4000, seed: int = 5) -> tuple[np.ndarray, np.ndarray]:

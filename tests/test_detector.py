@@ -36,8 +36,13 @@ def test_predict_accepts_every_input_kind(detector, tmp_path):
     assert preds[0].ood == round(ood, 4)
     by_threshold = "FAKE" if expected >= detector.threshold else "REAL"
     assert preds[0].label == ("uncertain" if ood > detector.calibration.ood.level else by_threshold)
-    assert preds[0].to_dict() == {"source": str(tmp_path / "a.png"), "p_fake": preds[0].p_fake,
-                                  "label": preds[0].label, "threshold": detector.threshold, "ood": preds[0].ood}
+    z = float(detector.predict_logits(arr[None])[0])
+    assert preds[0].logit == z / detector.temperature  # the calibrated log-odds, in full: p_fake = sigmoid(logit)
+    row = {"source": str(tmp_path / "a.png"), "p_fake": preds[0].p_fake, "logit": preds[0].logit,
+           "label": preds[0].label, "threshold": detector.threshold, "ood": preds[0].ood}
+    if preds[0].label == "uncertain":
+        row["reason"] = "ood"
+    assert preds[0].to_dict() == row
 
 
 def test_predict_many_keeps_order_and_reports_bad_items(detector, tmp_path):
@@ -65,12 +70,12 @@ def test_temperature_from_run_json_is_applied(trained_run, detector, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "temperature": 2.0, "threshold": 0.3, "logit_offset": 0.4}))
+    (run / "run.json").write_text(json.dumps({**info, "temperature": 2.0, "threshold": 0.3}))
     calibrated = Detector.load(run, device="cpu")
     assert calibrated.threshold == 0.3 and calibrated.info["model"] == "seed-resnet50"
     x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     logits = detector.predict_logits(x)
-    np.testing.assert_allclose(calibrated.predict_proba(x), 1 / (1 + np.exp(-(logits - 0.4) / 2.0)), rtol=1e-6)
+    np.testing.assert_allclose(calibrated.predict_proba(x), 1 / (1 + np.exp(-logits / 2.0)), rtol=1e-6)
 
 
 def test_load_errors_are_one_line(trained_run, tmp_path):

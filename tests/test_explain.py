@@ -1,4 +1,5 @@
-"""Grad-CAM: maps point at the evidence for FAKE, have the promised shape and range, and reach the CLI."""
+"""Grad-CAM: maps point at the evidence for FAKE, have the promised shape and range, share one scale per run,
+and reach the CLI as overlays that state the verdict and that scale."""
 
 from __future__ import annotations
 
@@ -16,9 +17,21 @@ from realfake.calibration import Calibration
 from realfake.cli import app
 from realfake.detector import Detector, Explanation
 from realfake.errors import RealfakeError
-from realfake.explain import cam_layer, find_cam_layer, gradcam, heatmaps
+from realfake.explain import (
+    CamScale,
+    cam_layer,
+    find_cam_layer,
+    gradcam,
+    heatmaps,
+    raw_heatmaps,
+    reference_scale,
+    run_scale,
+)
+from realfake.infer import TorchBackend
 from realfake.models import build
 from realfake.onnxfile import OnnxBackend
+from realfake.predict import save_overlay
+from realfake.rundir import RunDir
 
 
 class RegionMask(nn.Module):
@@ -162,8 +175,125 @@ def test_cli_predict_explain_writes_overlays(trained_run, tmp_path):
     heatmaps_written = {by_name["cat.png"]["heatmap"], by_name["cat.jpg"]["heatmap"]}
     assert heatmaps_written == {str(out / "cat.cam.png"), str(out / "cat-2.cam.png")}  # same stem, no overwrite
     for path in heatmaps_written:
-        assert Image.open(path).size == (256, 256)
+        png = Image.open(path)
+        assert png.size[0] == 256 and png.size[1] > 256  # the overlay, then the verdict and scale strip
+        row = by_name["cat.png"] if path.endswith("cat.cam.png") else by_name["cat.jpg"]
+        assert png.text["realfake:label"] == row["label"] and float(png.text["realfake:p_fake"]) == row["p_fake"]
+        assert float(png.text["realfake:heatmap_scale"]) > 0
+        assert RunDir.SAMPLES in png.text["realfake:heatmap_scale_basis"]
 
     result = CliRunner().invoke(app, ["predict", str(trained_run), str(tmp_path / "in"), "--backend", "torch",
                                       "--explain", str(tmp_path / "in" / "cat.png")])
     assert result.exit_code == 1 and "is a file" in result.output
+
+
+# --- one scale per run -----------------------------------------------------------------------------------------
+
+
+def quadrants(top_left: int, bottom_right: int) -> np.ndarray:
+    """A 32x32 uint8 image, grey `top_left` in that quadrant and `bottom_right` in the opposite one, black else:
+    for TwoRegions, the top-left brightness is the evidence for FAKE and the bottom-right the evidence against."""
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:16, :16], img[16:, 16:] = top_left, bottom_right
+    return img
+
+
+@pytest.fixture
+def region_run(tmp_path):
+    """A Detector on TwoRegions whose run folder holds samples.npz: FAKE samples with mid evidence, REAL samples
+    with far more (which must not count: the scale is taken on FAKE images only)."""
+    samples = np.stack([quadrants(120, 0), quadrants(160, 0), quadrants(255, 0), quadrants(255, 0)])
+    labels = np.array([1, 1, 0, 0])
+    np.savez_compressed(tmp_path / RunDir.SAMPLES, images=samples, labels=labels, p_fake=np.full(4, 0.5))
+    torch.manual_seed(0)
+    model = TwoRegions().eval()
+    det = Detector(TorchBackend(model, torch.device("cpu"), precision="fp32"), Calibration(), run_dir=tmp_path)
+    return det, model, samples[labels == 1]
+
+
+def test_run_scale_is_the_99th_percentile_of_the_fake_samples(region_run, tmp_path):
+    det, model, fakes = region_run
+    scale = run_scale(tmp_path, model, model.stage)
+    raw = raw_heatmaps(model, fakes, model.stage)
+    assert scale.value == pytest.approx(float(np.quantile(raw, 0.99)), rel=1e-6)
+    assert scale.value == reference_scale(model, fakes, model.stage)
+    samples = np.load(tmp_path / RunDir.SAMPLES)["images"]
+    assert scale.value < reference_scale(model, samples, model.stage)  # the bright REAL samples were left out
+    assert "99th percentile" in scale.basis and "2 FAKE test samples" in scale.basis
+    assert scale.to_dict() == {"value": scale.value, "basis": scale.basis}
+
+
+def test_every_image_of_a_run_is_divided_by_the_same_number(region_run):
+    det, model, _ = region_run
+    fake, real = quadrants(255, 0), quadrants(40, 255)
+    together = det.explain([fake, real])
+    apart = [det.explain(fake), det.explain(real)]
+    assert [e.prediction.label for e in together] == ["FAKE", "REAL"]
+    raw = raw_heatmaps(model, np.stack([fake, real]), model.stage)
+    scale = together[0].scale
+    assert isinstance(scale, CamScale) and scale.value is not None and scale.value > 0
+    for ex, ex_alone, raw_map in zip(together, apart, raw, strict=True):
+        assert ex.scale == scale and ex_alone.scale == scale
+        np.testing.assert_allclose(ex.heatmap, np.clip(raw_map / scale.value, 0, 1), atol=1e-5)
+        np.testing.assert_allclose(ex_alone.heatmap, ex.heatmap, atol=1e-5)
+    # maps keep the raw maps' proportions (a per-image scale would make both peaks 1)
+    assert together[1].heatmap.max() == pytest.approx(raw[1].max() / scale.value, rel=1e-4)
+    assert together[0].heatmap.max() == 1.0  # far beyond the run's reference: clipped, not stretched
+
+
+def test_a_real_verdict_with_weak_evidence_gets_a_weak_map(region_run):
+    det, model, _ = region_run
+    ex = det.explain(quadrants(10, 255))
+    assert ex.prediction.label == "REAL"
+    raw = raw_heatmaps(model, ex.image[None], model.stage)[0]
+    assert raw.max() > 0  # there is a little evidence for FAKE...
+    assert 0 < ex.heatmap.max() < 0.25  # ...and it shows as little, not stretched to full colour
+    per_image = gradcam(model, model.stage, torch.tensor(ex.image[None]).permute(0, 3, 1, 2).float() / 255)
+    assert per_image.max() == pytest.approx(1.0)  # what the old per-image scale showed for the same image
+
+
+def test_without_fake_samples_the_maps_fall_back_to_each_own_maximum_and_say_so(tmp_path):
+    model = TwoRegions().eval()
+    det = Detector(TorchBackend(model, torch.device("cpu"), precision="fp32"), Calibration(), run_dir=tmp_path)
+    ex = det.explain(quadrants(10, 255))
+    assert ex.scale is not None and ex.scale.value is None and RunDir.SAMPLES in ex.scale.basis
+    assert ex.heatmap.max() == pytest.approx(1.0)
+    assert "own maximum" in ex.scale.describe()
+    bare = Detector(TorchBackend(model, torch.device("cpu"), precision="fp32"), Calibration())
+    assert bare.explain(quadrants(10, 255)).scale.value is None
+
+
+def test_trained_run_scale_comes_from_its_samples(detector, trained_run):
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    both = detector.explain(images)
+    alone = detector.explain(images[1])
+    expected = run_scale(trained_run, detector.model, cam_layer(detector.model))
+    assert expected.value is not None and expected.value > 0
+    assert both[0].scale == both[1].scale == alone.scale
+    assert alone.scale.value == pytest.approx(expected.value, rel=1e-4)
+    raw = raw_heatmaps(detector.model, np.stack(images), cam_layer(detector.model))
+    np.testing.assert_allclose(both[0].heatmap, np.clip(raw[0] / alone.scale.value, 0, 1), atol=1e-4)
+
+
+def test_overlay_file_states_the_verdict_and_the_scale(region_run, tmp_path):
+    det, _, _ = region_run
+    fake, real = det.explain([quadrants(255, 0), quadrants(10, 255)])
+    written = {}
+    for name, ex in (("fake", fake), ("real", real)):
+        ex.prediction.source = f"{name}.png"
+        written[name] = Image.open(save_overlay(ex, tmp_path / "cams", size=128))
+    for name, ex in (("fake", fake), ("real", real)):
+        png = written[name]
+        assert png.mode == "RGB" and png.size[0] >= 128 and png.size[1] > 128 + 40  # a strip below the overlay
+        assert png.text["realfake:label"] == ex.prediction.label
+        assert float(png.text["realfake:p_fake"]) == ex.prediction.p_fake
+        assert float(png.text["realfake:heatmap_scale"]) == ex.scale.value
+        assert png.text["realfake:heatmap_scale_basis"] == ex.scale.basis
+    strip = {k: np.asarray(v)[128:] for k, v in written.items()}
+    for pixels in strip.values():
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # text and a colour bar, not a blank band
+    assert not np.array_equal(strip["fake"], strip["real"])  # the verdict line differs
+    # the overlay part is the plain overlay, unchanged
+    top = np.asarray(written["real"])[: 128, (written["real"].size[0] - 128) // 2:][:, :128]
+    np.testing.assert_array_equal(top, np.asarray(real.overlay(128)))

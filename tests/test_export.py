@@ -20,7 +20,7 @@ from realfake.export import export_onnx
 from realfake.onnxfile import OnnxBackend
 
 # not the defaults, so that parity and the round trip prove they were carried into the file
-THRESHOLD, TEMPERATURE, TTA, BAND, OFFSET = 0.37, 1.7, "flip", [0.3, 0.32], -0.25
+THRESHOLD, TEMPERATURE, TTA, BAND = 0.37, 1.7, "flip", [0.3, 0.32]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def exported(trained_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("export") / "run"
     shutil.copytree(trained_run, run)
     info = json.loads((run / "run.json").read_text())
-    info.update(threshold=THRESHOLD, temperature=TEMPERATURE, tta=TTA, uncertain_band=BAND, logit_offset=OFFSET)
+    info.update(threshold=THRESHOLD, temperature=TEMPERATURE, tta=TTA, uncertain_band=BAND)
     (run / "run.json").write_text(json.dumps(info))
     path = export_onnx(run)
     return run, path
@@ -59,9 +59,9 @@ def test_parity_with_pytorch_on_real_images(mini_zip, torch_det, onnx_det):
     assert p_onnx.shape == (100,) and np.isfinite(p_onnx).all()
     assert np.abs(p_torch - p_onnx).max() <= 1e-4
     assert np.abs(torch_det.predict_logits(images) - onnx_det.predict_logits(images)).max() <= 1e-3
-    # test-time flips, the temperature and the offset are inside the graph: p_fake = sigmoid((mean logit - c) / T)
+    # test-time flips and the temperature are inside the graph: p_fake = sigmoid(mean logit / T), a probability
     logits = onnx_det.predict_logits(images)
-    np.testing.assert_allclose(p_onnx, 1 / (1 + np.exp(-(logits - OFFSET) / TEMPERATURE)), atol=1e-6)
+    np.testing.assert_allclose(p_onnx, 1 / (1 + np.exp(-logits / TEMPERATURE)), atol=1e-6)
 
 
 def test_dynamic_batch_of_one_and_seven(onnx_det, torch_det):
@@ -89,7 +89,7 @@ def test_metadata_round_trip(exported, onnx_det):
     assert datetime.fromisoformat(props["created"]).tzinfo is not None
     assert isinstance(onnx_det.backend, OnnxBackend) and onnx_det.backend.name == "onnxruntime"
     assert onnx_det.threshold == THRESHOLD
-    assert float(props["logit_offset"]) == OFFSET and onnx_det.calibration.offset == OFFSET
+    assert "logit_offset" not in props  # the threshold is a cut on p_fake, nothing folded into p
     assert onnx_det.info["class_names"] == ["REAL", "FAKE"] and onnx_det.info["model"] == "seed-resnet50"
     assert onnx_det.info["uncertain_band"] == BAND and onnx_det.info["tta"] == TTA
     assert onnx_det.label_for(0.31) == "uncertain" and onnx_det.label_for(0.9) == "FAKE"

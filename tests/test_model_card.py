@@ -61,14 +61,18 @@ def test_no_standin_warning_for_other_data_and_measured_data_listed(run_copy):
     # a pipe in a name cannot break the table; the name is shown without its archive ending
     assert "| midjourney\\|set | other data set | 300 | 61.2% | n/a | n/a | 0.7000 | n/a |" in text
     assert "None yet" not in text
-    assert "on other data it was measured on: midjourney|set 61.2%" in text.splitlines()[2]  # the card opens with it
+    # the card opens with it; an evaluation made before label shares has its threshold accuracy
+    assert "On midjourney|set (never trained on): threshold accuracy 61.2%." in text.splitlines()[2]
     assert text.index("## Measured on other data") < text.index("## Model")
 
 
 def test_card_opens_with_the_summary_and_counts_ood_flags(run_copy):
     metrics = json.loads((run_copy / "metrics.json").read_text())
     text = write_model_card(run_copy).read_text()
-    assert text.splitlines()[2].startswith(f"**Test accuracy {metrics['accuracy']:.1%} on images like its training")
+    fakes = metrics["labels"]["FAKE"]["shares"]  # what users get leads, the threshold accuracy beside it
+    assert text.splitlines()[2].startswith(f"**On its test split (images like its training data): of fakes "
+                                           f"{fakes['FAKE']:.1%} labelled FAKE, {fakes['uncertain']:.1%} uncertain")
+    assert f"(threshold accuracy {metrics['accuracy']:.1%})" in text.splitlines()[2]
     assert "Performance on generators it was not trained on is unknown" in text
     ood = metrics["ood"]  # a run trained now stores the OOD score
     assert "## I don't know (out of distribution)" in text
@@ -85,7 +89,12 @@ def test_card_of_an_old_run_without_ood(run_copy):
     (run_copy / "run.json").write_text(json.dumps(info))
     text = write_model_card(run_copy).read_text()
     assert "out of distribution" not in text and "I don't know" not in text
-    assert "Test accuracy" in text
+    assert "threshold accuracy" in text
+    metrics.pop("labels")  # and from before label shares: the sentence it had
+    (run_copy / "metrics.json").write_text(json.dumps(metrics))
+    text = write_model_card(run_copy).read_text()
+    assert text.splitlines()[2].startswith(f"**Test accuracy {metrics['accuracy']:.1%} on images like its training")
+    assert "## Labels users get" not in text
 
 
 def test_report_command_rewrites_the_card(run_copy):

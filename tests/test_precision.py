@@ -187,8 +187,14 @@ def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_near_autocast():
     fp32 = predict_logits(model, images, cpu, tta="flip", precision="fp32")
     backend = TorchBackend(model, cpu, "flip", "bf16")
     got = backend.logits(images)
-    assert np.abs(got - fp32).max() <= 2 * np.abs(autocast - fp32).max() + 1e-3
+    # as near fp32 as bf16 itself allows: autocast rounds its logit to bf16 too (8 bits, ~0.004 at |logit| ~1);
+    # the copy's head is fp32 (models.fused.Fp32Head), so its error is the body's, with BatchNorm folded into bf16
+    assert np.abs(got - fp32).max() <= 3 * np.abs(autocast - fp32).max() + 1e-2
+    assert len(set(got.tolist())) == len(got)  # five images, five scores
     assert backend.model is model and all(p.dtype == torch.float32 for p in model.parameters())
-    held = {type(m): m.weight.dtype for m in backend._predicting.modules() if hasattr(m, "weight")}
+    head = {id(m) for m in backend._predicting.head.modules()}  # the head stays fp32 (models.fused.Fp32Head)
+    held = {type(m): m.weight.dtype for m in backend._predicting.modules()
+            if hasattr(m, "weight") and id(m) not in head}
     conv = ConvAct if backend.fusion["weights_packed"] else nn.Conv2d  # packed on an AMX CPU (models.fused)
-    assert held[conv] == held[nn.Linear] == torch.bfloat16 and nn.BatchNorm2d not in held
+    assert held[conv] == held.get(nn.Linear, torch.bfloat16) == torch.bfloat16 and nn.BatchNorm2d not in held
+    assert all(p.dtype == torch.float32 for p in backend._predicting.head.parameters())

@@ -50,8 +50,14 @@ def test_stream_matches_detector_and_reports_bad_items_in_order(tree, detector):
     inputs = [tree / "d", tree / "missing.png", tree / "a.zip"]
     one_batch = list(predict_paths(detector, inputs, batch_size=1000, progress=False))
     many_batches = list(predict_paths(detector, inputs, batch_size=2, workers=2, progress=False))
-    # the OOD score is steeper than p_fake, so the float noise of another batch size can move its last digit
-    assert [{**p.to_dict(), "ood": None} for p in one_batch] == [{**p.to_dict(), "ood": None} for p in many_batches]
+    # the OOD score is steeper than p_fake, so the float noise of another batch size can move its last digit; the
+    # log-odds are written in full, so that noise shows in their last digits
+    def rounded(p):
+        return {**p.to_dict(), "ood": None, "logit": None}
+
+    assert [rounded(p) for p in one_batch] == [rounded(p) for p in many_batches]
+    assert all(p.logit == pytest.approx(q.logit, rel=1e-5, abs=1e-6)
+               for p, q in zip(one_batch, many_batches, strict=True) if p.logit is not None)
     assert max(abs(p.ood - q.ood) for p, q in zip(one_batch, many_batches, strict=True) if p.ood is not None) <= 1e-3
     by_name = {p.source.replace(f"{tree}/", "").replace("d/", ""): p for p in one_batch}
     assert len(one_batch) == 9
@@ -211,8 +217,12 @@ def _batches_for_files(with_ood: bool = True) -> list[PredictionBatch]:
     p = np.where(read, rng.random(len(names)), np.nan)
     ood = np.where(read, rng.random(len(names)), np.nan) if with_ood else None
     labels = [None if e else lab for e, lab in zip(errors, ["REAL", "FAKE", "uncertain", None, "FAKE"], strict=True)]
-    return [PredictionBatch(names[:2], p[:2], labels[:2], 0.47, errors[:2], None if ood is None else ood[:2]),
-            PredictionBatch(names[2:], p[2:], labels[2:], 0.47, errors[2:], None if ood is None else ood[2:])]
+    reasons = [None, None, "ood", None, None]
+    z = np.log(p / (1 - p))
+    return [PredictionBatch(names[:2], p[:2], labels[:2], 0.47, errors[:2], None if ood is None else ood[:2],
+                            z[:2], reasons[:2]),
+            PredictionBatch(names[2:], p[2:], labels[2:], 0.47, errors[2:], None if ood is None else ood[2:],
+                            z[2:], reasons[2:])]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -235,7 +245,8 @@ def test_out_parquet_has_the_json_rows_values(tmp_path, with_ood):
     assert write_file(_batches_for_files(with_ood), tmp_path / "rows.parquet") == (5, 4)
     table = pq.read_table(tmp_path / "rows.parquet")
     assert table.column_names == CSV_FIELDS
-    as_json = [{k: v for k, v in row.items() if v is not None or k in ("p_fake", "label")} for row in table.to_pylist()]
+    as_json = [{k: v for k, v in row.items() if v is not None or k in ("p_fake", "logit", "label")}
+               for row in table.to_pylist()]
     assert as_json == [json.loads(line) for line in printed.getvalue().splitlines()]
 
 

@@ -16,6 +16,12 @@ run holds for prediction (config.yaml, model.safetensors, run.json, and the pare
 data_report.json, so `realfake evaluate NEW` still tests on the parent's own test split), so Detector.load,
 predict, evaluate, serve and export work on it unchanged. run.json records `parent` (path, name and its
 calibration) and `adapted_on` (the set, its counts per class, what was re-fitted or fine-tuned, the split).
+
+The child's report.html and MODEL_CARD.md are written at once and name the parent, the set and what was fitted
+on it. Its home figures are measured, not inherited: a calibration-only child keeps the parent's weights, so
+the parent's recorded test-split logits (predictions.csv) are re-scored with the new calibration, for free; a
+fine-tuned head changes the logits, and its report says the test split is not measured until `realfake
+evaluate CHILD` (which runs the model on the parent's split: as costly as the parent's own evaluation).
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from realfake.data.batches import random_flips, to_device_uint8, to_float
 from realfake.data.cache import load_dataset
 from realfake.device import select_device
 from realfake.errors import RealfakeError
-from realfake.evaluation import Log, log_to_stderr
+from realfake.evaluation import Log, log_to_stderr, metrics_line, rescore_predictions
 from realfake.fit import check_finite, state_to_cpu
 from realfake.infer import TorchBackend
 from realfake.models import load_weights
@@ -142,10 +148,42 @@ def adapt_arrays(
         "adapted_on": adapted_on,
     }
     state = state_to_cpu(model) if finetuned else None
-    _write_child(parent, child, cfg, child_info, state)
+    # re-scored with the calibration as stored, the one every consumer of the child will apply
+    home = None if finetuned else _rescored_home(parent, Calibration.from_info(child_info, cfg.threshold))
+    _write_child(parent, child, cfg, child_info, state, home)
     log(f"calibration on {len(cal_idx)} images of {data_name}: temperature {parent_cal.temperature:.3f} -> "
         f"{cal.temperature:.3f}, threshold {parent_cal.threshold:.4f} -> {cal.threshold:.4f} ({cal.threshold_policy})")
+    if home is not None:
+        log(metrics_line(home[0], "parent's test split, re-scored"))
+    else:
+        log(f"test split not measured for the new weights: run `realfake evaluate {child.path}`")
+    _write_report(child, log)
     return child.path
+
+
+def _rescored_home(parent: RunDir, cal: Calibration) -> tuple[dict[str, Any], str] | None:
+    """The child's metrics.json and predictions.csv on the parent's test split: the parent's recorded logits
+    under the child's calibration (the weights are the parent's); None when the parent recorded none."""
+    scored = rescore_predictions(parent, cal)
+    if scored is None:
+        return None
+    metrics, predictions = scored
+    parent_metrics = parent.read_json(RunDir.METRICS)
+    for key in ("compute_precision", "sources_unseen_in_training"):  # facts of the logits and the split, unchanged
+        if key in parent_metrics:
+            metrics[key] = parent_metrics[key]
+    metrics["rescored_from"] = {"run": parent.path.name, "path": str(parent.path.resolve()),
+                                "file": RunDir.PREDICTIONS, "why": "only the calibration was re-fitted: the weights, "
+                                "and so the logits on the parent's test split, are the parent's"}
+    return metrics, predictions
+
+
+def _write_report(child: RunDir, log: Log) -> None:
+    """report.html and MODEL_CARD.md at once, so an adapted run is never shared without saying where it comes
+    from; a failure to write them names `realfake report CHILD`, the child itself being complete."""
+    from realfake import report
+
+    log(f"report: {report.build(child.path, need_metrics=False)}")
 
 
 # --- checks: one line each, before any work --------------------------------------------------------------
@@ -289,9 +327,11 @@ def finetune(
 
 
 def _write_child(
-    parent: RunDir, child: RunDir, cfg: RunConfig, info: dict[str, Any], state: dict[str, torch.Tensor] | None
+    parent: RunDir, child: RunDir, cfg: RunConfig, info: dict[str, Any], state: dict[str, torch.Tensor] | None,
+    home: tuple[dict[str, Any], str] | None = None,
 ) -> None:
-    """Every file of the child, written into a temporary sibling and swapped in whole."""
+    """Every file of the child, written into a temporary sibling and swapped in whole; `home`: its metrics.json
+    and predictions.csv on the parent's test split."""
     cfg = cfg.model_copy(update={"out": str(child.path)})
     weights = safetensors_bytes(state) if state is not None else (parent / RunDir.WEIGHTS).read_bytes()
     try:
@@ -304,6 +344,9 @@ def _write_child(
                 if parent.has(name):
                     new.write_bytes(name, (parent / name).read_bytes())
             new.write_json(RunDir.INFO, info)
+            if home is not None:
+                new.write_json(RunDir.METRICS, home[0])
+                new.write_text(RunDir.PREDICTIONS, home[1])
     except WriteError as e:  # named after the child's own file, not its temporary folder's
         raise WriteError(child / e.path.name, e.error) from None
     except OSError as e:

@@ -149,6 +149,11 @@ def fpr_threshold(labels: np.ndarray, p_fake: np.ndarray, target: float) -> floa
     return float((cut + above.min()) / 2) if len(above) else float(min(np.nextafter(cut, np.inf), 1.0))
 
 
+def inside_unit(p: float) -> float:
+    """`p` moved inside (0, 1): a cut at exactly 0 or 1 (every validation score rounded there) labels all or none."""
+    return min(max(p, float(np.nextafter(0.0, 1.0))), float(np.nextafter(1.0, 0.0)))
+
+
 def choose_threshold(labels: np.ndarray, p_fake: np.ndarray, policy: str | ThresholdPolicy) -> float:
     """The decision threshold on calibrated p_fake, chosen on validation data by `policy`."""
     pol = policy if isinstance(policy, ThresholdPolicy) else parse_policy(policy)
@@ -409,18 +414,25 @@ class Calibration:
     uncertain_band: tuple[float, float] | None = None
     tta: str = "none"
     ood: Typicality | None = None
-    offset: float = 0.0  # the raw logit the policy's threshold lies at: p_fake = sigmoid((logit - offset) / T)
 
     @classmethod
     def from_info(cls, info: dict[str, Any], default_threshold: float = 0.5, source: str = "run.json") -> Calibration:
         """From run.json or an ONNX file's metadata, checked by `check_stored` (a bad value is one line naming
-        `source`); runs made before calibration existed get T = 1 and their stored threshold."""
+        `source`); runs made before calibration existed get T = 1 and their stored threshold.
+
+        Runs and files from before p_fake was kept a probability stored their threshold as a logit offset
+        (p = sigmoid((logit - offset) / T), FAKE from 0.5): read back as the same cut on p = sigmoid(logit / T),
+        so every verdict stays as it was and p_fake becomes the calibrated probability.
+        """
         s = check_stored(info, source)
+        temperature = 1.0 if s.temperature is None else s.temperature
         threshold = default_threshold if s.threshold is None else s.threshold
+        if s.logit_offset:
+            cut = s.logit_offset / temperature + float(logit(threshold))
+            threshold = inside_unit(float(expit(cut)))
         ood = s.ood
         return cls(
-            temperature=1.0 if s.temperature is None else s.temperature,
-            offset=s.logit_offset or 0.0,
+            temperature=temperature,
             threshold=threshold,
             threshold_policy=s.threshold_policy or f"fixed:{threshold:g}",
             uncertain_band=s.uncertain_band,
@@ -431,7 +443,6 @@ class Calibration:
     def to_info(self) -> dict[str, Any]:
         return {
             "temperature": round(self.temperature, 6),
-            "logit_offset": self.offset,
             "threshold": self.threshold,
             "threshold_policy": self.threshold_policy,
             "uncertain_band": list(self.uncertain_band) if self.uncertain_band else None,
@@ -440,8 +451,21 @@ class Calibration:
         }
 
     def p_fake(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated p_fake for raw logits."""
-        return apply_temperature(np.asarray(logits, dtype=np.float64) - self.offset, self.temperature)
+        """Calibrated p_fake for raw logits: a probability, with the decision threshold applied to it, not in it."""
+        return apply_temperature(logits, self.temperature)
+
+    def log_odds(self, logits: np.ndarray) -> np.ndarray:
+        """The calibrated log-odds (p_fake = sigmoid of it), which keep apart images whose p_fake rounds to 0 or 1."""
+        return np.asarray(logits, dtype=np.float64) / float(self.temperature)
+
+    def reasons(self, p_fake: np.ndarray, ood: np.ndarray | None = None) -> list[str | None]:
+        """Why each verdict is 'uncertain': 'ood' (atypical of the class it would be labelled), 'band' (inside the
+        uncertain band of p_fake), or None where the verdict is REAL or FAKE."""
+        p = np.asarray(p_fake, dtype=np.float64).ravel()
+        band = in_band(p, self.uncertain_band)
+        far = self.out_of_distribution(None if ood is None else np.asarray(ood, dtype=np.float64).ravel())
+        far = np.broadcast_to(far, p.shape)
+        return np.where(far, "ood", np.where(band, "band", None)).tolist()
 
     def with_threshold(self, threshold: float | None) -> Calibration:
         """The same calibration with another decision threshold (a user override); None keeps this one."""
@@ -487,18 +511,13 @@ def calibrate(
     """Fit T on validation logits, pick the threshold on the calibrated validation p_fake, and fit the OOD
     score's quantiles there too (`ood_level` None: no OOD score).
 
-    A chosen threshold (every policy but `fixed`) is then folded into the calibration as a logit offset, so
-    that p_fake = 0.5 is the decision: FAKE means p_fake >= 0.5, and p_fake says how far past the line the
-    image lies. Without it, `real:0.005` put the threshold at p = 0.0009, so an image "1% likely fake" was
-    labelled FAKE, and on a held-out generator (whose fakes land between the classes) ECE was 0.23; centred,
-    0.041, with home ECE 0.0004 -> 0.005 and every verdict unchanged (README "Generators it never saw").
+    p_fake stays the calibrated probability and the threshold is a cut on it, which may lie far from 0.5: with
+    `real:0.005` a run flags an image whose p_fake is only 0.001 if fewer than 0.5% of real validation photos
+    score that high. (Folding the cut into p as an offset, so that 0.5 was the line, made p no probability:
+    on the home test split every image scored 0.5-0.99 was a real photo.)
     """
     pol = parse_policy(policy)
     t = fit_temperature(val_logits, val_labels)
-    threshold = choose_threshold(val_labels, apply_temperature(val_logits, t), pol)
+    threshold = inside_unit(choose_threshold(val_labels, apply_temperature(val_logits, t), pol))
     ood = Typicality.fit(val_logits, val_labels, ood_level) if ood_level is not None else None
-    offset = 0.0
-    if pol.kind != "fixed":  # a threshold the user named on p stays theirs
-        offset = t * float(logit(np.clip(threshold, 1e-12, 1 - 1e-12)))
-        threshold = 0.5
-    return Calibration(t, threshold, str(pol), parse_band(band), tta, ood, offset=offset)
+    return Calibration(t, threshold, str(pol), parse_band(band), tta, ood)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -25,6 +25,9 @@ from realfake.contract import IMAGE_SIZE, check_images, check_precision
 from realfake.data.images import BadImage, read_and_decode
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
+
+if TYPE_CHECKING:
+    from realfake.explain import CamScale
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -38,12 +41,27 @@ class Backend(Protocol):
     def logits(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray: ...
 
 
+# The fields of a prediction row, in the order every face writes them (JSON lines, CSV, Parquet, the API). The
+# optional ones are left out of a JSON row rather than written as null: `reason` where the label is not
+# 'uncertain', `ood` for a run without an OOD score, `error` where the input was read.
+ROW_FIELDS = ("path", "p_fake", "logit", "label", "reason", "threshold", "ood", "error")
+OPTIONAL_FIELDS = ("reason", "ood", "error")
+
+
+def rounded_row(p: float, logit: float | None, ood: float | None) -> tuple[float, float | None, float | None]:
+    """The one rounding rule of a row: p_fake to 6 places, ood to 4, the calibrated log-odds in full, since an
+    honest p of a clear-cut image prints as 0.0 or 1.0 and only the log-odds still tell such images apart."""
+    return round(p, 6), logit, None if ood is None else round(ood, 4)
+
+
 @dataclass
 class Prediction:
     """One verdict. `error` is set (and p_fake/label are None) when the input could not be read.
 
-    `ood` is how atypical the image is of the class it was labelled (0..1, see calibration.Typicality): above
-    the run's level the label is 'uncertain' whatever p_fake says. None when the run stores no OOD score.
+    `p_fake` is the calibrated probability that the image is FAKE; `logit` its calibrated log-odds
+    (p_fake = sigmoid(logit)); the label is FAKE where p_fake reaches `threshold`. `ood` is how atypical the
+    image is of the class it was labelled (0..1, see calibration.Typicality): above the run's level the label is
+    'uncertain' whatever p_fake says, and `reason` says why a label is 'uncertain' ('ood' or 'band').
     """
 
     source: str
@@ -52,13 +70,13 @@ class Prediction:
     threshold: float
     error: str | None = None
     ood: float | None = None
+    logit: float | None = None
+    reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("error", "ood"):  # absent rather than null: no error; a run without an OOD score
-            if d[key] is None:
-                del d[key]
-        return d
+        """The row as JSON writes it (`source` for `path`), optional fields left out when None."""
+        d = {"source": self.source, **{k: getattr(self, k) for k in ROW_FIELDS[1:]}}
+        return {k: v for k, v in d.items() if not (k in OPTIONAL_FIELDS and v is None)}
 
 
 @dataclass
@@ -66,8 +84,9 @@ class PredictionBatch:
     """Many inputs' verdicts as arrays, from one model call: what the batch predictor streams and writes rows
     from, so that no per-image object is made unless a caller asks for `predictions()`.
 
-    `p_fake` and `ood` are unrounded float64 (NaN where the input was unreadable; `ood` None when the run
-    stores no OOD score); `errors[i]` is None for a read input and the reason for an unreadable one.
+    `p_fake`, `logit` (calibrated log-odds) and `ood` are unrounded float64 (NaN where the input was unreadable;
+    `ood` None when the run stores no OOD score); `errors[i]` is None for a read input and the reason for an
+    unreadable one; `reasons[i]` why an 'uncertain' label is one.
     """
 
     sources: list[str]
@@ -76,6 +95,8 @@ class PredictionBatch:
     threshold: float
     errors: list[str | None]
     ood: np.ndarray | None = None
+    logit: np.ndarray | None = None
+    reasons: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -84,24 +105,41 @@ class PredictionBatch:
     def n_read(self) -> int:
         return sum(e is None for e in self.errors)
 
+    def columns(self) -> dict[str, list[Any]]:
+        """Every row field (ROW_FIELDS) as a column, rounded by `rounded_row`, None where the input was not read:
+        the one place rows are made, for every format."""
+        n = len(self)
+        p, z = self.p_fake.tolist(), (self.logit.tolist() if self.logit is not None else [None] * n)
+        ood = self.ood.tolist() if self.ood is not None else [None] * n
+        reasons = self.reasons if self.reasons is not None else [None] * n
+        cols: dict[str, list[Any]] = {k: [None] * n for k in ROW_FIELDS}
+        cols["path"], cols["label"], cols["error"] = list(self.sources), list(self.labels), list(self.errors)
+        cols["threshold"] = [self.threshold] * n
+        for i, err in enumerate(self.errors):
+            if err is None:
+                cols["p_fake"][i], cols["logit"][i], cols["ood"][i] = rounded_row(p[i], z[i], ood[i])
+                cols["reason"][i] = reasons[i]
+        return cols
+
     def predictions(self) -> list[Prediction]:
-        """One Prediction per input, rounded as every face reports them (p_fake 6 places, ood 4)."""
-        ood = self.ood.tolist() if self.ood is not None else [None] * len(self)
-        return [
-            Prediction(name, round(p, 6), label, self.threshold, ood=None if o is None else round(o, 4))
-            if err is None else Prediction(name, None, None, self.threshold, error=err)
-            for name, p, label, o, err in zip(self.sources, self.p_fake.tolist(), self.labels, ood, self.errors,
-                                              strict=True)
-        ]
+        """One Prediction per input, rounded as every face reports them (`rounded_row`)."""
+        c = self.columns()
+        return [Prediction(c["path"][i], c["p_fake"][i], c["label"][i], self.threshold, error=c["error"][i],
+                           ood=c["ood"][i], logit=c["logit"][i], reason=c["reason"][i]) for i in range(len(self))]
 
 
 @dataclass
 class Explanation:
-    """One image's verdict and Grad-CAM map. `heatmap` and `image` are None when the input was unreadable."""
+    """One image's verdict and Grad-CAM map. `heatmap` and `image` are None when the input was unreadable.
+
+    `scale` is the run's one Grad-CAM scale the map was divided by (realfake.explain.CamScale): a map means
+    nothing without it, so it travels with the map.
+    """
 
     prediction: Prediction
     image: np.ndarray | None  # (32, 32, 3) uint8, what the model saw
-    heatmap: np.ndarray | None  # (32, 32) float32 in [0, 1]; evidence for FAKE
+    heatmap: np.ndarray | None  # (32, 32) float32 in [0, 1]; evidence for FAKE, 1.0 = scale.value
+    scale: CamScale | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,6 +175,7 @@ class Detector:
         self.info = dict(info or {})  # run.json (or the ONNX metadata): model, provenance, calibration
         self.run_dir = Path(run_dir) if run_dir is not None else None  # the run's files, when it has a folder
         self._cam_layer: Any = None
+        self._cam_scale: Any = None  # the run's Grad-CAM scale (explain.run_scale), found on the first explanation
 
     # --- loading ----------------------------------------------------------------------------------------------
 
@@ -297,16 +336,18 @@ class Detector:
         read = np.array([e is None for e in errors], dtype=bool)
         if int(read.sum()) != len(z):
             raise ValueError(f"{len(z)} logits for {int(read.sum())} readable inputs")
-        p = np.full(len(names), np.nan)
-        p[read] = cal.p_fake(z)
+        p, log_odds = np.full(len(names), np.nan), np.full(len(names), np.nan)
+        p[read], log_odds[read] = cal.p_fake(z), cal.log_odds(z)
         labels: list[str | None] = [None] * len(names)
+        reasons: list[str | None] = [None] * len(names)
         ood = cal.ood_scores(z)
         ood_all = None if ood is None else np.full(len(names), np.nan)
         if ood_all is not None:
             ood_all[read] = ood
-        for i, label in zip(np.flatnonzero(read).tolist(), cal.labels(p[read], ood), strict=True):
-            labels[i] = label
-        return PredictionBatch(names, p, labels, cal.threshold, list(errors), ood_all)
+        rows = np.flatnonzero(read).tolist()
+        for i, label, why in zip(rows, cal.labels(p[read], ood), cal.reasons(p[read], ood), strict=True):
+            labels[i], reasons[i] = label, why
+        return PredictionBatch(names, p, labels, cal.threshold, list(errors), ood_all, log_odds, reasons)
 
     # --- explaining -------------------------------------------------------------------------------------
 
@@ -333,7 +374,7 @@ class Detector:
         """`predictions` plus a Grad-CAM map for each decoded image (the batch explainer hands its work here)."""
         if not self.can_explain:
             raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
-        from realfake.explain import cam_layer, heatmaps
+        from realfake.explain import cam_layer, heatmaps, run_scale
 
         preds = self.predictions(names, decoded, errors, threshold)
         good = [i for i, img in enumerate(decoded) if img is not None]
@@ -342,6 +383,10 @@ class Detector:
             with self.backend.lock:  # type: ignore[attr-defined]  # a TorchBackend: Grad-CAM hooks its model
                 if self._cam_layer is None:
                     self._cam_layer = cam_layer(self.model)
-                maps = heatmaps(self.model, np.stack([decoded[i] for i in good]), self._cam_layer)  # type: ignore[misc]
+                if self._cam_scale is None:  # one scale for every map of the run
+                    self._cam_scale = run_scale(self.run_dir, self.model, self._cam_layer)
+                maps = heatmaps(self.model, np.stack([decoded[i] for i in good]), self._cam_layer,  # type: ignore[misc]
+                                scale=self._cam_scale.value)
         by_index = dict(zip(good, maps, strict=True))
-        return [Explanation(p, img, by_index.get(i)) for i, (p, img) in enumerate(zip(preds, decoded, strict=True))]
+        return [Explanation(p, img, by_index.get(i), self._cam_scale if i in by_index else None)
+                for i, (p, img) in enumerate(zip(preds, decoded, strict=True))]

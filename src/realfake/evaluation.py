@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from realfake.atomic import WriteError, atomic_dir
+from realfake.calibration import Calibration
 from realfake.config import RunConfig
 from realfake.data.cache import Dataset, check_two_classes, load_dataset
 from realfake.data.splits import split_from_json
@@ -49,14 +50,25 @@ def run_data(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr) ->
     return ds
 
 
-def metrics_line(m: dict[str, Any]) -> str:
-    """The headline figures in one line, for the terminal."""
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    ece = "" if m.get("ece") is None else f"  ece {m['ece']:.4f} (uncalibrated {m['ece_uncalibrated']:.4f})"
+def metrics_line(m: dict[str, Any], name: str = "test") -> str:
+    """The headline figures in one line, for the terminal: the labels users get per true class first (what they
+    act on), then the figures at the threshold, which count an `uncertain` image as REAL or FAKE."""
+    from realfake.report.summary import label_shares_of, shares_text
+
+    auc = "n/a" if m.get("roc_auc") is None else f"{m['roc_auc']:.4f}"
+    ece = "" if m.get("ece") is None else f"  ece {m['ece']:.4f}"
+    if m.get("ece_uncalibrated") is not None:
+        ece += f" (uncalibrated {m['ece_uncalibrated']:.4f})"
+    if m.get("ece_equal_mass") is not None:
+        ece += f"  ece_equal_mass {m['ece_equal_mass']:.4f}"
+    threshold = f"accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}{ece}  n {m['n']}"
+    shares = label_shares_of(m)
+    if shares:
+        return f"{name}: {shares_text(shares)}  |  at the threshold: {threshold}"
     ood = m.get("ood") or {}
     unsure = "" if ood.get("fraction_uncertain") is None else (
         f"  uncertain {ood['fraction_uncertain']:.1%}  confidently wrong {ood['confidently_wrong']:.1%}")
-    return f"test: accuracy {m['accuracy']:.4f}  f1 {m['f1']:.4f}  roc_auc {auc}{ece}{unsure}  n {m['n']}"
+    return f"{name}: {threshold}{unsure}"
 
 
 def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector) -> dict[str, Any]:
@@ -65,26 +77,67 @@ def evaluate_split(out: RunDir, ds: Dataset, idx: np.ndarray, detector: Detector
     cal = detector.calibration
     labels = ds.labels[idx]
     logits = logits_by_chunk(detector.predict_logits, ds.images, idx)
+    sources = [ds.sources[int(i)] for i in idx]
+    metrics, p_fake, verdicts = split_metrics(labels, logits, cal, sources)
+    metrics["compute_precision"] = detector.precision  # fp32 / bf16 arithmetic ("precision" is the metric)
+    out.path.mkdir(parents=True, exist_ok=True)
+    out.write_json(RunDir.METRICS, metrics)
+    out.write_text(RunDir.PREDICTIONS, predictions_csv([ds.paths[i] for i in idx], labels, p_fake, logits, verdicts,
+                                                       sources))
+    _write_samples(out, ds.images, idx, labels, p_fake, detector)
+    return metrics
+
+
+def split_metrics(
+    labels: np.ndarray, logits: np.ndarray, cal: Calibration, sources: list[str | None],
+) -> tuple[dict[str, Any], np.ndarray, list[str]]:
+    """(metrics.json's figures, p_fake, the verdicts) of raw logits under a calibration: one function, so a
+    split evaluated now and an adapted run's re-scored parent split carry the same figures."""
     p_fake, ood = cal.p_fake(logits), cal.ood_scores(logits)
     verdicts = cal.labels(p_fake, ood)
     metrics = compute_metrics(labels, p_fake, cal.threshold)
     metrics.update(calibration_metrics(labels, logits, cal))
-    metrics["compute_precision"] = detector.precision  # fp32 / bf16 arithmetic ("precision" is the metric)
-    sources = [ds.sources[int(i)] for i in idx]
     if any(s is not None for s in sources):
-        metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources, cal.uncertain(p_fake, ood))
-    out.path.mkdir(parents=True, exist_ok=True)
-    out.write_json(RunDir.METRICS, metrics)
+        metrics["per_source"] = per_source_metrics(labels, p_fake, cal.threshold, sources, cal.uncertain(p_fake, ood),
+                                                   verdicts)
+    return metrics, p_fake, verdicts
+
+
+def predictions_csv(
+    paths: list[str], labels: np.ndarray, p_fake: np.ndarray, logits: np.ndarray, verdicts: list[str],
+    sources: list[str | None],
+) -> str:
+    """predictions.csv's text: one row per image, in PREDICTION_FIELDS order."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(PREDICTION_FIELDS)
     w.writerows(
-        (ds.paths[i], int(y), f"{p:.6f}", f"{z:.6f}", v, ds.sources[int(i)] or "")
-        for i, y, p, z, v in zip(idx, labels, p_fake, logits, verdicts, strict=True)
+        (path, int(y), f"{p:.6f}", f"{z:.6f}", v, s or "")
+        for path, y, p, z, v, s in zip(paths, labels, p_fake, logits, verdicts, sources, strict=True)
     )
-    out.write_text(RunDir.PREDICTIONS, buf.getvalue())
-    _write_samples(out, ds.images, idx, labels, p_fake, detector)
-    return metrics
+    return buf.getvalue()
+
+
+def rescore_predictions(run: RunDir, cal: Calibration) -> tuple[dict[str, Any], str] | None:
+    """(metrics, predictions.csv text) of a run's test split under another calibration, from the raw logits its
+    predictions.csv recorded: no data to load and no model to run. Right for the same weights only (an adapted
+    run that re-fitted its calibration alone); None when the file is missing or predates its logit column."""
+    text = run.read_text(RunDir.PREDICTIONS)
+    if text is None:
+        return None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"path", "label", "logit"} <= set(rows[0]):
+        return None
+    try:
+        labels = np.array([int(float(r["label"])) for r in rows], dtype=np.int64)
+        logits = np.array([float(r["logit"]) for r in rows], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if not np.all(np.isfinite(logits)) or not np.isin(labels, (0, 1)).all():
+        return None
+    sources = [r.get("source") or None for r in rows]
+    metrics, p_fake, verdicts = split_metrics(labels, logits, cal, sources)
+    return metrics, predictions_csv([r["path"] for r in rows], labels, p_fake, logits, verdicts, sources)
 
 
 def _write_samples(
@@ -137,6 +190,7 @@ def evaluate(
                                           precision=precision)
     if data is None:
         metrics = _evaluate_into(out, run, ds, idx, det, None)
+        log(metrics_line(metrics))
     else:
         try:
             with atomic_dir(out.path) as tmp:
@@ -146,6 +200,7 @@ def evaluate(
             raise WriteError(out / e.path.name, e.error) from None
         except OSError as e:  # making or swapping the folder: disk full, read-only
             raise WriteError(out.path, e) from None
+        log(metrics_line(metrics, ds.source_name))
         log(f"wrote {out / RunDir.METRICS}")
     if run.has(RunDir.METRICS):
         report.build(run.path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.special import logit as scipy_logit
 from torch import nn
 
 from realfake.atomic import atomic_write_bytes, check_writable
@@ -50,8 +51,8 @@ class OnnxGraph(nn.Module):
 
     The run's prediction settings go inside too, so the file answers exactly as `Detector` does: test-time
     augmentation (tta="flip": the logit is the mean of the image's and its mirror image's), the calibration
-    temperature and offset (p_fake = sigmoid((logit - offset) / T)) and, when the run has one, the OOD score
-    of the labelled class.
+    temperature (p_fake = sigmoid(logit / T)) and, when the run has one, the OOD score of the labelled class,
+    whose class is decided on the log-odds (logit / T >= logit(threshold)): float32 p rounds to 1 far sooner.
     """
 
     def __init__(self, model: nn.Module, cal: Calibration) -> None:
@@ -59,8 +60,7 @@ class OnnxGraph(nn.Module):
         check_tta(cal.tta)
         self.model = model
         self.temperature = float(cal.temperature)
-        self.offset = float(cal.offset)
-        self.threshold = float(cal.threshold)
+        self.cut = float(scipy_logit(cal.threshold))  # the threshold as calibrated log-odds, in float64
         self.tta = cal.tta
         self.with_ood = cal.ood is not None
         if cal.ood is not None:
@@ -70,10 +70,10 @@ class OnnxGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = to_float(images.permute(0, 3, 1, 2))  # the trainer's own scaling, traced into the graph
         logit = tta_logits(self.model, x, self.tta)
-        p_fake = torch.sigmoid((logit - self.offset) / self.temperature)
+        p_fake = torch.sigmoid(logit / self.temperature)
         if not self.with_ood:
             return p_fake, logit
-        ood = torch.where(p_fake >= self.threshold, 1.0 - _quantile_cdf(logit, self.q_fake),
+        ood = torch.where(logit / self.temperature >= self.cut, 1.0 - _quantile_cdf(logit, self.q_fake),
                           _quantile_cdf(logit, self.q_real))
         return p_fake, logit, ood
 

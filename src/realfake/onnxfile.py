@@ -59,7 +59,6 @@ def metadata(
     meta: dict[str, Any] = {
         "threshold": repr(float(cal.threshold)),
         "temperature": repr(float(cal.temperature)),
-        "logit_offset": repr(float(cal.offset)),
         "class_names": json.dumps(list(CLASS_NAMES)),
         "positive_class": CLASS_NAMES[1],
         "model": str(info.get("model", "")),

@@ -54,7 +54,7 @@ from realfake.atomic import atomic_file, atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE
 from realfake.data.images import BadImage, prepare_jpeg_decoding, read_and_decode
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
-from realfake.detector import Detector, Explanation, Prediction, PredictionBatch
+from realfake.detector import OPTIONAL_FIELDS, ROW_FIELDS, Detector, Explanation, Prediction, PredictionBatch
 from realfake.errors import RealfakeError
 
 Decoded = list[tuple[np.ndarray | None, str | None]]
@@ -339,7 +339,13 @@ def explain_paths(
 
 
 def save_overlay(explanation: Explanation, out_dir: str | Path, taken: set[str] | None = None, size: int = 256) -> Path:
-    """Write `<out_dir>/<stem>.cam.png` for one explanation; `taken` keeps stems unique across calls."""
+    """Write `<out_dir>/<stem>.cam.png` for one explanation; `taken` keeps stems unique across calls.
+
+    The file is the overlay with a strip beneath it stating the verdict and the run's Grad-CAM scale
+    (explain.annotated_png): a heatmap file read on its own must say what it shows and how strongly.
+    """
+    from realfake.explain import annotated_png
+
     source = explanation.prediction.source
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePosixPath(source.replace("\\", "/").split("::")[-1]).stem) or "image"
     name, n = stem, 1
@@ -349,12 +355,12 @@ def save_overlay(explanation: Explanation, out_dir: str | Path, taken: set[str] 
     if taken is not None:
         taken.add(name)
     out = Path(out_dir) / f"{name}.cam.png"
-    atomic_write_bytes(out, explanation.overlay_png(size))
+    atomic_write_bytes(out, annotated_png(explanation, size))
     return out
 
 
 FORMATS = ("jsonl", "csv")
-CSV_FIELDS = ["path", "p_fake", "label", "threshold", "ood", "error"]
+CSV_FIELDS = list(ROW_FIELDS)
 Result = Prediction | tuple[Prediction, Path | None] | PredictionBatch
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # json.dumps(str)'s own encoder
 
@@ -397,28 +403,27 @@ class RowFormatter:
 
     @staticmethod
     def _jsonl_batch(b: PredictionBatch) -> str:
-        t = _json_num(b.threshold)
-        ood = b.ood.tolist() if b.ood is not None else None
+        """JSON lines straight from the batch's columns, byte for byte json.dumps of each Prediction's row."""
+        c = b.columns()
+        cols = [(f'"{k}": ', c[k], k in OPTIONAL_FIELDS) for k in ROW_FIELDS]
         lines = []
-        for i, (name, p, label, err) in enumerate(zip(b.sources, b.p_fake.tolist(), b.labels, b.errors, strict=True)):
-            if err is None:
-                tail = "}" if ood is None else f', "ood": {_json_num(round(ood[i], 4))}}}'
-                lines.append(f'{{"path": {_json_str(name)}, "p_fake": {_json_num(round(p, 6))}, '
-                             f'"label": {_json_str(label)}, "threshold": {t}{tail}\n')
-            else:
-                lines.append(f'{{"path": {_json_str(name)}, "p_fake": null, "label": null, "threshold": {t}, '
-                             f'"error": {_json_str(err)}}}\n')
+        for i in range(len(b)):
+            parts = [key + _json_value(col[i]) for key, col, optional in cols if not (optional and col[i] is None)]
+            lines.append("{" + ", ".join(parts) + "}\n")
         return "".join(lines)
 
     @staticmethod
     def _csv_batch(b: PredictionBatch) -> list[list[object]]:
-        ood = b.ood.tolist() if b.ood is not None else None
-        return [
-            [name, round(p, 6), label, b.threshold, None if ood is None else round(ood[i], 4), None] if err is None
-            else [name, None, None, b.threshold, None, err]
-            for i, (name, p, label, err) in enumerate(zip(b.sources, b.p_fake.tolist(), b.labels, b.errors,
-                                                          strict=True))
-        ]
+        c = b.columns()
+        return [list(row) for row in zip(*(c[k] for k in ROW_FIELDS), strict=True)]
+
+
+def _json_value(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return _json_str(v)
+    return _json_num(v)  # type: ignore[arg-type]
 
 
 _DONE = object()
@@ -548,20 +553,15 @@ def parquet_schema() -> Any:
     """The Parquet rows: the CSV's columns (CSV_FIELDS), typed; p_fake, label and ood null where `error` says
     why the input was not read, ood null throughout for a run without an OOD score."""
     pa = _pyarrow()
-    types = {"path": pa.string(), "p_fake": pa.float64(), "label": pa.string(), "threshold": pa.float64(),
-             "ood": pa.float64(), "error": pa.string()}
+    types = {"path": pa.string(), "p_fake": pa.float64(), "logit": pa.float64(), "label": pa.string(),
+             "reason": pa.string(), "threshold": pa.float64(), "ood": pa.float64(), "error": pa.string()}
     return pa.schema([(k, types[k]) for k in CSV_FIELDS])
 
 
 def parquet_batch(b: PredictionBatch, schema: Any) -> Any:
-    """A PredictionBatch as a pyarrow RecordBatch, rounded as every face rounds (p_fake 6 places, ood 4; Python's
-    round, as the JSON rows, not numpy's, which can differ in the last place)."""
+    """A PredictionBatch as a pyarrow RecordBatch, from the same columns (and rounding) as the JSON and CSV rows."""
     pa = _pyarrow()
-    p = [round(x, 6) if e is None else None for x, e in zip(b.p_fake.tolist(), b.errors, strict=True)]
-    ood = [None] * len(b) if b.ood is None else [
-        round(x, 4) if e is None else None for x, e in zip(b.ood.tolist(), b.errors, strict=True)]
-    columns = {"path": b.sources, "p_fake": p, "label": b.labels, "threshold": [b.threshold] * len(b), "ood": ood,
-               "error": b.errors}
+    columns = b.columns()
     return pa.record_batch([pa.array(columns[f.name], f.type) for f in schema], schema=schema)
 
 

@@ -131,8 +131,9 @@ def test_model_info_names_measured_other_data(detector: Detector, trained_run: P
     det = copy.copy(detector)
     det.run_dir = tmp_path  # the same model, a run folder with evaluations
     info = TestClient(create_app(det, batch_wait_ms=0)).get("/v1/model").json()
-    assert "on other data it was measured on: ganC-fake 79.2% (41.5% of fakes called REAL" in info["summary"]
-    assert "3.1% confidently wrong after 'I don't know'); old-set 50.0%." in info["summary"]
+    assert "On ganC-fake (never trained on): threshold accuracy 79.2% (41.5% of fakes called REAL" in info["summary"]
+    assert "3.1% confidently wrong after 'I don't know'). On old-set (never trained on): threshold accuracy 50.0%." \
+        in info["summary"]
     ganc, old = info["summary_figures"]["measured"]
     assert (ganc["name"], ganc["kind"], ganc["ood"]["n_flagged"]) == ("ganC-fake", "other data", 7)
     assert old["ood"] is None and old["fakes_called_real"] is None

@@ -175,12 +175,27 @@ def _post_op(
     return next((op for kind, op in POST_OPS.items() if kind in kinds and isinstance(module, kind)), None)
 
 
+class Fp32Head(nn.Module):
+    """A model's head, computed in fp32 whatever the rest computes in: a bf16 logit has 8 significant bits, and
+    three different photos came out with byte-identical scores. The head is a few thousand multiply-adds."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.inner(x.float())
+
+
 class _Tracer(fx.Tracer):
     """fx's tracer, with every activation POST_OPS knows (subclasses too, such as fast's DenseGELU) kept as one
-    module call, which the fusing pass then finds."""
+    module call, which the fusing pass then finds, and an Fp32Head kept whole (its autocast switch is code that
+    tracing would drop)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _post_op(m) is not None or super().is_leaf_module(m, module_qualified_name)
+        return (isinstance(m, Fp32Head) or _post_op(m) is not None
+                or super().is_leaf_module(m, module_qualified_name))
 
 
 def fuse_activations(
@@ -221,6 +236,8 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
     dtype through.
     """
     copy = deepcopy(model).eval()
+    if dtype is not None and isinstance(getattr(copy, "head", None), nn.Module):
+        copy.head = Fp32Head(copy.head)
     summary = {"batchnorm_folded": 0, "activations_fused": 0, "weights_packed": 0}
     try:
         traced = fx.GraphModule(copy, _Tracer().trace(copy), copy.__class__.__name__)
@@ -246,7 +263,8 @@ def hold_weights_in(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """`model` with its Conv2d and Linear weights cast to `dtype` in place (None: left as they are); BatchNorm keeps
     fp32 parameters, as autocast leaves them."""
     if dtype is not None:
+        kept = {id(m) for head in model.modules() if isinstance(head, Fp32Head) for m in head.modules()}
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in kept:
                 m.to(dtype)
     return model

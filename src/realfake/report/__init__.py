@@ -10,13 +10,17 @@ from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 
 
-def build(run_dir: str | Path) -> Path:
-    """(Re)draw every figure, the self-contained report.html and MODEL_CARD.md from the files in the run."""
+def build(run_dir: str | Path, *, need_metrics: bool = True) -> Path:
+    """(Re)draw every figure, the self-contained report.html and MODEL_CARD.md from the files in the run.
+
+    `need_metrics=False` writes them without a metrics.json too (an adapted run whose head was fine-tuned has
+    none until evaluated: its report says so, and where it comes from).
+    """
     from realfake.report.html import build_report
     from realfake.report.model_card import write_model_card
 
     run = RunDir(run_dir)
-    if not run.has(RunDir.METRICS):
+    if need_metrics and not run.has(RunDir.METRICS):
         raise RealfakeError(f"{run.path} has no {RunDir.METRICS} yet: run `realfake evaluate {run.path}` first")
     try:
         path = build_report(run.path)

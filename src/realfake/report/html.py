@@ -18,13 +18,31 @@ from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.plots import draw_all
-from realfake.report.summary import HELD_OUT, Measured, Summary, evaluations_of, summarize
+from realfake.report.summary import (
+    ADAPTED_ON,
+    DEMO_NOTE,
+    FAKE,
+    HELD_OUT,
+    REAL,
+    TRAINING_DATA,
+    UNCERTAIN,
+    Adaptation,
+    LabelShares,
+    Measured,
+    Summary,
+    data_label,
+    evaluations_of,
+    run_summary,
+)
 from realfake.rundir import RunDir
 
 MAX_SKIPPED_SHOWN = 20
 
 _METRIC_ROWS = list(METRIC_LABELS.items())  # key in metrics.json -> label shown
-_NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training", "ood"}
+_NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training", "ood",
+               "labels", "rescored_from"}
+_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
+         TRAINING_DATA: "its training data (not a test)"}
 
 _CAPTIONS = {
     "training_curves": "Loss and accuracy per epoch on the training and validation splits.",
@@ -34,7 +52,9 @@ _CAPTIONS = {
     "predictions_grid": "A sample of test images: green titles are right, red ones wrong; "
     "p is the model's probability for the class it predicted.",
     "reliability_diagram": "Share of test images truly FAKE against the predicted p(FAKE), per bin, before and "
-    "after temperature scaling: the closer to the diagonal, the more p(FAKE) can be taken at its word.",
+    "after temperature scaling, in 15 equal-width bins and (calibrated) 15 equal-mass bins of the same number of "
+    "images each: the closer to the diagonal, the more p(FAKE) can be taken at its word. Below, the number of "
+    "images in each equal-width bin: a point resting on a handful of images says little.",
     "robustness": "Accuracy and ROC AUC on degraded test images (see Robustness above): each degradation "
     "applied to all images, to REAL only and to FAKE only.",
 }
@@ -247,27 +267,92 @@ def _measured_table(measured: list[Measured]) -> str:
     cols = ["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC", "ECE",
             "confidently wrong after 'I don't know'"]
     return _table(cols, [
-        (m.name, ["held out of training" if m.kind == HELD_OUT else "other data set", _fmt(m.n), _pct(m.accuracy),
-                  _pct(m.fakes_called_real), _pct(m.reals_called_fake), _fmt(m.roc_auc), _fmt(m.ece),
-                  _pct(m.confidently_wrong)])
+        (m.name, [_KIND.get(m.kind, "other data set"), _fmt(m.n), _pct(m.accuracy), _pct(m.fakes_called_real),
+                  _pct(m.reals_called_fake), _fmt(m.roc_auc), _fmt(m.ece), _pct(m.confidently_wrong)])
         for m in measured
     ])
 
 
 def _other_data_html(summary: Summary, evaluations: list[tuple[str, dict[str, Any]]], seen: set[str] | None) -> str:
-    """Every figure measured on data unlike the training data, with people's labels; details per evaluation."""
+    """Every figure measured on data unlike the training data, with people's labels; details per evaluation.
+    Evaluations on data the run was fitted on follow, marked as no test."""
+    parts = []
     if not summary.measured:
-        return ('<p>None measured yet. Accuracy on images from other generators, cameras or processing is '
-                "<strong>unknown</strong>: measure it with <code>realfake evaluate RUN --data OTHER</code> "
-                "(or train with <code>--protocol holdout:SOURCE</code>).</p>")
-    parts = [_measured_table(summary.measured),
-             '<p class="muted">Fakes called REAL and real photos called FAKE count the REAL/FAKE decision at the '
-             "threshold; images labelled <em>uncertain</em> are among them (see Out of distribution below).</p>"]
-    for (name, m), measured in zip(evaluations, [x for x in summary.measured if x.kind != HELD_OUT], strict=True):
+        parts.append('<p>None measured yet. Accuracy on images from other generators, cameras or processing is '
+                     "<strong>unknown</strong>: measure it with <code>realfake evaluate RUN --data OTHER</code> "
+                     "(or train with <code>--protocol holdout:SOURCE</code>).</p>")
+    rows = summary.measured + summary.fitted_on
+    if not rows:
+        return "".join(parts)
+    parts += [_measured_table(rows),
+              '<p class="muted">Fakes called REAL and real photos called FAKE count the REAL/FAKE decision at the '
+              "threshold; images labelled <em>uncertain</em> are among them (see Labels users get above).</p>"]
+    if summary.fitted_on:
+        parts.append("<p><em>Not a test</em>: data this run was fitted on (its adaptation set, or its training "
+                     "data). Those figures say how well the fit went there, nothing about unseen data.</p>")
+    for name, m in evaluations:
         details = _uncertain_html(m) + _per_source_html(m, seen)
         if details:
-            parts.append(f"<h3>{escape(measured.name)} <span class=muted>({escape(str(name))})</span></h3>{details}")
+            parts.append(f"<h3>{escape(data_label(name))} <span class=muted>({escape(str(name))})</span></h3>{details}")
     return "".join(parts)
+
+
+def _shares_cells(shares: list[LabelShares], cls: str) -> list[str]:
+    row = next((x for x in shares if x.true_class == cls), None)
+    if row is None:
+        return ['<span class="muted">n/a</span>'] * 3
+    return [_pct(row.right), _pct(row.uncertain), _pct(row.wrong)]
+
+
+def _labels_html(summary: Summary) -> str:
+    """What users get, side by side per data set: of each true class, the share labelled FAKE / uncertain / REAL."""
+    rows = summary.label_rows()
+    if not rows:
+        return ""
+    head = ("<tr><th rowspan=2>data</th><th rowspan=2>what</th><th colspan=3>fakes labelled</th>"
+            "<th colspan=3>real photos labelled</th><th rowspan=2>threshold accuracy</th></tr><tr>"
+            + "".join(f"<th>{escape(c)}</th>" for c in (FAKE, UNCERTAIN, REAL, REAL, UNCERTAIN, FAKE)) + "</tr>")
+    body = "".join(
+        f"<tr><th>{escape(name)}</th><td>{escape(what)}</td>"
+        + "".join(f"<td class=num>{c}</td>" for c in [*_shares_cells(shares, FAKE), *_shares_cells(shares, REAL),
+                                                         _pct(acc)])
+        + "</tr>"
+        for name, what, shares, acc in rows
+    )
+    intro = ("<p>What a user receives and acts on: of each true class, the share of images labelled FAKE, "
+             "<em>uncertain</em> or REAL by the run&rsquo;s own rule (the one <code>realfake predict</code> applies). "
+             "Threshold accuracy counts an <em>uncertain</em> image as REAL or FAKE by its p(FAKE); these shares "
+             "do not.</p>")
+    return intro + f"<table>{head}{body}</table>"
+
+
+def _adaptation_html(a: Adaptation | None, summary: Summary, metrics: dict[str, Any]) -> str:
+    """Where an adapted run comes from: parent, set, what was fitted on it, and what its test figures are."""
+    if a is None:
+        return ""
+    tuned = ("no: the weights are the parent's, byte for byte" if a.finetuned_epochs is None else
+             f"the head, {a.finetuned_epochs} epochs on {_fmt(a.finetuned_images)} of the images; the rest of the "
+             "weights are the parent's")
+    if not metrics:
+        home = "not measured since the weights changed: run <code>realfake evaluate RUN</code>"
+    elif "rescored_from" in metrics:
+        home = escape(summary.test_split)
+    else:
+        home = "measured on the parent's test split with this run's weights and calibration"
+    rows = [
+        ("Parent run", escape(a.parent) + (f" <span class=muted>({escape(a.parent_path)})</span>" if a.parent_path
+                                           else "")),
+        ("Adaptation set", f"{escape(a.name)} <span class=muted>({escape(a.data)})</span>"),
+        ("Images", _fmt(a.n_images) + (" (" + ", ".join(f"{_fmt(n)} {escape(c)}" for c, n in a.per_class.items())
+                                       + ")" if a.per_class else "")),
+        ("Re-fitted on them", escape(a.refit_text)),
+        ("Calibrated on", _fmt(a.calibration_images)),
+        ("Fine-tuned", escape(tuned)),
+        ("Test figures", home),
+    ]
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return (f"<table>{body}</table><p>An evaluation on the adaptation set is marked <em>adapted on (not a "
+            "test)</em>: the calibration was fitted there.</p>")
 
 
 def _ood_html(summary: Summary) -> str:
@@ -320,8 +405,10 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
     seen = rd.training_sources()
     robustness = rd.read_json(RunDir.ROBUSTNESS)
     evaluations = evaluations_of(rd)
-    summary = summarize(metrics, evaluations, seen)
+    summary = run_summary(rd)
     ood = _ood_html(summary)
+    labels_html = _labels_html(summary)
+    adapted = _adaptation_html(summary.adapted_from, summary, metrics)
     config = rd.read_text(RunDir.CONFIG)
 
     name = run_dir.resolve().name
@@ -333,6 +420,7 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
         + (f" ({escape(str(source))})" if source else "")
         + ". They describe images like those: they say nothing about images from other generators, "
         "other cameras or other processing, where a detector can fail without warning."
+        + (f" {escape(DEMO_NOTE)}" if summary.demo else "")
     )
     none = '<p class="muted">No {} in this run.</p>'
     run_html = _kv_table(run) if run else none.format(RunDir.INFO)
@@ -349,8 +437,11 @@ def write_report(run_dir: Path, plots: dict[str, Path]) -> Path:
 <body>
 <h1>{escape(title)}</h1>
 <p class="sub">Real vs AI-generated image detector; labels: {labels} (FAKE is positive).</p>
-{summary_html(summary) if metrics else ""}
+{summary_html(summary) if metrics or summary.adapted_from or summary.demo else ""}
+{f"<h2>Adapted from</h2>{adapted}" if adapted else ""}
+{f"<h2>Labels users get</h2>{labels_html}" if labels_html else ""}
 <h2>Test metrics</h2>
+{f'<p class="muted">On {escape(summary.test_split)}.</p>' if metrics and "rescored_from" in metrics else ""}
 {_metrics_section(metrics)}
 {_uncertain_html(metrics)}
 {_per_source_html(metrics, seen)}

@@ -13,7 +13,20 @@ from typing import Any
 from realfake.contract import CLASS_NAMES, HOLDOUT, IMAGE_SIZE, __version__
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
-from realfake.report.summary import HELD_OUT, Summary, run_summary
+from realfake.report.summary import (
+    ADAPTED_ON,
+    BUNDLED_SAMPLE,
+    DEMO_NOTE,
+    FAKE,
+    HELD_OUT,
+    REAL,
+    TRAINING_DATA,
+    UNCERTAIN,
+    Adaptation,
+    LabelShares,
+    Summary,
+    run_summary,
+)
 from realfake.rundir import RunDir
 
 STANDIN_WARNING = (
@@ -22,8 +35,11 @@ STANDIN_WARNING = (
 )
 _METRICS = [  # the headline figures; names from the one list the HTML report uses too
     (key, METRIC_LABELS[key])
-    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "brier", "n")
+    for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "ece_equal_mass",
+                "brier", "n")
 ]
+_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
+         TRAINING_DATA: "its training data (not a test)"}
 _PROTOCOLS = {
     "seed": "all images pooled, then a stratified 70/20/10 train/validation/test split (the original notebook's)",
     "official": "90/10 stratified train/validation split of the data's train/ folder; its test/ folder is the test set",
@@ -67,7 +83,8 @@ def _data_section(cfg: dict[str, Any], data: dict[str, Any]) -> list[str]:
     protocol = cfg.get("protocol") or data.get("split", {}).get("protocol")
     limit = cfg.get("limit")
     out = [
-        f"- **Data**: {_cell(name)}" + (" (no --data given: the bundled demo sample)" if not cfg.get("data") else ""),
+        f"- **Data**: {_cell(name)}"
+        + (" (no --data given: the bundled demo sample)" if not cfg.get("data") and name != BUNDLED_SAMPLE else ""),
         f"- **Protocol**: `{_cell(protocol)}` — {_protocol_text(str(protocol))}",
         f"- **Subset**: {f'a stratified subset of {limit:,} images (--limit)' if limit else 'all usable images'}"
         + (f", seed {cfg['seed']}" if limit and cfg.get("seed") is not None else ""),
@@ -107,15 +124,81 @@ def _pct(v: float | None) -> str:
 
 def _other_data(summary: Summary) -> list[str]:
     """Figures measured on other data (`realfake evaluate RUN --data OTHER`) or on a held-out source: the only
-    evidence about data unlike the training set."""
+    evidence about data unlike the training set; then any evaluation on data the run was fitted on, said so."""
+    out = []
     if not summary.measured:
-        return ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
+        out += ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
                 "measure it with `realfake evaluate RUN --data OTHER`."]
-    rows = [[m.name, "held out of training" if m.kind == HELD_OUT else "other data set", m.n, _pct(m.accuracy),
-             _pct(m.fakes_called_real), _pct(m.reals_called_fake), m.roc_auc, _pct(m.confidently_wrong)]
-            for m in summary.measured]
-    return [_table(["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC",
+    rows = [[m.name, _KIND.get(m.kind, "other data set"), m.n, _pct(m.accuracy), _pct(m.fakes_called_real),
+             _pct(m.reals_called_fake), m.roc_auc, _pct(m.confidently_wrong)]
+            for m in summary.measured + summary.fitted_on]
+    if rows:
+        out += ([""] if out else []) + [
+            _table(["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC",
                     "confidently wrong after 'I don't know'"], rows)]
+    if summary.fitted_on:
+        out += ["", "Data marked *not a test* is data this run was fitted on (its adaptation set, or its training "
+                "data): its figures say how well the fit went there, nothing about unseen data."]
+    return out
+
+
+def _shares_cells(m: list[LabelShares] | None, cls: str) -> list[str]:
+    """The three label shares of one true class, right label first, or n/a without images of that class."""
+    row = next((x for x in m or [] if x.true_class == cls), None)
+    if row is None:
+        return ["n/a"] * 3
+    return [_pct(row.right), _pct(row.uncertain), _pct(row.wrong)]
+
+
+def _labels_section(summary: Summary) -> list[str]:
+    """What users get: per data set, the share of each true class labelled FAKE / uncertain / REAL."""
+    rows = summary.label_rows()
+    if not rows:
+        return []
+    return [
+        "## Labels users get",
+        "",
+        f"Per true class, the share of images labelled {FAKE}, `{UNCERTAIN}` or {REAL}: what a user receives and "
+        "acts on. Threshold accuracy counts an `uncertain` image as REAL or FAKE by its p_fake; these do not.",
+        "",
+        _table(["data", "what", f"fakes: {FAKE}", f"fakes: {UNCERTAIN}", f"fakes: {REAL}",
+                f"real photos: {REAL}", f"real photos: {UNCERTAIN}", f"real photos: {FAKE}", "threshold accuracy"],
+               [[name, what, *_shares_cells(shares, FAKE), *_shares_cells(shares, REAL), _pct(acc)]
+                for name, what, shares, acc in rows]),
+        "",
+    ]
+
+
+def _adaptation_section(a: Adaptation | None, summary: Summary, metrics: dict[str, Any]) -> list[str]:
+    """Where an adapted run comes from: its parent, the set, what was fitted on it, and what its test figures are."""
+    if a is None:
+        return []
+    counts = ", ".join(f"{_cell(n)} {c}" for c, n in a.per_class.items())
+    tuned = ("no: the weights are the parent's, byte for byte" if a.finetuned_epochs is None else
+             f"the head, {a.finetuned_epochs} epochs on {_cell(a.finetuned_images)} of the images; the rest "
+             "of the weights are the parent's")
+    if not metrics:
+        home = "not measured since the weights changed: run `realfake evaluate RUN`"
+    elif "rescored_from" in metrics:
+        home = summary.test_split
+    else:
+        home = "measured on the parent's test split with this run's weights and calibration"
+    return [
+        "## Adapted from",
+        "",
+        _table(["", ""], [
+            ["Parent run", f"`{_cell(a.parent)}`" + (f" ({_cell(a.parent_path)})" if a.parent_path else "")],
+            ["Adaptation set", f"{_cell(a.name)} ({_cell(a.data)})"],
+            ["Images", f"{_cell(a.n_images)}" + (f" ({counts})" if counts else "")],
+            ["Re-fitted on them", a.refit_text],
+            ["Calibrated on", _cell(a.calibration_images)],
+            ["Fine-tuned", tuned],
+            ["Test figures", home],
+        ]),
+        "",
+        "An evaluation on the adaptation set is marked *adapted on (not a test)*: the calibration was fitted there.",
+        "",
+    ]
 
 
 def _ood_section(summary: Summary) -> list[str]:
@@ -175,7 +258,7 @@ def model_card(run_dir: str | Path) -> str:
     summary = run_summary(rd)
 
     lines = [f"# Model card: realfake run `{name}`", ""]
-    if metrics:
+    if metrics or summary.adapted_from or summary.demo:  # the demo's sentence opens with what it shows
         lines += [f"**{summary.text}**", ""]
     if standin:
         lines += [f"> {STANDIN_WARNING}", ""]
@@ -183,6 +266,8 @@ def model_card(run_dir: str | Path) -> str:
         "A binary classifier that estimates whether a small image is AI-generated (**FAKE**) or a real photograph "
         "(**REAL**). It outputs `p_fake`, a probability for FAKE, and a label from a decision threshold.",
         "",
+        *_adaptation_section(summary.adapted_from, summary, metrics),
+        *_labels_section(summary),
         "## Measured on other data",
         "",
         *_other_data(summary),
@@ -212,8 +297,9 @@ def model_card(run_dir: str | Path) -> str:
         "",
         "## Test metrics",
         "",
-        f"On this run's test split, FAKE as the positive class, at the threshold above"
-        f"{' (figures on the stand-in data, not CIFAKE)' if standin else ''}:",
+        f"On {summary.test_split}, FAKE as the positive class, at the threshold above"
+        f"{' (figures on the stand-in data, not CIFAKE)' if standin else ''}"
+        f"{' (the bundled demo sample: the pipeline working, not a skill)' if summary.demo else ''}:",
         "",
         *_metrics_section(metrics),
         "",
@@ -244,6 +330,8 @@ def model_card(run_dir: str | Path) -> str:
     ]
     if standin:
         lines += [f"- {STANDIN_WARNING}"]
+    if summary.demo:
+        lines += [f"- **{DEMO_NOTE}** For a detector, train on real data: `realfake train --data PATH`."]
     lines += ["", "---", "",
               f"*Written by realfake {__version__} on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} "
               "from the files in this run directory; `realfake report RUN` writes it again.*", ""]

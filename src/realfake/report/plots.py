@@ -22,7 +22,7 @@ from realfake.atomic import atomic_write_bytes, remove_stale_temporaries
 from realfake.calibration import Calibration, is_fake, sigmoid
 from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
-from realfake.metrics import ece, reliability_bins
+from realfake.metrics import ece, ece_equal_mass, equal_mass_bins, reliability_bins
 from realfake.rundir import RunDir
 
 PLOT_FILES = {
@@ -218,26 +218,45 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
 
 
 def reliability_diagram(labels: Any, logits: Any, cal: Calibration, out: Path) -> Path | None:
-    """Fraction truly FAKE against mean p_fake per bin, before and after calibration (`cal.p_fake`: the
-    temperature and the decision's offset): on the diagonal, p_fake means what it says."""
+    """Fraction truly FAKE against mean p_fake per bin, before and after calibration (`cal.p_fake`), in equal-width
+    bins and, calibrated, in equal-mass bins; under it the number of images in each equal-width bin, since a point
+    resting on three images says little and ECE weighs it by that count."""
 
     y = np.asarray(labels).astype(int).ravel()
     z = np.asarray(logits, dtype=np.float64).ravel()
     if len(y) == 0 or len(y) != len(z):
         return None
-    fig = Figure(figsize=(5.2, 4.6))
-    ax = fig.subplots()
+    fig = Figure(figsize=(5.4, 6.6))
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    p_cal = cal.p_fake(z)
     calibrated = f"calibrated (T = {cal.temperature:.3g})"
-    for p, style, name in ((sigmoid(z), "s--", "uncalibrated"), (cal.p_fake(z), "o-", calibrated)):
+    for p, style, name in ((sigmoid(z), "s--", "uncalibrated"), (p_cal, "o-", calibrated)):
         b = reliability_bins(y, p)
         pts = [(mp, fy) for mp, fy, c in zip(b["mean_p"], b["frac_fake"], b["count"], strict=True) if c]
-        ax.plot([a for a, _ in pts], [f for _, f in pts], style, lw=1.5, ms=4, label=f"{name}, ECE {ece(y, p):.3f}")
-    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="mean predicted p(FAKE) in bin",
-           ylabel="fraction FAKE in bin", title="Reliability diagram (test, 15 bins)")
-    ax.set_aspect("equal")
+        ax.plot([a for a, _ in pts], [f for _, f in pts], style, lw=1.5, ms=4,
+                label=f"{name}, equal-width ECE {ece(y, p):.3f}")
+    mass = equal_mass_bins(y, p_cal)
+    per_bin = round(len(y) / max(len(mass["count"]), 1))
+    ax.plot(mass["mean_p"], mass["frac_fake"], "D", color="#8250df", ms=5, mfc="none",
+            label=f"calibrated, {len(mass['count'])} equal-mass bins (~{per_bin:,} images each), "
+                  f"ECE {ece_equal_mass(y, p_cal):.3f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="fraction FAKE in bin",
+           title=f"Reliability diagram (test, n = {len(y):,})")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
+
+    b = reliability_bins(y, p_cal)
+    edges = np.asarray(b["edges"])
+    counts = np.asarray(b["count"], dtype=float)
+    hist.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#0969da", alpha=0.6,
+             edgecolor="white", label="calibrated p(FAKE), equal-width bins")
+    top = max(float(counts.max()), 1.0)
+    for left, width, c in zip(edges[:-1], np.diff(edges), counts, strict=True):
+        hist.text(left + width / 2, c + top * 0.03, f"{int(c):,}", ha="center", va="bottom", fontsize=6, rotation=90)
+    hist.set(ylim=(0, top * 1.45), xlabel="predicted p(FAKE); below: calibrated, equal-width bins",
+             ylabel="images in bin")
+    hist.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, out)
 

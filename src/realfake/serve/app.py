@@ -67,11 +67,17 @@ class ImageResult(BaseModel):
     """The verdict on one uploaded file; `error` is set (and p_fake/label are null) when it could not be read."""
 
     filename: str
-    p_fake: float | None = Field(description="probability that the image is AI-generated, 0..1")
+    p_fake: float | None = Field(description="calibrated probability that the image is AI-generated, 0..1, "
+                                 "rounded to 6 places (on images like the run's training data)")
+    logit: float | None = Field(None, description="the calibrated log-odds in full (p_fake = sigmoid(logit)): "
+                                "they keep apart clear-cut images whose p_fake prints as 0.0 or 1.0")
     label: Literal["REAL", "FAKE", "uncertain"] | None = Field(
         description="FAKE when p_fake >= threshold, else REAL; 'uncertain' when out of distribution (ood above the "
         "run's ood_level) or inside the run's uncertain band, if any"
     )
+    reason: Literal["ood", "band"] | None = Field(
+        None, description="why the label is 'uncertain': ood (atypical of the class it would get) or band (p_fake "
+        "inside the run's uncertain band); null for REAL and FAKE")
     threshold: float
     ood: float | None = Field(None, description="how atypical the image is of the class it was labelled, 0..1 "
                               "(0.97: more extreme than 97% of validation images of that class); null when the run "
@@ -112,13 +118,24 @@ class OodFigures(BaseModel):
     accuracy_decided: float | None = Field(description="accuracy on the images that got a REAL/FAKE label")
 
 
+class LabelShareFigure(BaseModel):
+    """Of one true class's images, the share that got each label users see."""
+
+    true_class: Literal["REAL", "FAKE"]
+    n: int
+    fake: float = Field(description="share labelled FAKE, 0..1")
+    uncertain: float = Field(description="share labelled 'uncertain', 0..1")
+    real: float = Field(description="share labelled REAL, 0..1")
+
+
 class MeasuredFigure(BaseModel):
-    """One figure measured on data unlike the training data."""
+    """One figure measured on data unlike the training data (or, in `fitted_on`, on data the run was fitted on)."""
 
     name: str = Field(description="the data's name for people, e.g. 'ganC-fake' (no path, no .zip)")
-    kind: Literal["other data", "held-out source"] = Field(
+    kind: Literal["other data", "held-out source", "adapted on", "training data"] = Field(
         description="'other data': `realfake evaluate RUN --data OTHER`; 'held-out source': a source kept out of "
-        "training by `--protocol holdout:SOURCE`, measured in the test split")
+        "training by `--protocol holdout:SOURCE`, measured in the test split; 'adapted on' / 'training data': data "
+        "the run was fitted on, so not a test")
     n: int | None = Field(description="images measured")
     accuracy: float | None = Field(description="share labelled right at the threshold, 0..1")
     fakes_called_real: float | None = Field(description="share of its FAKE images labelled REAL; null without any")
@@ -126,6 +143,9 @@ class MeasuredFigure(BaseModel):
     roc_auc: float | None
     ece: float | None
     ood: OodFigures | None = Field(description="out-of-distribution flags; null when measured without an OOD score")
+    labels: list[LabelShareFigure] | None = Field(None, description="per true class, the share of each label users "
+                                                  "get; null when measured before label shares were recorded")
+    ece_equal_mass: float | None = Field(None, description="calibration error over bins of equal image counts")
 
 
 class RunSummary(BaseModel):
@@ -138,6 +158,16 @@ class RunSummary(BaseModel):
                                         "made before the OOD score existed")
     measured: list[MeasuredFigure] = Field(description="every other data set and held-out source measured; empty: "
                                            "performance on generators it was not trained on is unknown")
+    test_labels: list[LabelShareFigure] | None = Field(None, description="per true class, the share of each label "
+                                                       "users get on the test split")
+    test_ece_equal_mass: float | None = Field(None, description="calibration error on the test split, bins of equal "
+                                              "image counts")
+    test_split: str = Field("its test split", description="where the home figures come from, for people")
+    fitted_on: list[MeasuredFigure] = Field(default_factory=list, description="data the run was fitted on and "
+                                            "evaluated on too (an adaptation set): shown, never as a test")
+    adapted_from: dict[str, Any] | None = Field(None, description="the parent run and adaptation set of a run made "
+                                                "by `realfake adapt`")
+    demo: bool = Field(False, description="trained on the bundled demo sample: shows the pipeline, not skill")
 
 
 class ModelInfo(BaseModel):
@@ -249,8 +279,8 @@ class Service:
             items = list(zip(names, decoded, errors, strict=True))
             preds = self.batcher.submit(items) if self.batcher is not None else self._judge(items)
         return [
-            ImageResult(filename=name, p_fake=p.p_fake, label=p.label, threshold=p.threshold, ood=p.ood,
-                        error=p.error, heatmap_png=h)
+            ImageResult(filename=name, p_fake=p.p_fake, logit=p.logit, label=p.label, reason=p.reason,
+                        threshold=p.threshold, ood=p.ood, error=p.error, heatmap_png=h)
             for name, p, h in zip(names, preds, heatmaps, strict=True)
         ]
 

@@ -151,10 +151,21 @@ def test_save_weights_refuses_non_finite_tensors(tmp_path):
     assert not path.exists()
 
 
-def test_a_diverged_training_stops_with_one_line_and_saves_no_weights(mini_zip, tmp_path):
+def test_a_diverged_training_stops_with_one_line_and_saves_no_weights(mini_zip, tmp_path, monkeypatch):
+    """However a run diverges (a rate too high for its data, a bad batch), no epoch of NaN weights is saved: here
+    the optimizer's first step makes one weight NaN."""
+
+    class Diverging(torch.optim.Adam):
+        def step(self, closure=None):  # noqa: ANN001, ANN202 - torch's own signature
+            loss = super().step(closure)
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(math.nan)
+            return loss
+
+    monkeypatch.setattr(torch.optim, "Adam", Diverging)
     run = tmp_path / "run"
     proc = cli_inline("train", "--data", mini_zip, "--limit", "100", "--epochs", "2", "--batch-size", "32",
-                      "--model", "fast", "--weights", "none", "--device", "cpu", "--lr", "1e30", "--out", run)
+                      "--model", "fast", "--weights", "none", "--device", "cpu", "--out", run)
     assert_one_line_error(proc, "training diverged in epoch 1")
     assert "--lr" in proc.stderr
     assert not (run / RunDir.WEIGHTS).exists() and existing_dir(run / RunDir.CHECKPOINT) is None

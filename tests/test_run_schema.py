@@ -128,8 +128,7 @@ def test_old_runs_and_unknown_keys_still_load(tmp_path):
     (tmp_path / RunDir.INFO).write_text(json.dumps(old))
     assert RunDir(tmp_path).info() == old
     cal = Calibration.from_info(old, default_threshold=0.5)
-    assert (cal.temperature, cal.threshold, cal.offset, cal.uncertain_band, cal.tta, cal.ood) == (
-        1.0, 0.7, 0.0, None, "none", None)
+    assert (cal.temperature, cal.threshold, cal.uncertain_band, cal.tta, cal.ood) == (1.0, 0.7, None, "none", None)
     assert Calibration.from_info({}, default_threshold=0.4).threshold == 0.4
     again = Calibration.from_info(_valid_info())  # what calibrate writes reads back
     assert again.ood is not None and len(again.ood.real) == OOD_POINTS and again.uncertain_band == (0.4, 0.6)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from realfake.cli import app
 from realfake.errors import RealfakeError
+from realfake.predict import CSV_FIELDS
 from realfake.predict_ray import (
     MISSING_RAY,
     Plan,
@@ -62,8 +63,7 @@ def images(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _json_rows(path: Path) -> list[dict]:
     """JSON rows with every column, null where a row leaves it out: comparable to Parquet's rows."""
-    keys = ("path", "p_fake", "label", "threshold", "ood", "error")
-    return [{k: row.get(k) for k in keys} for row in map(json.loads, path.read_text().splitlines())]
+    return [{k: row.get(k) for k in CSV_FIELDS} for row in map(json.loads, path.read_text().splitlines())]
 
 
 def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images, tmp_path, monkeypatch):
@@ -84,7 +84,7 @@ def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images,
     for row in expected[-10:]:  # the same files, named by the URI they were read through
         row["path"] = (images / row["path"]).as_uri()
     got = pq.read_table(tmp_path / "ray.parquet").to_pylist()
-    assert got == expected  # row for row: order, p_fake, label, threshold, ood and errors
+    assert got == expected  # row for row: order, p_fake, logit, label, threshold, ood, size, crop and errors
 
     bad = {r["path"].split("/")[-1]: r for r in got if r["error"] is not None}
     assert set(bad) == set(BAD)

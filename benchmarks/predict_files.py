@@ -63,7 +63,7 @@ def predict_from_files(detector: Any, folder: Path, reps: int, rows: Path, sync:
     # `realfake predict` does wherever torch is imported (an ONNX Runtime job: from FAST_JPEG_MIN_IMAGES files).
     # Start-up (imports, the model's load) is not in these figures.
     fast_jpeg = prepare_jpeg_decoding(FAST_JPEG_MIN_IMAGES)
-    images, errors = decode_chunk(list(expand_inputs([folder])))
+    images, errors, _ = decode_chunk(list(expand_inputs([folder])))
     n = len(errors)
     assert len(images) == n, "every benchmark JPEG decodes"
     detector.predict_logits(images[:256])  # warm-up: allocations, kernel choice

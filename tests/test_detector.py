@@ -39,7 +39,8 @@ def test_predict_accepts_every_input_kind(detector, tmp_path):
     z = float(detector.predict_logits(arr[None])[0])
     assert preds[0].logit == z / detector.temperature  # the calibrated log-odds, in full: p_fake = sigmoid(logit)
     row = {"source": str(tmp_path / "a.png"), "p_fake": preds[0].p_fake, "logit": preds[0].logit,
-           "label": preds[0].label, "threshold": detector.threshold, "ood": preds[0].ood}
+           "label": preds[0].label, "threshold": detector.threshold, "ood": preds[0].ood, "width": 32, "height": 32,
+           "crop": [0, 0, 32, 32]}  # all of a 32x32 input was judged, unreduced: no note
     if preds[0].label == "uncertain":
         row["reason"] = "ood"
     assert preds[0].to_dict() == row

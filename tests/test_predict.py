@@ -159,6 +159,7 @@ def _rows_the_old_way(preds, fmt):
     rows = [{"path": p.source, **{k: v for k, v in p.to_dict().items() if k != "source"}} for p in preds]
     if fmt == "jsonl":
         return "".join(json.dumps(r) + "\n" for r in rows)
+    rows = [{**r, "crop": ",".join(map(str, r["crop"])) if r["crop"] else None} for r in rows]  # one CSV cell
     w = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
     w.writerows(rows)
@@ -176,7 +177,11 @@ def test_rows_from_arrays_are_byte_for_byte_those_of_predictions(fmt, with_ood):
     p[1] = 1e-9  # a float json writes in exponent form
     ood = np.where(read, rng.random(len(names)), np.nan) if with_ood else None
     labels = [None if e else ["REAL", "FAKE", "uncertain"][i % 3] for i, e in enumerate(errors)]
-    batches = [PredictionBatch(names[:7], p[:7], labels[:7], 0.4321, errors[:7], None if ood is None else ood[:7]),
+    # regions: 32x32 inputs, and large ones whose rows carry a note; the second batch has none (arrays as given)
+    regions = np.array([(32, 32, 0, 0, 32, 32) if i % 2 else (4000, 3000, 500, 0, 3500, 3000)
+                        for i in range(len(names))], dtype=np.int32)
+    batches = [PredictionBatch(names[:7], p[:7], labels[:7], 0.4321, errors[:7], None if ood is None else ood[:7],
+                               regions=regions[:7]),
                PredictionBatch(names[7:], p[7:], labels[7:], 0.4321, errors[7:], None if ood is None else ood[7:])]
     preds = [q for b in batches for q in b.predictions()]
     fast, slow = io.StringIO(newline=""), io.StringIO(newline="")
@@ -219,10 +224,12 @@ def _batches_for_files(with_ood: bool = True) -> list[PredictionBatch]:
     labels = [None if e else lab for e, lab in zip(errors, ["REAL", "FAKE", "uncertain", None, "FAKE"], strict=True)]
     reasons = [None, None, "ood", None, None]
     z = np.log(p / (1 - p))
+    regions = np.array([(400, 300, 50, 0, 350, 300), (32, 32, 0, 0, 32, 32), (64, 48, 8, 0, 56, 48), (-1,) * 6,
+                        (4000, 3000, 500, 0, 3500, 3000)], dtype=np.int32)
     return [PredictionBatch(names[:2], p[:2], labels[:2], 0.47, errors[:2], None if ood is None else ood[:2],
-                            z[:2], reasons[:2]),
+                            z[:2], reasons[:2], regions[:2]),
             PredictionBatch(names[2:], p[2:], labels[2:], 0.47, errors[2:], None if ood is None else ood[2:],
-                            z[2:], reasons[2:])]
+                            z[2:], reasons[2:], regions[2:])]
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
@@ -245,8 +252,8 @@ def test_out_parquet_has_the_json_rows_values(tmp_path, with_ood):
     assert write_file(_batches_for_files(with_ood), tmp_path / "rows.parquet") == (5, 4)
     table = pq.read_table(tmp_path / "rows.parquet")
     assert table.column_names == CSV_FIELDS
-    as_json = [{k: v for k, v in row.items() if v is not None or k in ("p_fake", "logit", "label")}
-               for row in table.to_pylist()]
+    written = ("p_fake", "logit", "label", "width", "height", "crop")  # null in JSON rather than left out
+    as_json = [{k: v for k, v in row.items() if v is not None or k in written} for row in table.to_pylist()]
     assert as_json == [json.loads(line) for line in printed.getvalue().splitlines()]
 
 

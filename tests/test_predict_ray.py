@@ -84,8 +84,8 @@ def test_ray_engine_gives_exactly_the_local_rows(local_ray, trained_run, images,
     for row in expected[-10:]:  # the same files, named by the URI they were read through
         row["path"] = (images / row["path"]).as_uri()
     got = pq.read_table(tmp_path / "ray.parquet").to_pylist()
-    # row for row: order, p_fake, label, reason, threshold, ood and errors; the log-odds, written in full, to the
-    # float noise of a model computing on one thread in an actor instead of all of them
+    # row for row: order, p_fake, label, reason, threshold, ood, size, crop and errors; the log-odds, written in
+    # full, to the float noise of a model computing on one thread in an actor instead of all of them
     logits = [(g.pop("logit"), e.pop("logit")) for g, e in zip(got, expected, strict=True)]
     assert got == expected
     assert all((a is None and b is None) or a == pytest.approx(b, rel=1e-5, abs=1e-6) for a, b in logits)

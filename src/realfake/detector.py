@@ -22,7 +22,7 @@ from PIL import Image
 
 from realfake.calibration import Calibration
 from realfake.contract import IMAGE_SIZE, check_images, check_precision
-from realfake.data.images import BadImage, read_and_decode
+from realfake.data.images import NOTE_REDUCTION, BadImage, Region, read_and_decode_region, reduction_note
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 
@@ -43,9 +43,12 @@ class Backend(Protocol):
 
 # The fields of a prediction row, in the order every face writes them (JSON lines, CSV, Parquet, the API). The
 # optional ones are left out of a JSON row rather than written as null: `reason` where the label is not
-# 'uncertain', `ood` for a run without an OOD score, `error` where the input was read.
-ROW_FIELDS = ("path", "p_fake", "logit", "label", "reason", "threshold", "ood", "error")
-OPTIONAL_FIELDS = ("reason", "ood", "error")
+# 'uncertain', `ood` for a run without an OOD score, `note` where the judged square was not reduced more than
+# NOTE_REDUCTION x, `error` where the input was read. `width`, `height` and `crop` (the judged square, [left, top,
+# right, bottom] in input pixels) say what the verdict is about: a 4000x3000 photo is judged on its centre square.
+ROW_FIELDS = ("path", "p_fake", "logit", "label", "reason", "threshold", "ood", "width", "height", "crop", "note",
+              "error")
+OPTIONAL_FIELDS = ("reason", "ood", "note", "error")
 
 
 def rounded_row(p: float, logit: float | None, ood: float | None) -> tuple[float, float | None, float | None]:
@@ -62,6 +65,9 @@ class Prediction:
     (p_fake = sigmoid(logit)); the label is FAKE where p_fake reaches `threshold`. `ood` is how atypical the
     image is of the class it was labelled (0..1, see calibration.Typicality): above the run's level the label is
     'uncertain' whatever p_fake says, and `reason` says why a label is 'uncertain' ('ood' or 'band').
+    `width` x `height` is the input's size after EXIF rotation, `crop` the square of it that was judged ([left,
+    top, right, bottom], input pixels) and `note` what shrinking that square to the model's 32x32 lost, when it
+    was shrunk more than NOTE_REDUCTION x; all None for an unreadable input (or arrays given without their region).
     """
 
     source: str
@@ -72,6 +78,10 @@ class Prediction:
     ood: float | None = None
     logit: float | None = None
     reason: str | None = None
+    width: int | None = None
+    height: int | None = None
+    crop: list[int] | None = None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as JSON writes it (`source` for `path`), optional fields left out when None."""
@@ -86,7 +96,9 @@ class PredictionBatch:
 
     `p_fake`, `logit` (calibrated log-odds) and `ood` are unrounded float64 (NaN where the input was unreadable;
     `ood` None when the run stores no OOD score); `errors[i]` is None for a read input and the reason for an
-    unreadable one; `reasons[i]` why an 'uncertain' label is one.
+    unreadable one; `reasons[i]` why an 'uncertain' label is one. `regions` is (N, 6) int32, each input's
+    `Region` (width, height, left, top, right, bottom; any value where the input was unreadable), or None where
+    the inputs' regions are unknown (arrays given as they are): the rows' width, height and crop are then null.
     """
 
     sources: list[str]
@@ -97,6 +109,7 @@ class PredictionBatch:
     ood: np.ndarray | None = None
     logit: np.ndarray | None = None
     reasons: list[str | None] | None = None
+    regions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -115,17 +128,25 @@ class PredictionBatch:
         cols: dict[str, list[Any]] = {k: [None] * n for k in ROW_FIELDS}
         cols["path"], cols["label"], cols["error"] = list(self.sources), list(self.labels), list(self.errors)
         cols["threshold"] = [self.threshold] * n
+        regions = self.regions.tolist() if self.regions is not None else None
+        noted = NOTE_REDUCTION * IMAGE_SIZE
         for i, err in enumerate(self.errors):
             if err is None:
                 cols["p_fake"][i], cols["logit"][i], cols["ood"][i] = rounded_row(p[i], z[i], ood[i])
                 cols["reason"][i] = reasons[i]
+                if regions is not None:
+                    w, h, *box = regions[i]
+                    cols["width"][i], cols["height"][i], cols["crop"][i] = w, h, box
+                    if box[2] - box[0] > noted:
+                        cols["note"][i] = reduction_note(w, h, box[2] - box[0])
         return cols
 
     def predictions(self) -> list[Prediction]:
         """One Prediction per input, rounded as every face reports them (`rounded_row`)."""
         c = self.columns()
         return [Prediction(c["path"][i], c["p_fake"][i], c["label"][i], self.threshold, error=c["error"][i],
-                           ood=c["ood"][i], logit=c["logit"][i], reason=c["reason"][i]) for i in range(len(self))]
+                           ood=c["ood"][i], logit=c["logit"][i], reason=c["reason"][i], width=c["width"][i],
+                           height=c["height"][i], crop=c["crop"][i], note=c["note"][i]) for i in range(len(self))]
 
 
 @dataclass
@@ -286,24 +307,30 @@ class Detector:
         return self.predict_many([x], threshold)[0]
 
     def predict_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Prediction]:
-        names, decoded, errors = self.decode(xs)
-        return self.predictions(names, decoded, errors, threshold)
+        names, decoded, errors, regions = self.decode(xs)
+        return self.predictions(names, decoded, errors, threshold, regions)
 
     def decode(
         self, xs: Sequence[Any], read: Callable[[Any], bytes] | None = None
-    ) -> tuple[list[str], list[np.ndarray | None], list[str | None]]:
-        """Each input decoded, or None with the reason: one bad item never sinks the others. `read` (see
-        `read_and_decode`) lets a caller check each input before it is decoded, as the server's budget does."""
+    ) -> tuple[list[str], list[np.ndarray | None], list[str | None], list[Region | None]]:
+        """Each input decoded with the region it shows, or None with the reason: one bad item never sinks the
+        others. `read` (see `read_and_decode`) lets a caller check each input before it is decoded, as the
+        server's budget does."""
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
+        regions: list[Region | None] = []
         for x in xs:
             try:
-                decoded.append(read_and_decode(x, read))
-                errors.append(None)
+                image, region = read_and_decode_region(x, read)
             except BadImage as e:
                 decoded.append(None)
                 errors.append(str(e))
-        return [_name(x) for x in xs], decoded, errors
+                regions.append(None)
+            else:
+                decoded.append(image)
+                errors.append(None)
+                regions.append(region)
+        return [_name(x) for x in xs], decoded, errors, regions
 
     def predictions(
         self,
@@ -311,31 +338,44 @@ class Detector:
         decoded: Sequence[np.ndarray | None],
         errors: Sequence[str | None],
         threshold: float | None = None,
+        regions: Sequence[Region | None] | None = None,
     ) -> list[Prediction]:
         """Predictions for already-decoded images (None where decoding failed, with the reason in `errors`),
-        in one model call."""
+        in one model call; `regions` (from `decode`) say what each image is of its input, for the rows."""
         good = [a for a in decoded if a is not None]
         images = np.stack(good) if good else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         why = [None if a is not None else (e or "unreadable") for a, e in zip(decoded, errors, strict=True)]
-        return self.predict_batch(list(names), images, why, threshold).predictions()
+        seen = None if regions is None else [r for a, r in zip(decoded, regions, strict=True) if a is not None]
+        return self.predict_batch(list(names), images, why, threshold, seen).predictions()
 
     def predict_batch(
-        self, names: list[str], images: np.ndarray, errors: list[str | None], threshold: float | None = None
+        self, names: list[str], images: np.ndarray, errors: list[str | None], threshold: float | None = None,
+        regions: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> PredictionBatch:
         """Verdicts, as arrays, for `names` whose readable ones (errors[i] None) are `images` in order, stacked:
         one model call, then calibration, OOD score and labels in whole-array operations. The batch predictor
-        decodes in worker processes, which hand back exactly this stacked form."""
-        return self.verdicts(names, self.predict_logits(images) if len(images) else np.zeros(0), errors, threshold)
+        decodes in worker processes, which hand back exactly this stacked form (with the images' regions)."""
+        logits = self.predict_logits(images) if len(images) else np.zeros(0)
+        return self.verdicts(names, logits, errors, threshold, regions)
 
     def verdicts(
-        self, names: list[str], logits: np.ndarray, errors: list[str | None], threshold: float | None = None
+        self, names: list[str], logits: np.ndarray, errors: list[str | None], threshold: float | None = None,
+        regions: Sequence[Sequence[int]] | np.ndarray | None = None,
     ) -> PredictionBatch:
-        """`predict_batch` after the model: raw logits of the readable inputs (errors[i] None), in order."""
+        """`predict_batch` after the model: raw logits of the readable inputs (errors[i] None), in order, and
+        their regions (`Region`s or an (n_read, 6) array; None: unknown)."""
         cal = self.calibration.with_threshold(threshold)
         z = np.asarray(logits, dtype=np.float64).ravel()
         read = np.array([e is None for e in errors], dtype=bool)
         if int(read.sum()) != len(z):
             raise ValueError(f"{len(z)} logits for {int(read.sum())} readable inputs")
+        regions_all = None
+        if regions is not None:
+            seen = np.asarray(regions, dtype=np.int32).reshape(-1, len(Region._fields))
+            if len(seen) != len(z):
+                raise ValueError(f"{len(seen)} regions for {len(z)} readable inputs")
+            regions_all = np.full((len(names), len(Region._fields)), -1, dtype=np.int32)
+            regions_all[read] = seen
         p, log_odds = np.full(len(names), np.nan), np.full(len(names), np.nan)
         p[read], log_odds[read] = cal.p_fake(z), cal.log_odds(z)
         labels: list[str | None] = [None] * len(names)
@@ -347,7 +387,7 @@ class Detector:
         rows = np.flatnonzero(read).tolist()
         for i, label, why in zip(rows, cal.labels(p[read], ood), cal.reasons(p[read], ood), strict=True):
             labels[i], reasons[i] = label, why
-        return PredictionBatch(names, p, labels, cal.threshold, list(errors), ood_all, log_odds, reasons)
+        return PredictionBatch(names, p, labels, cal.threshold, list(errors), ood_all, log_odds, reasons, regions_all)
 
     # --- explaining -------------------------------------------------------------------------------------
 
@@ -362,7 +402,8 @@ class Detector:
         return self.explain_many([x], threshold)[0]
 
     def explain_many(self, xs: Sequence[Any], threshold: float | None = None) -> list[Explanation]:
-        return self.explanations(*self.decode(xs), threshold)
+        names, decoded, errors, regions = self.decode(xs)
+        return self.explanations(names, decoded, errors, threshold, regions)
 
     def explanations(
         self,
@@ -370,13 +411,14 @@ class Detector:
         decoded: Sequence[np.ndarray | None],
         errors: Sequence[str | None],
         threshold: float | None = None,
+        regions: Sequence[Region | None] | None = None,
     ) -> list[Explanation]:
         """`predictions` plus a Grad-CAM map for each decoded image (the batch explainer hands its work here)."""
         if not self.can_explain:
             raise RealfakeError("explanations need the PyTorch run, not an ONNX file")
         from realfake.explain import cam_layer, heatmaps, run_scale
 
-        preds = self.predictions(names, decoded, errors, threshold)
+        preds = self.predictions(names, decoded, errors, threshold, regions)
         good = [i for i, img in enumerate(decoded) if img is not None]
         maps: np.ndarray = np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
         if good:

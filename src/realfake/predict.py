@@ -2,10 +2,11 @@
 Grad-CAM overlays `--explain` writes.
 
 A pipeline, so that from files to rows runs at nearly the model's own speed: worker processes read and
-decode the next batches (`read_and_decode`, the one decoder) while the model works on this one; each worker
-hands back one stacked uint8 array, not a pickle per image; calibration, OOD score and labels are whole-array
-operations (`Detector.verdicts`); and a writer thread formats and writes the rows of the previous batch while
-the model runs (its matrix products release the GIL). Results stream out in input order, one per input,
+decode the next batches (`read_and_decode_region`, the one decoder) while the model works on this one; each
+worker hands back one stacked uint8 array, not a pickle per image, and beside it one small int32 array of what
+each image shows of its input (`Region`: size and judged square, for the rows); calibration, OOD score and labels
+are whole-array operations (`Detector.verdicts`); and a writer thread formats and writes the rows of the previous
+batch while the model runs (its matrix products release the GIL). Results stream out in input order, one per input,
 unreadable ones included (as an error row).
 
 Measured with benchmarks/predict_files.py (`fast`, flip TTA, 20,000 stand-in JPEGs, 2 cores shared with other
@@ -52,42 +53,61 @@ from tqdm import tqdm
 
 from realfake.atomic import atomic_file, atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE
-from realfake.data.images import BadImage, prepare_jpeg_decoding, read_and_decode
+from realfake.data.images import BadImage, Region, prepare_jpeg_decoding, read_and_decode_region
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
 from realfake.detector import OPTIONAL_FIELDS, ROW_FIELDS, Detector, Explanation, Prediction, PredictionBatch
 from realfake.errors import RealfakeError
 
 Decoded = list[tuple[np.ndarray | None, str | None]]
-# What a worker hands back for a chunk of inputs: the readable images stacked in order, and each input's
-# error (None where it was read).
-Chunk = tuple[np.ndarray, list[str | None]]
+# What a worker hands back for a chunk of inputs: the readable images stacked in order, each input's error (None
+# where it was read), and the readable images' regions (`Region`s as rows of an (n_read, 6) int32 array).
+Chunk = tuple[np.ndarray, list[str | None], np.ndarray]
+REGION_FIELDS = len(Region._fields)
 
 
-def decode_refs(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Decoded:
-    """Decode a batch of inputs; a failure is a reason string in place of the image. `read` turns each input
-    into bytes (default: an `InputReader` for InputRefs; the Ray engine passes one that also reads URIs)."""
-    out: Decoded = []
+def decode_each(
+    refs: Sequence[Any], read: Callable[[Any], bytes] | None = None
+) -> tuple[list[np.ndarray | None], list[str | None], list[Region | None]]:
+    """Decode a batch of inputs: each one's array, error and region (None where it has none). `read` turns each
+    input into bytes (default: an `InputReader` for InputRefs; the Ray engine passes one that also reads URIs)."""
+    arrays: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    regions: list[Region | None] = []
     with InputReader() as reader:
         for ref in refs:
             try:
-                out.append((read_and_decode(ref, read or reader.read), None))
+                image, region = read_and_decode_region(ref, read or reader.read)
             except BadImage as e:
-                out.append((None, str(e)))
-    return out
+                arrays.append(None)
+                errors.append(str(e))
+                regions.append(None)
+            else:
+                arrays.append(image)
+                errors.append(None)
+                regions.append(region)
+    return arrays, errors, regions
+
+
+def decode_refs(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Decoded:
+    """Decode a batch of inputs; a failure is a reason string in place of the image (see `decode_each`)."""
+    arrays, errors, _ = decode_each(refs, read)
+    return list(zip(arrays, errors, strict=True))
 
 
 def decode_chunk(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Chunk:
-    """`decode_refs` packed for the trip back from a worker process: one array, not one pickle per image."""
-    decoded = decode_refs(refs, read)
-    good = [a for a, _ in decoded if a is not None]
+    """`decode_each` packed for the trip back from a worker process: two arrays, not one pickle per image."""
+    arrays, errors, regions = decode_each(refs, read)
+    good = [a for a in arrays if a is not None]
     images = np.stack(good) if good else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-    return images, [e for _, e in decoded]
+    seen = np.array([r for r in regions if r is not None], dtype=np.int32).reshape(-1, REGION_FIELDS)
+    return images, errors, seen
 
 
 def _joined(chunks: list[Chunk]) -> Chunk:
     if len(chunks) == 1:
         return chunks[0]
-    return np.concatenate([c[0] for c in chunks]), [e for c in chunks for e in c[1]]
+    return (np.concatenate([c[0] for c in chunks]), [e for c in chunks for e in c[1]],
+            np.concatenate([c[2] for c in chunks]))
 
 
 def _batched(refs: Iterable[InputRef], size: int) -> Iterator[list[InputRef]]:
@@ -284,7 +304,7 @@ def predict_batches(
         while pending:
             batch, jobs = pending.popleft()
             with clock("decode" if not jobs else "wait for the first batch" if first else "wait for decoding"):
-                images, errors = _joined([j.result() for j in jobs]) if jobs else decode_chunk(batch)
+                images, errors, regions = _joined([j.result() for j in jobs]) if jobs else decode_chunk(batch)
             first = False
             submit()
             if pool is not None and not pending:  # nothing left to decode: let the workers exit meanwhile
@@ -292,7 +312,7 @@ def predict_batches(
             with clock("model"):
                 logits = detector.predict_logits(images) if len(images) else np.zeros(0)
             with clock("verdicts"):
-                result = detector.verdicts([r.name for r in batch], logits, errors, threshold)
+                result = detector.verdicts([r.name for r in batch], logits, errors, threshold, regions)
             yield result
             bar.update(len(batch))
     finally:
@@ -333,8 +353,8 @@ def explain_paths(
         raise RealfakeError(f"--explain {out} is a file; give a folder")
     taken: set[str] = set()
     for batch in _batched(expand_inputs(paths), batch_size):
-        arrays, errors = zip(*decode_refs(batch), strict=True)
-        for ex in detector.explanations([r.name for r in batch], arrays, errors, threshold):
+        arrays, errors, regions = decode_each(batch)
+        for ex in detector.explanations([r.name for r in batch], arrays, errors, threshold, regions):
             yield ex.prediction, (save_overlay(ex, out, taken) if ex.ok else None)
 
 
@@ -390,7 +410,7 @@ class RowFormatter:
             row["heatmap"] = str(heatmap)
         if self.fmt == "jsonl":
             return json.dumps(row) + "\n"
-        return self._csv([[row.get(k, "") for k in self.fields]])
+        return self._csv([[_csv_cell(row.get(k, "")) for k in self.fields]])
 
     def _csv(self, rows: list[list[object]]) -> str:
         buf = io.StringIO()
@@ -415,7 +435,16 @@ class RowFormatter:
     @staticmethod
     def _csv_batch(b: PredictionBatch) -> list[list[object]]:
         c = b.columns()
+        c["crop"] = [_csv_cell(box) for box in c["crop"]]
         return [list(row) for row in zip(*(c[k] for k in ROW_FIELDS), strict=True)]
+
+
+def _csv_cell(v: object) -> object:
+    """A CSV cell: the crop box as one "left,top,right,bottom" string (a spreadsheet splits it on commas at will),
+    None as empty, anything else as csv writes it."""
+    if isinstance(v, list):
+        return ",".join(map(str, v))
+    return v
 
 
 def _json_value(v: object) -> str:
@@ -423,7 +452,11 @@ def _json_value(v: object) -> str:
         return "null"
     if isinstance(v, str):
         return _json_str(v)
-    return _json_num(v)  # type: ignore[arg-type]
+    if isinstance(v, float):
+        return _json_num(v)
+    if isinstance(v, list):  # the crop box, as json.dumps writes a list of ints
+        return "[" + ", ".join(map(str, v)) + "]"
+    return str(v)  # an int (width, height)
 
 
 _DONE = object()
@@ -550,11 +583,17 @@ def _pyarrow() -> Any:
 
 
 def parquet_schema() -> Any:
-    """The Parquet rows: the CSV's columns (CSV_FIELDS), typed; p_fake, label and ood null where `error` says
-    why the input was not read, ood null throughout for a run without an OOD score."""
+    """The Parquet rows: the CSV's columns (CSV_FIELDS), typed; p_fake, label, ood, width, height and crop null
+    where `error` says why the input was not read, ood null throughout for a run without an OOD score.
+
+    `crop` is one list<int32> column ([left, top, right, bottom]) rather than four int columns, so that every
+    format has the same columns under the same names (JSON a list, CSV one "l,t,r,b" cell) and a box stays one
+    value; `crop[0]` or pyarrow.compute.list_element take a side apart where needed.
+    """
     pa = _pyarrow()
     types = {"path": pa.string(), "p_fake": pa.float64(), "logit": pa.float64(), "label": pa.string(),
-             "reason": pa.string(), "threshold": pa.float64(), "ood": pa.float64(), "error": pa.string()}
+             "reason": pa.string(), "threshold": pa.float64(), "ood": pa.float64(), "width": pa.int32(),
+             "height": pa.int32(), "crop": pa.list_(pa.int32()), "note": pa.string(), "error": pa.string()}
     return pa.schema([(k, types[k]) for k in CSV_FIELDS])
 
 

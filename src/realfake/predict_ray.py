@@ -39,7 +39,7 @@ from realfake.data.images import BadImage, read_capped
 from realfake.data.inputs import InputReader, InputRef, _is_image_name, expand_inputs
 from realfake.detector import Detector, PredictionBatch
 from realfake.errors import RealfakeError
-from realfake.predict import decode_chunk, quiet_waiting_threads
+from realfake.predict import REGION_FIELDS, decode_chunk, quiet_waiting_threads
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 MISSING_RAY = "Ray is not installed: pip install 'realfake[ray]'"
@@ -159,11 +159,11 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
     """A Ray task: read and decode one batch, as local predict's workers do (`decode_chunk`)."""
     reader = _Reader()
     try:
-        images, errors = decode_chunk(_refs_of(row), reader.read)
+        images, errors, regions = decode_chunk(_refs_of(row), reader.read)
     finally:
         reader.close()
     return {"batch": row["batch"], "names": list(row["names"]), "errors": [e or "" for e in errors],
-            "images": images.tobytes()}
+            "images": images.tobytes(), "regions": regions.astype(np.int32).tobytes()}
 
 
 class LogitsActor:
@@ -177,7 +177,7 @@ class LogitsActor:
         images = np.frombuffer(row["images"], dtype=np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 3).copy()
         logits = self.detector.predict_logits(images) if len(images) else np.zeros(0)
         return {"batch": row["batch"], "names": list(row["names"]), "errors": list(row["errors"]),
-                "logits": np.asarray(logits, dtype=np.float64).tobytes()}
+                "logits": np.asarray(logits, dtype=np.float64).tobytes(), "regions": row["regions"]}
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -293,7 +293,8 @@ def _run(ray: Any, detector: Detector, refs: list[Ref], plan: Plan, model: str, 
                 raise RealfakeError(f"Ray returned batch {row['batch']} where batch {k} was due")
             errors = [e or None for e in row["errors"]]
             logits = np.frombuffer(row["logits"], dtype=np.float64)
-            yield detector.verdicts(list(row["names"]), logits, errors, threshold)
+            regions = np.frombuffer(row["regions"], dtype=np.int32).reshape(-1, REGION_FIELDS)
+            yield detector.verdicts(list(row["names"]), logits, errors, threshold, regions)
     except ray.exceptions.RayError as e:
         raise RealfakeError(f"the Ray job failed: {_first_line(e)}") from None
     finally:

@@ -26,13 +26,13 @@ HEAVY_AT_TEST_SCALE = 10_000
 def decoded_on(monkeypatch: pytest.MonkeyPatch) -> dict[bytes, str]:
     """The name of the thread each upload's pixels were decoded on, with heavy uploads made test-sized."""
     threads: dict[bytes, str] = {}
-    decode = images_module.decode_bytes
+    decode = images_module.decode_bytes_region
 
     def recording(data: bytes, *args, **kwargs):
         threads[data] = threading.current_thread().name
         return decode(data, *args, **kwargs)
 
-    monkeypatch.setattr(images_module, "decode_bytes", recording)
+    monkeypatch.setattr(images_module, "decode_bytes_region", recording)
     monkeypatch.setattr(app_module, "HEAVY_DECODE_BYTES", HEAVY_AT_TEST_SCALE)
     return threads
 

@@ -38,7 +38,7 @@ def held() -> Iterator[tuple[threading.Event, threading.Event]]:
 def heavy_decodes_held(monkeypatch: pytest.MonkeyPatch, held: tuple[threading.Event, threading.Event]) -> None:
     """Test-sized heavy uploads whose decode, on the heavy thread only, holds until the test releases it."""
     started, release = held
-    decode = images_module.decode_bytes
+    decode = images_module.decode_bytes_region
 
     def holding(data: bytes, *args, **kwargs):
         if threading.current_thread().name.startswith("realfake-heavy-decode"):
@@ -46,7 +46,7 @@ def heavy_decodes_held(monkeypatch: pytest.MonkeyPatch, held: tuple[threading.Ev
             release.wait(WAIT_S)
         return decode(data, *args, **kwargs)
 
-    monkeypatch.setattr(images_module, "decode_bytes", holding)
+    monkeypatch.setattr(images_module, "decode_bytes_region", holding)
     monkeypatch.setattr(app_module, "HEAVY_DECODE_BYTES", HEAVY_AT_TEST_SCALE)
 
 

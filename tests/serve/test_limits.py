@@ -60,7 +60,7 @@ def test_a_slow_decode_does_not_hold_up_other_requests(detector: Detector, monke
     """Decoding ran inside the model lock: one upload being decoded held every other request behind it."""
     heavy, light = image_bytes((40, 40), "PNG", 21), image_bytes((32, 32), "PNG", 22)
     decoding, release = threading.Event(), threading.Event()
-    decode = images_module.decode_bytes
+    decode = images_module.decode_bytes_region
 
     def slow_decode(data: bytes, *args, **kwargs):  # stands in for a large PNG near the pixel limit
         if data == heavy:
@@ -68,7 +68,7 @@ def test_a_slow_decode_does_not_hold_up_other_requests(detector: Detector, monke
             release.wait(8)
         return decode(data, *args, **kwargs)
 
-    monkeypatch.setattr(images_module, "decode_bytes", slow_decode)
+    monkeypatch.setattr(images_module, "decode_bytes_region", slow_decode)
     with serving(create_app(detector)) as (host, port):
         url = f"http://{host}:{port}/v1/predict"
         slow = threading.Thread(target=lambda: httpx.post(url, files=upload(("heavy.png", heavy)), timeout=30))
@@ -90,8 +90,9 @@ def test_the_decode_budget_is_per_request_and_read_from_headers(
     big, small = image_bytes((80, 60), "JPEG", 23), image_bytes((32, 32), "PNG", 24)  # 14,400 and 3,072 bytes
     expected = detector.predict(small).p_fake
     decoded: list[bytes] = []
-    decode = images_module.decode_bytes
-    monkeypatch.setattr(images_module, "decode_bytes", lambda data, *a, **k: decoded.append(data) or decode(data))
+    decode = images_module.decode_bytes_region
+    monkeypatch.setattr(images_module, "decode_bytes_region",
+                        lambda data, *a, **k: decoded.append(data) or decode(data))
     client = TestClient(create_app(detector, max_decode_bytes=10_000))
     r = client.post("/v1/predict", files=upload(("big.jpg", big), ("small.png", small)))
     assert r.status_code == 200, r.text

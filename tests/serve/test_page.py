@@ -207,3 +207,79 @@ def test_api_docs_render_without_internet(browser: Any, server: str, path: str, 
         assert_only_local(pg, server)
     finally:
         pg.close()
+
+
+def test_the_judged_square_is_shown_beside_the_upload(page: Any, server: str, tmp_path: Path) -> None:
+    """A 400x300 upload is shown whole, with the square the model judged drawn on it, beside those 32x32 pixels
+    enlarged (pixelated, not smoothed), and the note that shrinking them 9.4x lost the fine detail."""
+    img = write_image(tmp_path / "wide.png", (400, 300), 5)
+    expected = api_predict(server, img)
+    page.set_input_files("#file-input", str(img))
+    judged = page.wait_for_selector(".result img.judged")
+    page.wait_for_function("document.querySelector('.result img.judged').complete")
+    assert judged.get_attribute("src") == "data:image/png;base64," + expected["judged_png"]
+    assert judged.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [32, 32]
+    assert judged.evaluate("e => getComputedStyle(e).imageRendering") == "pixelated"
+    assert judged.bounding_box()["width"] >= 3 * 32  # enlarged
+    assert page.inner_text(".result .note") == f"Judged at 32\u00d732: {expected['note']}."
+    assert "centre 300x300 of 400x300" in expected["note"]
+    captions = page.eval_on_selector_all(".result figcaption", "els => els.map(e => e.textContent)")
+    assert captions[:2] == ["upload 400\u00d7300", "judged 32\u00d732"]
+    # the box on the whole upload (object-fit: contain) is the crop, [50, 0, 350, 300] of 400x300
+    frame = page.eval_on_selector(".result .frame", "e => { const r = e.getBoundingClientRect(); "
+                                  "return [r.left + e.clientLeft, r.top + e.clientTop, e.clientWidth]; }")
+    box = page.query_selector(".result .crop-box").bounding_box()
+    scale = frame[2] / 400
+    shown_top = (frame[2] - 300 * scale) / 2  # the picture is letterboxed: it is wider than tall
+    assert box["x"] - frame[0] == pytest.approx(50 * scale, abs=1)
+    assert box["y"] - frame[1] == pytest.approx(shown_top, abs=1)
+    assert box["width"] == pytest.approx(300 * scale, abs=1) and box["height"] == pytest.approx(300 * scale, abs=1)
+    text = page.inner_text(".result .p-fake-text")
+    assert "threshold" in text or "training data" in text or "uncertain band" in text  # never a bare p
+    page.screenshot(path=str(tmp_path / "judged.png"), full_page=True)
+    assert_only_local(page, server)
+
+
+def test_label_and_number_never_contradict(browser: Any, server: str, tmp_path: Path) -> None:
+    """Beside UNCERTAIN, p(fake) comes with what it means and why it does not settle the image; beside REAL and
+    FAKE, with the threshold it was held to, written with the digits it takes (a threshold of 0.0012 is not
+    0.001). Answers stubbed, to have every case on demand."""
+    info = httpx.get(server + "/v1/model", timeout=60).json()
+    info.update(threshold=0.0012, ood_level=0.95, uncertain_band=[0.4, 0.6])
+    base = {"threshold": 0.0012, "logit": 0.0, "ood": 0.2, "error": None, "heatmap_png": None, "width": 32,
+            "height": 32, "crop": [0, 0, 32, 32], "note": None, "judged_png": None}
+    answer = [{**base, "filename": "odd.png", "p_fake": 0.998, "label": "uncertain", "reason": "ood", "ood": 0.991},
+              {**base, "filename": "close.png", "p_fake": 0.52, "label": "uncertain", "reason": "band"},
+              {**base, "filename": "fake.png", "p_fake": 0.004, "label": "FAKE", "reason": None},
+              {**base, "filename": "real.png", "p_fake": 0.00119, "label": "REAL", "reason": None}]
+    pg = browser.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.route("**/v1/model", lambda route: route.fulfill(json=info))
+    pg.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    try:
+        pg.goto(server + "/")
+        pg.wait_for_selector("#model-info b")
+        assert "threshold 0.0012" in pg.inner_text("#model-info")
+        files = [str(write_image(tmp_path / r["filename"], (32, 32), i)) for i, r in enumerate(answer)]
+        pg.set_input_files("#file-input", files)
+        pg.wait_for_function("document.querySelectorAll('.result .verdict').length === 4")
+        cards = pg.query_selector_all(".result")
+        texts = [c.query_selector(".p-fake-text").inner_text() for c in cards]
+        assert texts == ["p(fake) 0.998 on images like its training data \u2014 this one is not",
+                         "p(fake) 0.520 is inside the uncertain band 0.40\u20130.60 (threshold 0.0012): too close "
+                         "to call",
+                         "p(fake) 0.004 \u2265 threshold 0.0012",
+                         "p(fake) 0.00119 < threshold 0.00120"]
+        reasons = [c.query_selector(".reason-text") for c in cards]
+        assert reasons[0].inner_text() == "unlike the images it was trained on"
+        assert reasons[1].inner_text() == "inside the run's uncertain band"
+        assert reasons[2] is None and reasons[3] is None
+        assert cards[0].query_selector(".bar") is None  # out of distribution: p is not drawn as a score
+        assert "Out of distribution" in cards[0].query_selector(".why").inner_text()
+        assert "too close to call" in cards[1].query_selector(".why").inner_text()
+        for card in cards:
+            assert card.query_selector(".note") is None  # 32x32 uploads: nothing was shrunk
+            assert card.query_selector(".crop-box") is None  # nor cut: a box round all of it would say nothing
+        pg.screenshot(path=str(tmp_path / "labels.png"), full_page=True)
+    finally:
+        pg.close()

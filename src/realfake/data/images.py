@@ -12,7 +12,8 @@ Files come from strangers, so every step has a bound fixed before any work is do
   sample exceeds MAX_DECODE_BYTES (a 16-bit or float image holds 2-4x the bytes of an 8-bit one with the
   same pixel count, so a pixel limit alone lets a 120 KB PNG through that unpacks to gigabytes of work);
 - converting: high-bit-depth images are reduced to 8 bit in row bands, never as a float64 copy of the whole.
-`read_and_decode` joins reading and decoding and turns every failure into BadImage with a short reason.
+`read_and_decode` joins reading and decoding and turns every failure into BadImage with a short reason;
+`read_and_decode_region` also says which part of the input the array shows (`Region`), for prediction rows.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -58,6 +59,43 @@ PREPROCESS_SETTINGS: dict[str, Any] = {
 
 class BadImage(ValueError):
     """A file that is not a usable image; its message says why in a few words."""
+
+
+# A judged square more than this many times the model's side is reduced so far that a row says so (`Region.note`).
+NOTE_REDUCTION = 4
+
+
+class Region(NamedTuple):
+    """What the model judged of an input: the input's size after EXIF rotation, and the square it was cropped to,
+    in input pixels ([left, top, right, bottom]); a row must say this, since a 4000x3000 photo is judged on its
+    centre 3000x3000 shrunk ~94x, and a verdict on that is not a verdict on the whole."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @classmethod
+    def whole(cls, size: int = IMAGE_SIZE) -> Region:
+        """The region of an input already at the model's size: all of it, unscaled."""
+        return cls(size, size, 0, 0, size, size)
+
+    def note(self, size: int = IMAGE_SIZE) -> str | None:
+        """One sentence when the judged square is more than NOTE_REDUCTION x the model's side, else None."""
+        return reduction_note(self.width, self.height, self.right - self.left, size)
+
+
+def reduction_note(width: int, height: int, side: int, size: int = IMAGE_SIZE) -> str | None:
+    """What a reduction of a `side` x `side` crop of a `width` x `height` input to `size` x `size` loses, in one
+    sentence, where it is more than NOTE_REDUCTION x; None otherwise."""
+    if side <= NOTE_REDUCTION * size:
+        return None
+    where = f"whole {side}x{side}" if (width, height) == (side, side) else f"centre {side}x{side} of {width}x{height}"
+    factor = side / size
+    return (f"reduced {factor:.{0 if factor >= 10 else 1}f}x to {size}x{size} ({where}): generator traces at the "
+            "original resolution are lost")
 
 
 def decoded_bytes(img: Image.Image) -> int:
@@ -163,10 +201,17 @@ def to_model_array(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     to a square (no stretching) and downscaled with Lanczos, which antialiases: plain subsampling would
     alias and invent high-frequency patterns, exactly the cue a fake-detector looks at.
     """
+    return _model_array(img, size)[0]
+
+
+def _model_array(img: Image.Image, size: int) -> tuple[np.ndarray, Region]:
+    """`to_model_array`, and the region it judged (`Region`)."""
     check_decode_budget(img)
     if img.width == 0 or img.height == 0:
         raise BadImage("empty image")
     rgb = _to_rgb_or_l(img)
+    width, height = rgb.size  # upright: after the EXIF rotation
+    left, top, side = 0, 0, width
     if rgb.size != (size, size):
         side = min(rgb.size)
         if rgb.size != (side, side):  # cropping a square to itself would only copy it
@@ -179,26 +224,36 @@ def to_model_array(img: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.shape != (size, size, 3):  # pragma: no cover - defensive; to_rgb always returns RGB
         raise BadImage(f"unexpected decoded shape {arr.shape}")
-    return arr
+    return arr, Region(width, height, left, top, left + side, top + side)
 
 
 def decode_bytes(data: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
     """Encoded file bytes to a model array; every failure becomes BadImage with a short reason."""
+    return decode_bytes_region(data, size)[0]
+
+
+def decode_bytes_region(data: bytes, size: int = IMAGE_SIZE) -> tuple[np.ndarray, Region]:
+    """`decode_bytes`, and the region of the input the array shows: every door that decodes bytes comes here."""
     if not data:
         raise BadImage("empty file (0 bytes)")
     fast = _small_jpeg(data, size)
-    return fast if fast is not None else _decode_with_pillow(data, size)
+    return (fast, Region.whole(size)) if fast is not None else _pillow_region(data, size)
 
 
 def _decode_with_pillow(data: bytes, size: int) -> np.ndarray:
     """Every format, every mode, EXIF orientation, resizing, and the reason a file is bad."""
+    return _pillow_region(data, size)[0]
+
+
+def _pillow_region(data: bytes, size: int) -> tuple[np.ndarray, Region]:
+    """`_decode_with_pillow`, and the region it judged."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 check_decode_budget(img)  # from the header, before a single pixel is decoded
                 img.load()
-                return to_model_array(img, size)
+                return _model_array(img, size)
     except BadImage:
         raise
     except UnidentifiedImageError:
@@ -416,10 +471,15 @@ def image_operators() -> Any | None:
 
 def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:
     """A PIL image, an array (HxW, HxWx3/4, uint8 or float in [0,1]) or encoded bytes to a model array."""
+    return _from_any(x, size)[0]
+
+
+def _from_any(x: Any, size: int) -> tuple[np.ndarray, Region]:
+    """`from_any`, and the region it judged."""
     if isinstance(x, Image.Image):
-        return to_model_array(x, size)
+        return _model_array(x, size)
     if isinstance(x, bytes | bytearray | memoryview):
-        return decode_bytes(bytes(x), size)
+        return decode_bytes_region(bytes(x), size)
     if isinstance(x, np.ndarray):
         a = x
         if a.dtype != np.uint8:
@@ -427,7 +487,7 @@ def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:
                 a = a * 255.0
             a = np.clip(np.nan_to_num(a) + 0.5, 0, 255).astype(np.uint8)
         if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4)):
-            return to_model_array(Image.fromarray(a.squeeze(2) if a.ndim == 3 and a.shape[2] == 1 else a), size)
+            return _model_array(Image.fromarray(a.squeeze(2) if a.ndim == 3 and a.shape[2] == 1 else a), size)
         raise BadImage(f"array of shape {x.shape} is not an image (want HxW, HxWx3 or HxWx4)")
     raise BadImage(f"cannot read an image from {type(x).__name__}")
 
@@ -512,13 +572,19 @@ def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.nd
     short reason; the caller names the input, so the reason does not repeat the path.
     One bad input is reported and skipped, and never stops a run.
     """
+    return read_and_decode_region(x, read)[0]
+
+
+def read_and_decode_region(x: Any, read: Callable[[Any], bytes] | None = None) -> tuple[np.ndarray, Region]:
+    """`read_and_decode`, and the region of the input the array shows (`Region`): what prediction rows report,
+    so a verdict says which part of the input it is about and how far that part was shrunk."""
     try:
         if read is not None:
             data = read(x)
         elif isinstance(x, str | os.PathLike):
             data = read_file(x)
         else:
-            return from_any(x)
+            return _from_any(x, IMAGE_SIZE)
     except BadImage:
         raise
     except KeyError:
@@ -531,4 +597,4 @@ def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.nd
         raise BadImage(f"unreadable file ({e.__class__.__name__}: {e.strerror or e})".replace("\n", " ")) from None
     except ValueError as e:
         raise BadImage(f"unreadable file ({e.__class__.__name__}: {e})".replace("\n", " ")) from None
-    return decode_bytes(data)
+    return decode_bytes_region(data)

@@ -16,6 +16,7 @@ worker thread. With a token, /v1/* needs `Authorization: Bearer TOKEN`; /, /heal
 from __future__ import annotations
 
 import base64
+import io
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -32,11 +33,12 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from realfake.contract import __version__
-from realfake.data.images import BadImage, header_decoded_bytes
+from realfake.data.images import BadImage, Region, header_decoded_bytes
 from realfake.detector import Detector, Prediction
 from realfake.errors import RealfakeError
 from realfake.report.summary import Summary, run_summary, summarize
@@ -82,8 +84,17 @@ class ImageResult(BaseModel):
     ood: float | None = Field(None, description="how atypical the image is of the class it was labelled, 0..1 "
                               "(0.97: more extreme than 97% of validation images of that class); null when the run "
                               "has no OOD score")
+    width: int | None = Field(None, description="the upload's width in pixels, after its EXIF rotation")
+    height: int | None = Field(None, description="the upload's height in pixels, after its EXIF rotation")
+    crop: list[int] | None = Field(None, min_length=4, max_length=4, description="the square of the upload that was "
+                                   "judged, [left, top, right, bottom] in its pixels: the centre square, shrunk to "
+                                   "32x32")
+    note: str | None = Field(None, description="what shrinking that square to 32x32 lost, when it was shrunk more "
+                             "than 4x: fine generator traces do not survive it")
     error: str | None = None
     heatmap_png: str | None = Field(None, description="base64 PNG of where the model looked (explain=true only)")
+    judged_png: str | None = Field(None, description="base64 PNG of the 32x32 pixels the model judged (the crop, "
+                                   "shrunk), exactly as it saw them")
 
 
 class TrainingData(BaseModel):
@@ -219,8 +230,9 @@ class Service:
         run = self.detector.run_dir
         self.summary: Summary = run_summary(run) if run is not None else summarize({}, [])
 
-    def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
-        """Each upload decoded, or None with the reason, within the request's decode budget (in upload order).
+    def decode(self, data: Sequence[bytes]) -> tuple[list[np.ndarray | None], list[str | None], list[Region | None]]:
+        """Each upload decoded with its region, or None with the reason, within the request's decode budget (in
+        upload order).
 
         The budget is checked from each header before its pixels are read, so an image that would pass it is
         never decoded; the ones that fit are still judged. An upload that fits but decodes to more than
@@ -242,18 +254,20 @@ class Service:
 
         decoded: list[np.ndarray | None] = []
         errors: list[str | None] = []
+        regions: list[Region | None] = []
         for upload in data:
             item = (upload, header_decoded_bytes(upload))  # the header is read once: for the route and the budget
             if HEAVY_DECODE_BYTES < item[1] <= left:  # one over the budget is refused here, without queueing
                 try:
-                    _, d, e = self.heavy.run(self.detector.decode, [item], within_budget)
+                    _, d, e, r = self.heavy.run(self.detector.decode, [item], within_budget)
                 except HeavyQueueFull as full:
-                    d, e = [None], [f"{BUSY}{full}"]
+                    d, e, r = [None], [f"{BUSY}{full}"], [None]
             else:
-                _, d, e = self.detector.decode([item], within_budget)
+                _, d, e, r = self.detector.decode([item], within_budget)
             decoded += d
             errors += e
-        return decoded, errors
+            regions += r
+        return decoded, errors, regions
 
     def predict(self, uploads: list[tuple[str, bytes]], explain: bool) -> list[ImageResult]:
         """Blocking: decode every upload, then judge the readable ones; unreadable ones become per-item errors.
@@ -262,33 +276,35 @@ class Service:
         prediction and its Grad-CAM overlay; explanations bypass the batcher (Grad-CAM hooks the model).
         """
         names = [name for name, _ in uploads]
-        decoded, errors = self.decode([d for _, d in uploads])
+        decoded, errors, regions = self.decode([d for _, d in uploads])
         heatmaps: list[str | None] = [None] * len(uploads)
         if all(d is None for d in decoded):
             # Nothing to judge, so no model call: such a request (a flood of refused heavy uploads) waits
             # neither for the batcher nor for the model lock.
-            preds = self.detector.predictions(names, decoded, errors)
+            preds = self.detector.predictions(names, decoded, errors, regions=regions)
         elif explain:
             with self._model_lock:
-                explained = self.detector.explanations(names, decoded, errors)
+                explained = self.detector.explanations(names, decoded, errors, regions=regions)
             preds = [e.prediction for e in explained]
             heatmaps = [
                 base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None for e in explained
             ]
         else:
-            items = list(zip(names, decoded, errors, strict=True))
+            items = list(zip(names, decoded, errors, regions, strict=True))
             preds = self.batcher.submit(items) if self.batcher is not None else self._judge(items)
         return [
             ImageResult(filename=name, p_fake=p.p_fake, logit=p.logit, label=p.label, reason=p.reason,
-                        threshold=p.threshold, ood=p.ood, error=p.error, heatmap_png=h)
-            for name, p, h in zip(names, preds, heatmaps, strict=True)
+                        threshold=p.threshold, ood=p.ood, width=p.width, height=p.height, crop=p.crop, note=p.note,
+                        error=p.error, heatmap_png=h, judged_png=judged_png(image))
+            for name, p, h, image in zip(names, preds, heatmaps, decoded, strict=True)
         ]
 
-    def _judge(self, items: list[tuple[str, np.ndarray | None, str | None]]) -> list[Prediction]:
-        """One model call for decoded items (name, image or None, error); the batcher hands it many requests'."""
-        names, decoded, errors = zip(*items, strict=True) if items else ((), (), ())
+    def _judge(self, items: list[tuple[str, np.ndarray | None, str | None, Region | None]]) -> list[Prediction]:
+        """One model call for decoded items (name, image or None, error, region); the batcher hands it many
+        requests'."""
+        names, decoded, errors, regions = zip(*items, strict=True) if items else ((), (), (), ())
         with self._model_lock:
-            return self.detector.predictions(names, decoded, errors)
+            return self.detector.predictions(names, decoded, errors, regions=regions)
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -332,6 +348,16 @@ class Service:
             explain=det.can_explain,
             limits=self.limits,
         )
+
+
+def judged_png(image: np.ndarray | None) -> str | None:
+    """The 32x32 pixels the model judged, as a base64 PNG (lossless, ~1-3 KB), so that the page can show what was
+    judged beside the upload, which may be far larger and of another shape; None for an unreadable upload."""
+    if image is None:
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def unreadable_status(results: list[ImageResult]) -> int:

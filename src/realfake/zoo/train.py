@@ -10,6 +10,7 @@ reproducible: the same seed, data and device type give the same weights, byte fo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import time
@@ -65,14 +66,21 @@ def train_generator(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """Train `family` on `images` (uint8 NHWC, REAL only) and write OUT/generator.safetensors; returns that path.
 
-    The host's global random state is left as it was (the run draws from its own seeded generators).
+    `settings` overrides some of the family's own (say, fewer diffusion steps for a tiny test zoo); they are saved
+    in the header, so sampling uses them too. The host's global random state is left as it was (the run draws
+    from its own seeded generators).
     """
     from realfake.device import select_device
 
     fam = get_family(family)
+    unknown = sorted(set(settings or {}) - set(fam.settings))
+    if unknown:
+        raise RealfakeError(f"family {fam.name} has no setting {', '.join(unknown)}; it has {', '.join(fam.settings)}")
+    fam = dataclasses.replace(fam, settings={**fam.settings, **(settings or {})})
     images = check_images(images)
     if len(images) == 0:
         raise RealfakeError("no images to train on")

@@ -415,6 +415,47 @@ def download() -> None:
     typer.echo(f"next: realfake train --data {path} --protocol official", err=True)
 
 
+zoo_app = typer.Typer(no_args_is_help=True, help="Small image generators trained on REAL images only, sampled per "
+                      "family into FAKE/<family>/: fakes from generators a detector never saw.")
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("train")
+@friendly
+def zoo_train(
+    real: str = typer.Option(..., help="data in any layout `train --data` reads; only its REAL images are read "
+                             "(with CIFAKE's layout, train/REAL)"),
+    family: str = typer.Option(..., help="gan-transposed | gan-nearest | gan-bilinear | gan-subpixel | vae | ddpm"),
+    out: Path = typer.Option(..., help="folder for generator.safetensors and train-log.json"),
+    seed: int = typer.Option(0, help="seed of initialisation, batches and noise"),
+    steps: int = typer.Option(2000, min=1, help="optimiser steps"),
+    batch_size: int = typer.Option(64, min=1, help="images per step"),
+    limit: int | None = typer.Option(None, min=1, help="train on a seeded random subset of this many REAL images"),
+    device: str = typer.Option("cpu", help="cpu | auto | cuda | cuda:N | mps (byte-identical reruns on the CPU)"),
+) -> None:
+    """Train one generator family on REAL images; prints the weights file."""
+    from realfake.zoo.train import train_from_data
+
+    typer.echo(str(train_from_data(real, family, out, seed=seed, steps=steps, batch_size=batch_size, limit=limit,
+                                   device=device, progress=True)))
+
+
+@zoo_app.command("sample")
+@friendly
+def zoo_sample(
+    weights: Path = typer.Argument(..., help="a `zoo train` folder (or its generator.safetensors)"),
+    n: int = typer.Option(..., min=1, help="how many images"),
+    out: Path = typer.Option(..., help="a folder or a .zip; images go to FAKE/<family>/NNNNNN.jpg (JPEG q75), "
+                             "other families already sampled there are kept"),
+    seed: int = typer.Option(0, help="seed of the noise"),
+    device: str = typer.Option("cpu", help="cpu | auto | cuda | cuda:N | mps"),
+) -> None:
+    """Draw fakes from a trained zoo generator; prints OUT."""
+    from realfake.zoo.sample import write_samples
+
+    typer.echo(str(write_samples(weights, n, out, seed=seed, device=device)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -190,6 +190,8 @@ def run_method(name: str, args: argparse.Namespace, heldout_dir: Path, work: Pat
             "accuracy": home.get("accuracy"),
             "roc_auc": home.get("roc_auc"),
             "ece": home.get("ece"),
+            "ece_equal_mass": home.get("ece_equal_mass"),
+            "labels": home.get("labels"),  # per true class, the labels users get (FAKE / uncertain / REAL)
             "real_uncertain": share(home_real.get("fraction_uncertain")),
             "real_flagged_ood": share(home_real.get("fraction_flagged")),
             "arrays_match_run_metrics": home_arrays["accuracy"] == home.get("accuracy"),
@@ -202,6 +204,8 @@ def run_method(name: str, args: argparse.Namespace, heldout_dir: Path, work: Pat
             "real_kept": recall["REAL"],
             "roc_auc": m.get("roc_auc"),
             "ece": m.get("ece"),
+            "ece_equal_mass": m.get("ece_equal_mass"),
+            "labels": m.get("labels"),
             "fakes_flagged_ood": share(ood.get("fraction_flagged_fake")),
             "real_flagged_ood": share(ood.get("fraction_flagged_real")),
             "fakes_uncertain": share(fakes.get("fraction_uncertain")),

@@ -317,3 +317,27 @@ def test_report_and_card_show_label_shares_side_by_side_and_the_reliability_coun
 
     Tags().feed(page)
     assert opened == []
+
+
+def test_every_evaluated_data_set_gets_its_reliability_diagram(trained_run, tmp_path):
+    """p_fake is meant as a probability wherever it is measured: each evaluation on other data gets the diagram
+    the test split gets, with its counts, and it leaves with the evaluation."""
+    import shutil
+
+    from realfake import report
+    from realfake.report.plots import draw_all, evaluation_plot
+    from realfake.rundir import RunDir
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ev = run / RunDir.EVALUATIONS / "other-set"
+    ev.mkdir(parents=True)
+    for name in (RunDir.METRICS, RunDir.PREDICTIONS):
+        shutil.copy(run / name, ev / name)
+    drawn = draw_all(run)
+    assert drawn[evaluation_plot("other-set")] == run / RunDir.PLOTS / "reliability_diagram-other-set.png"
+    html = (report.build(run)).read_text()
+    assert "Reliability diagram on other-set" in html
+    shutil.rmtree(ev)
+    assert evaluation_plot("other-set") not in draw_all(run)
+    assert not (run / RunDir.PLOTS / "reliability_diagram-other-set.png").exists()

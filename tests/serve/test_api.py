@@ -254,8 +254,9 @@ def test_explain(client: TestClient, detector: Detector, images: dict) -> None:
     assert result["p_fake"] == detector.predict(images["b.jpg"]).p_fake
     png = base64.b64decode(result["heatmap_png"])
     assert png.startswith(b"\x89PNG")
-    with Image.open(io.BytesIO(png)) as img:
-        assert img.width == img.height >= 32
+    with Image.open(io.BytesIO(png)) as img:  # the overlay, and under it a strip with the verdict and the scale
+        assert min(img.size) >= 32
+        assert img.text["realfake:label"] == result["label"] and float(img.text["realfake:heatmap_scale"]) > 0
 
 
 def test_explain_in_the_form_still_works_but_is_not_in_the_schema(client: TestClient, images: dict) -> None:

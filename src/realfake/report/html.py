@@ -17,7 +17,7 @@ from typing import Any
 from realfake.contract import CLASS_NAMES
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
-from realfake.report.plots import draw_all
+from realfake.report.plots import EVALUATION_PLOT, draw_all
 from realfake.report.summary import (
     ADAPTED_ON,
     DEMO_NOTE,
@@ -387,7 +387,11 @@ def _figures_section(plots: dict[str, Path]) -> str:
     out = []
     for name, path in plots.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        caption = _CAPTIONS.get(name, name.replace("_", " "))
+        caption = _CAPTIONS.get(name) or (
+            f"Reliability diagram on {name.removeprefix(EVALUATION_PLOT)}, an evaluation on other data: the same "
+            "bins as on the test split. On a generator the run never saw, p(FAKE) is not calibrated, and its "
+            "images are mostly labelled uncertain (see Labels users get)." if name.startswith(EVALUATION_PLOT)
+            else name.replace("_", " "))
         out.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="{escape(name)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>"

@@ -217,7 +217,7 @@ def prediction_grid(images: Any, labels: Any, p_fake: Any, threshold: float, out
     return _save(fig, out)
 
 
-def reliability_diagram(labels: Any, logits: Any, cal: Calibration, out: Path) -> Path | None:
+def reliability_diagram(labels: Any, logits: Any, cal: Calibration, out: Path, data: str = "test") -> Path | None:
     """Fraction truly FAKE against mean p_fake per bin, before and after calibration (`cal.p_fake`), in equal-width
     bins and, calibrated, in equal-mass bins; under it the number of images in each equal-width bin, since a point
     resting on three images says little and ECE weighs it by that count."""
@@ -242,7 +242,7 @@ def reliability_diagram(labels: Any, logits: Any, cal: Calibration, out: Path) -
             label=f"calibrated, {len(mass['count'])} equal-mass bins (~{per_bin:,} images each), "
                   f"ECE {ece_equal_mass(y, p_cal):.3f}")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), ylabel="fraction FAKE in bin",
-           title=f"Reliability diagram (test, n = {len(y):,})")
+           title=f"Reliability diagram ({data}, n = {len(y):,})")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
 
@@ -344,6 +344,12 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
                 labels, logits, Calibration.from_info(run.info(), threshold),
                 plots_dir / PLOT_FILES["reliability_diagram"],
             )
+    for ev in run.evaluations():  # p_fake is meant as a probability wherever it is measured: show how far it is one
+        if ev.has(RunDir.PREDICTIONS) and (z := read_logits(ev / RunDir.PREDICTIONS)) is not None:
+            name = evaluation_plot(ev.path.name)
+            written[name] = reliability_diagram(read_predictions(ev / RunDir.PREDICTIONS)[0], z,
+                                                Calibration.from_info(run.info(), threshold),
+                                                plots_dir / f"{name}.png", data=ev.path.name)
     if run.has(RunDir.ROBUSTNESS):
         written["robustness"] = robustness_plot(run.read_json(RunDir.ROBUSTNESS), plots_dir / PLOT_FILES["robustness"])
     if run.has(RunDir.SAMPLES):
@@ -358,4 +364,15 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
     for name, file in PLOT_FILES.items():  # a figure from an earlier draw whose inputs are gone would mislead
         if name not in done:
             (plots_dir / file).unlink(missing_ok=True)
+    for old in plots_dir.glob(f"{EVALUATION_PLOT}*.png"):
+        if old.stem not in done:
+            old.unlink(missing_ok=True)
     return done
+
+
+EVALUATION_PLOT = "reliability_diagram-"
+
+
+def evaluation_plot(evaluation: str) -> str:
+    """The figure name (and file stem) of an evaluation's reliability diagram."""
+    return EVALUATION_PLOT + evaluation

@@ -60,7 +60,7 @@ NO_FILES = "no files: send one or more images in the multipart field 'files'"
 # How an upload refused by the full heavy-decode queue is marked in its `error`: a request whose uploads all
 # failed with at least one of these is answered 503 (try again later), not 415/422 (do not try again).
 BUSY = "server busy: "
-HEATMAP_SIZE = 128  # pixels per side of the returned overlay: the 32x32 model view, enlarged
+HEATMAP_SIZE = 128  # pixels per side of the returned overlay (the 32x32 model view, enlarged), above its strip
 # One image at the pixel limit, as 8-bit RGB (64 MP x 3 bytes), fits; two such images in one request do not.
 DEFAULT_DECODE_BYTES = 200_000_000
 
@@ -286,8 +286,13 @@ class Service:
             with self._model_lock:
                 explained = self.detector.explanations(names, decoded, errors, regions=regions)
             preds = [e.prediction for e in explained]
+            # the overlay with its strip (verdict, p_fake, the run's Grad-CAM scale): a heatmap saved from the page
+            # or the API still says what it shows
+            from realfake.explain import annotated_png
+
             heatmaps = [
-                base64.b64encode(e.overlay_png(size=HEATMAP_SIZE)).decode("ascii") if e.ok else None for e in explained
+                base64.b64encode(annotated_png(e, size=HEATMAP_SIZE)).decode("ascii") if e.ok else None
+                for e in explained
             ]
         else:
             items = list(zip(names, decoded, errors, regions, strict=True))

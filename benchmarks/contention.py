@@ -35,7 +35,7 @@ threads = int(sys.argv[1]); steps = int(sys.argv[2])
 if threads > 0:
     torch.set_num_threads(threads)
 from realfake.models import build
-from realfake.data.batches import to_float
+from realfake.data.tensors import to_float
 model = build("fast", "none").model.train().to(memory_format=torch.channels_last)
 opt = torch.optim.Adam(model.parameters(), 2e-3)
 x8 = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)

@@ -5,7 +5,8 @@ from safetensors.torch import load_file
 
 from realfake import training as run
 from realfake.config import RunConfig
-from realfake.data.batches import random_flips, to_device_uint8, train_batches
+from realfake.data.batches import random_flips, train_batches
+from realfake.data.tensors import to_device_uint8
 from realfake.errors import RealfakeError
 from realfake.fit import EarlyStopping
 

@@ -30,6 +30,7 @@ LAYERS = [
     "realfake.data.inputs",
     "realfake.data.sources",
     "realfake.data.splits",
+    "realfake.data.tensors",
     "realfake.data.placement",
     "realfake.data.batches",
     "realfake.data.cache",
@@ -74,7 +75,8 @@ LAYERS = [
     "realfake.__main__",
     "realfake",
 ]
-TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt", "realfake.distributed"}
+TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt", "realfake.distributed",
+            "realfake.data.batches", "realfake.data.placement"}  # batches and placement: training's data path
 PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.quantize", "realfake.export",
               "realfake.predict", "realfake.predict_ray",
               "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]

@@ -50,9 +50,9 @@ import torch
 import realfake.fit as fitmod
 from realfake.calibration import calibrate
 from realfake.config import RunConfig
-from realfake.data.batches import eval_batches, to_device_uint8
 from realfake.data.cache import Dataset, load_dataset
 from realfake.data.splits import make_split
+from realfake.data.tensors import eval_batches, to_device_uint8
 from realfake.models import apply_recipe, build
 
 DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))

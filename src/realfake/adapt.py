@@ -41,8 +41,9 @@ from realfake.atomic import WriteError, atomic_dir, check_writable
 from realfake.calibration import Calibration, calibrate, parse_policy
 from realfake.config import MAX_LR, RunConfig
 from realfake.contract import CLASS_NAMES, __version__
-from realfake.data.batches import random_flips, to_device_uint8, to_float
+from realfake.data.batches import random_flips
 from realfake.data.cache import load_dataset
+from realfake.data.tensors import to_device_uint8, to_float
 from realfake.device import select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, log_to_stderr, metrics_line, rescore_predictions

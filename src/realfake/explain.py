@@ -33,7 +33,7 @@ from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from realfake.contract import IMAGE_SIZE
-from realfake.data.batches import to_float
+from realfake.data.tensors import to_float
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 

@@ -29,7 +29,7 @@ from torch import nn
 from realfake.atomic import atomic_write_bytes, check_writable
 from realfake.calibration import QUANTILE_MIN_WIDTH, Calibration
 from realfake.contract import IMAGE_SIZE, check_tta
-from realfake.data.batches import to_float
+from realfake.data.tensors import to_float
 from realfake.detector import Detector
 from realfake.errors import RealfakeError
 from realfake.infer import tta_logits

@@ -27,8 +27,9 @@ from tqdm import tqdm
 from realfake.atomic import WriteError, atomic_write_bytes, existing_dir
 from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
-from realfake.data.batches import ArtefactSimulation, RobustAugment, to_device_uint8, train_batches
+from realfake.data.batches import ArtefactSimulation, RobustAugment, train_batches
 from realfake.data.placement import choose, place
+from realfake.data.tensors import to_device_uint8
 from realfake.device import ThreadGovernor, amp_dtype, autocast, keep_freed_memory
 from realfake.distributed import (
     SINGLE,

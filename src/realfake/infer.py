@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from realfake.contract import check_tta
-from realfake.data.batches import eval_batches, to_device_uint8
+from realfake.data.tensors import eval_batches, to_device_uint8
 from realfake.device import Precision, autocast, keep_freed_memory, resolve_precision
 from realfake.models.fused import for_prediction
 

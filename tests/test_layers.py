@@ -34,6 +34,7 @@ LAYERS = [
     "realfake.data.placement",
     "realfake.data.batches",
     "realfake.data.cache",
+    "realfake.data.extra",
     "realfake.zoo.families",
     "realfake.zoo.weights",
     "realfake.zoo.train",

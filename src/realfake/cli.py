@@ -95,6 +95,14 @@ def train(
         None, "--sync-batchnorm/--no-sync-batchnorm",
         help="under torchrun, BatchNorm statistics over the whole global batch (GPUs only)",
     ),
+    extra_fakes: str | None = typer.Option(
+        None, help="folder or zip of FAKE images only (e.g. `realfake zoo sample` output) mixed into the training "
+        "split; validation and the home test split stay --data's own"
+    ),
+    extra_fakes_share: float | None = typer.Option(
+        None, help="share of the training FAKE images taken by --extra-fakes (as many of the data's own training "
+        "fakes left out, so the classes stay balanced) [default: 0.5]"
+    ),
 ) -> None:
     """Train a detector; writes a run directory with weights, metrics, plots and report.html.
 
@@ -114,7 +122,7 @@ def train(
                 limit=limit,
                 out=str(out) if out else None, threshold_policy=threshold_policy, uncertain=uncertain,
                 ood_level=ood_level, augment=augment, tta=tta, data_placement=data_placement,
-                sync_batchnorm=sync_batchnorm,
+                sync_batchnorm=sync_batchnorm, extra_fakes=extra_fakes, extra_fakes_share=extra_fakes_share,
             )
             run_dir = train_run(cfg)
     except KeyboardInterrupt:

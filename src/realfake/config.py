@@ -67,6 +67,15 @@ class RunConfig(BaseModel):
     aug_blur_p: float = Field(0.1, ge=0, le=1, description="robust: share of images blurred")
     aug_blur_sigma: tuple[float, float] = Field((0.1, 1.5), description="robust: blur sigma range, pixels")
     aug_sim_share: float = Field(0.25, ge=0, le=1, description="simulate: share of FAKE slots made by simulation")
+    extra_fakes: str | None = Field(
+        None, description="folder or zip of FAKE images only (e.g. `realfake zoo sample`), mixed into the training "
+        "split alone; validation and test stay the data's own (checked when training starts, not when a run's "
+        "config.yaml is read back)",
+    )
+    extra_fakes_share: float = Field(
+        0.5, gt=0, le=1, description="with extra_fakes: share of the training split's FAKE images taken by extra "
+        "fakes (as many of the data's own training fakes are left out, so the classes stay balanced)",
+    )
     tta: Literal[TTA_MODES] = Field(  # type: ignore[valid-type]  # the modes named once, in contract.py
         "none", description="flip = average the logits of image and mirror"
     )

@@ -21,6 +21,7 @@ from realfake.atomic import WriteError, atomic_dir
 from realfake.calibration import Calibration
 from realfake.config import RunConfig
 from realfake.data.cache import Dataset, check_two_classes, load_dataset
+from realfake.data.extra import with_extra_fakes
 from realfake.data.splits import split_from_json
 from realfake.detector import Detector
 from realfake.infer import logits_by_chunk
@@ -37,7 +38,8 @@ def log_to_stderr(msg: str) -> None:
 
 
 def run_data(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr) -> Dataset:
-    """The decoded data set a run's config names (the bundled sample when it names none), with both classes."""
+    """The decoded data set a run's config names (the bundled sample when it names none), with both classes, and
+    the config's extra fakes appended after it (see realfake.data.extra), so a saved split fits it."""
     if cfg.data is None:
         log(
             "no --data given: using the bundled demo sample (2,000 images; shows the pipeline, not a "
@@ -47,6 +49,9 @@ def run_data(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr) ->
     check_two_classes(ds)
     origin = "cache" if ds.from_cache else "decoded"
     log(f"data: {len(ds):,} images from {ds.source_name} ({origin}; {len(ds.skipped)} unreadable skipped)")
+    if cfg.extra_fakes is not None:
+        ds = with_extra_fakes(ds, cfg.extra_fakes, cfg.seed, cfg.workers, progress)
+        log(f"extra fakes: {len(ds) - (ds.extra_start or 0):,} images from {cfg.extra_fakes} (training split only)")
     return ds
 
 

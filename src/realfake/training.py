@@ -26,6 +26,7 @@ from realfake.calibration import Calibration, calibrate
 from realfake.config import RunConfig, validated
 from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.cache import Dataset
+from realfake.data.extra import check_extra_fakes, check_protocol_against, mix_into_split, own_part
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
 from realfake.device import resolve_precision, select_device
@@ -74,8 +75,17 @@ def train(
             raise RealfakeError(
                 f"{run.path} already holds files: continue it with --resume {run.path}, or pick --out")
         precision = resolve_precision(device, cfg.precision)  # bf16 on a GPU without it fails now, not after the data
+        if cfg.extra_fakes is not None:
+            check_extra_fakes(cfg.extra_fakes)  # a missing set or a REAL image in it: now, before the data loads
         ds = _shared_data(cfg, progress, log, world)
-        split = make_split(ds.labels, ds.splits, cfg.protocol, cfg.seed, ds.sources)
+        own = own_part(ds)  # the split is the data's own; extra fakes then take a share of its FAKE training slots
+        split = make_split(own.labels, own.splits, cfg.protocol, cfg.seed, own.sources)
+        extra_info = None
+        if cfg.extra_fakes is not None:
+            check_protocol_against(ds, cfg.protocol, cfg.extra_fakes)
+            split, extra_info = mix_into_split(ds, split, cfg.extra_fakes_share, cfg.seed, cfg.extra_fakes)
+            log(f"extra fakes: {extra_info['n_used']:,} in training ({extra_info['share']:.0%} of its FAKE images), "
+                f"families {', '.join(extra_info['per_family'])}; validation and test: {own.source_name} alone")
         torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
         built = build(cfg.model, cfg.weights)
         cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
@@ -84,13 +94,15 @@ def train(
         cfg.out = str(run.path)
         if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
             cfg.data = str(Path(cfg.data).expanduser().resolve())
+        if cfg.extra_fakes is not None:
+            cfg.extra_fakes = str(Path(cfg.extra_fakes).expanduser().resolve())
         if world.is_main:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise WriteError(run.path, e) from None
             try:
-                _write_run_files(run, cfg, ds, split, built.weights_used, device, world)
+                _write_run_files(run, cfg, ds, split, built.weights_used, device, world, extra_info)
             except WriteError as e:  # no checkpoint yet, so nothing to resume; the folder is no longer empty
                 then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
                 raise e.then(then) from None
@@ -123,14 +135,17 @@ def _shared_data(cfg: RunConfig, progress: bool, log: Log, world: World) -> Data
 
 def _write_run_files(
     run: RunDir, cfg: RunConfig, ds: Dataset, split: dict[str, np.ndarray], weights_used: str, device: torch.device,
-    world: World = SINGLE,
+    world: World = SINGLE, extra_fakes: dict[str, Any] | None = None,
 ) -> None:
-    """What a run holds before its first epoch: config, split, data report, run.json."""
+    """What a run holds before its first epoch: config, split, data report, run.json (with `extra_fakes`, what
+    the extra fakes added to training, in both: the data report's counts are the data's own images)."""
     run.write_config(cfg)
     run.write_json(RunDir.SPLIT, split_to_json(split, protocol=cfg.protocol, seed=cfg.seed, data_key=ds.key))
+    extra = {"extra_fakes": extra_fakes} if extra_fakes is not None else {}
     run.write_json(
         RunDir.DATA_REPORT,
-        {**ds.report(), "split": _split_summary(ds, split, cfg.protocol), "split_sources": _split_sources(ds, split)},
+        {**own_part(ds).report(), "split": _split_summary(ds, split, cfg.protocol),
+         "split_sources": _split_sources(ds, split), **extra},
     )
     run.write_json(
         RunDir.INFO,
@@ -148,6 +163,7 @@ def _write_run_files(
             "machine": platform.machine(),
             "cpu_threads": torch.get_num_threads(),
             "processes": world.size,
+            **extra,
         },
     )
 

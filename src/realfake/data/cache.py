@@ -50,6 +50,7 @@ class Dataset:
     key: str
     skipped: list[dict[str, str]] = field(default_factory=list)
     from_cache: bool = False
+    extra_start: int | None = None  # where extra fakes appended by realfake.data.extra begin; None: there are none
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from realfake.contract import CLASS_NAMES
+from realfake.data.extra import describe as describe_extra_fakes
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.plots import EVALUATION_PLOT, draw_all
@@ -123,6 +124,8 @@ def _data_section(data: dict[str, Any]) -> str:
         return '<p class="muted">No data_report.json in this run.</p>'
     summary = {k: v for k, v in data.items() if k != "skipped"}
     parts = [_kv_table(summary)]
+    if isinstance(extra := data.get("extra_fakes"), dict):
+        parts.insert(0, f'<p class="extra-fakes">{escape(describe_extra_fakes(extra, str(data.get("data"))))}</p>')
     skipped = data.get("skipped") or []
     n_skipped = data.get("n_skipped", len(skipped))
     if skipped:

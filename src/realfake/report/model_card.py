@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from realfake.contract import CLASS_NAMES, HOLDOUT, IMAGE_SIZE, __version__
+from realfake.data.extra import describe as describe_extra_fakes
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.summary import (
@@ -102,6 +103,8 @@ def _data_section(cfg: dict[str, Any], data: dict[str, Any]) -> list[str]:
     if sources:
         out += ["", "Image sources (first folder below REAL/ or FAKE/): " + ", ".join(
             f"{_cell(k)} ({_cell(v)})" for k, v in sources.items())]
+    if isinstance(extra := data.get("extra_fakes"), dict):
+        out += ["", f"- **Extra fakes** (--extra-fakes): {describe_extra_fakes(extra, _cell(name))}"]
     return out
 
 

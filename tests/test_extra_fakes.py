@@ -120,3 +120,14 @@ def test_share_is_validated() -> None:
     with pytest.raises(RealfakeError, match="extra_fakes_share"):
         RunConfig.from_sources(extra_fakes_share=0)
     assert json.loads(RunConfig().model_dump_json())["extra_fakes"] is None
+
+
+def test_a_held_out_source_that_is_also_an_extra_family_is_refused(tmp_path: Path) -> None:
+    """It would be trained on through the extras and then reported as never seen."""
+    data = _write_fakes(tmp_path / "data", {"famA": 20, "famB": 20}, real=40)  # a data set with sources
+    extra = _write_fakes(tmp_path / "extra", {"famA": 2})
+    proc = cli_inline("train", "--data", data, "--extra-fakes", extra, "--protocol", "holdout:famA",
+                      "--model", "fast", "--epochs", 1, "--weights", "none", "--device", "cpu",
+                      "--out", tmp_path / "run")
+    assert_one_line_error(proc, "a held-out source must not be trained on")
+    assert not (tmp_path / "run").exists()

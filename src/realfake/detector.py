@@ -22,7 +22,7 @@ from PIL import Image
 
 from realfake.calibration import Calibration
 from realfake.contract import IMAGE_SIZE, check_images, check_precision
-from realfake.data.images import NOTE_REDUCTION, BadImage, Region, read_and_decode_region, reduction_note
+from realfake.data.images import NOTE_REDUCTION, Region, decode_all, reduction_note
 from realfake.errors import RealfakeError
 from realfake.rundir import RunDir
 
@@ -316,20 +316,7 @@ class Detector:
         """Each input decoded with the region it shows, or None with the reason: one bad item never sinks the
         others. `read` (see `read_and_decode`) lets a caller check each input before it is decoded, as the
         server's budget does."""
-        decoded: list[np.ndarray | None] = []
-        errors: list[str | None] = []
-        regions: list[Region | None] = []
-        for x in xs:
-            try:
-                image, region = read_and_decode_region(x, read)
-            except BadImage as e:
-                decoded.append(None)
-                errors.append(str(e))
-                regions.append(None)
-            else:
-                decoded.append(image)
-                errors.append(None)
-                regions.append(region)
+        decoded, errors, regions = decode_all(xs, read)
         return [_name(x) for x in xs], decoded, errors, regions
 
     def predictions(

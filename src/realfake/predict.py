@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from realfake.atomic import atomic_file, atomic_write_bytes, check_writable
 from realfake.contract import IMAGE_SIZE
-from realfake.data.images import BadImage, Region, prepare_jpeg_decoding, read_and_decode_region
+from realfake.data.images import Region, decode_all, prepare_jpeg_decoding
 from realfake.data.inputs import InputReader, InputRef, expand_inputs
 from realfake.detector import OPTIONAL_FIELDS, ROW_FIELDS, Detector, Explanation, Prediction, PredictionBatch
 from realfake.errors import RealfakeError
@@ -70,22 +70,8 @@ def decode_each(
 ) -> tuple[list[np.ndarray | None], list[str | None], list[Region | None]]:
     """Decode a batch of inputs: each one's array, error and region (None where it has none). `read` turns each
     input into bytes (default: an `InputReader` for InputRefs; the Ray engine passes one that also reads URIs)."""
-    arrays: list[np.ndarray | None] = []
-    errors: list[str | None] = []
-    regions: list[Region | None] = []
     with InputReader() as reader:
-        for ref in refs:
-            try:
-                image, region = read_and_decode_region(ref, read or reader.read)
-            except BadImage as e:
-                arrays.append(None)
-                errors.append(str(e))
-                regions.append(None)
-            else:
-                arrays.append(image)
-                errors.append(None)
-                regions.append(region)
-    return arrays, errors, regions
+        return decode_all(refs, read or reader.read)
 
 
 def decode_refs(refs: Sequence[Any], read: Callable[[Any], bytes] | None = None) -> Decoded:

@@ -28,7 +28,7 @@ import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any, NamedTuple
 
 import numpy as np
@@ -573,6 +573,28 @@ def read_and_decode(x: Any, read: Callable[[Any], bytes] | None = None) -> np.nd
     One bad input is reported and skipped, and never stops a run.
     """
     return read_and_decode_region(x, read)[0]
+
+
+def decode_all(
+    xs: Sequence[Any], read: Callable[[Any], bytes] | None = None
+) -> tuple[list[np.ndarray | None], list[str | None], list[Region | None]]:
+    """Each input's array, error and region (`read_and_decode_region`), None where it could not be read: one bad
+    item in a batch is reported and never sinks the others."""
+    arrays: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    regions: list[Region | None] = []
+    for x in xs:
+        try:
+            image, region = read_and_decode_region(x, read)
+        except BadImage as e:
+            arrays.append(None)
+            errors.append(str(e))
+            regions.append(None)
+        else:
+            arrays.append(image)
+            errors.append(None)
+            regions.append(region)
+    return arrays, errors, regions
 
 
 def read_and_decode_region(x: Any, read: Callable[[Any], bytes] | None = None) -> tuple[np.ndarray, Region]:

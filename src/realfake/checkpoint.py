@@ -36,7 +36,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from realfake.atomic import atomic_dir, existing_dir
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 from realfake.models.registry import first_non_finite
 
 FORMAT = "realfake-checkpoint"
@@ -107,7 +107,7 @@ class Checkpoint:
             _state_in_parameter_layout(optimizer)
             scheduler.load_state_dict(self.scheduler["state"])
         except Exception as e:  # noqa: BLE001 - plain data torch could not take: a damaged or foreign file
-            raise _damaged(state_json, self.path, f"{e.__class__.__name__}: {_first_line(e)}") from None
+            raise _damaged(state_json, self.path, f"{e.__class__.__name__}: {one_line(e, 200)}") from None
         for k, v in self.early_stopping.items():
             setattr(early_stopping, k, v)
         try:
@@ -267,7 +267,7 @@ def read_checkpoint(ckpt_dir: Path) -> Checkpoint:
     try:
         raw = json.loads(state_json.read_text(encoding="utf-8"), parse_constant=_no_constant)
     except (OSError, ValueError, RecursionError) as e:
-        raise _damaged(state_json, ckpt_dir, f"not valid JSON: {_first_line(e)}") from None
+        raise _damaged(state_json, ckpt_dir, f"not valid JSON: {one_line(e, 200)}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise _damaged(state_json, ckpt_dir, f"not a {FORMAT} file")
     if raw.get("version") != VERSION:
@@ -280,7 +280,7 @@ def read_checkpoint(ckpt_dir: Path) -> Checkpoint:
     try:
         tree = {k: _decode(v, tensors, used) for k, v in raw.items() if k not in ("format", "version")}
     except (ValueError, KeyError, TypeError, RecursionError) as e:
-        raise _damaged(state_json, ckpt_dir, _first_line(e)) from None
+        raise _damaged(state_json, ckpt_dir, one_line(e, 200)) from None
     if unused := sorted(set(tensors) - used):
         raise _damaged(ckpt_dir / TENSORS_FILE, ckpt_dir, f"unexpected tensors {unused[:3]}")
     missing = {"epoch", "optimizer", "scheduler", "early_stopping", "rng", "history"} - set(tree)
@@ -462,7 +462,7 @@ def _load_tensors(file: Path, ckpt_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise _damaged(file, ckpt_dir, f"not a readable safetensors file: {_first_line(e)}") from None
+        raise _damaged(file, ckpt_dir, f"not a readable safetensors file: {one_line(e, 200)}") from None
 
 
 def _damaged(file: Path, ckpt_dir: Path, problem: str) -> RealfakeError:
@@ -480,8 +480,6 @@ def _retrain(ckpt_dir: Path) -> str:
     return f"retrain it as a new run: realfake train --config {run / 'config.yaml'} --out NEW_FOLDER"
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [e.__class__.__name__])[0][:200]
 
 
 def _is_number(v: Any) -> bool:

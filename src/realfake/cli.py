@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 from realfake.predict import quiet_waiting_threads
 from realfake.rundir import RunDir
 
@@ -414,7 +414,7 @@ def download() -> None:
     try:
         path = kagglehub.dataset_download(CIFAKE_HANDLE)
     except Exception as e:  # noqa: BLE001 - network, auth and API errors all mean the same to the user
-        reason = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
+        reason = f"{e.__class__.__name__}: {one_line(e, 200)}"
         raise RealfakeError(
             f"could not download CIFAKE ({reason}). Check the internet connection, or download archive.zip "
             f"from https://www.kaggle.com/datasets/{CIFAKE_HANDLE} and pass it as --data"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from realfake.calibration import parse_band, parse_policy
 from realfake.contract import PRECISIONS, TTA_MODES, check_protocol
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 
 MAX_LR = 10.0  # Adam steps are lr-sized: far above 1 training only diverges, near 1e38 float32 overflows outright
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0..2**32-1; torch.manual_seed fails beyond 2**64 - 1
@@ -169,7 +169,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise RealfakeError(f"config file {p} is not valid YAML: {e}".splitlines()[0]) from None
+        raise RealfakeError(f"config file {p} is not valid YAML: {one_line(e)}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

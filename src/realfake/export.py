@@ -31,7 +31,7 @@ from realfake.calibration import QUANTILE_MIN_WIDTH, Calibration
 from realfake.contract import IMAGE_SIZE, check_tta
 from realfake.data.tensors import to_float
 from realfake.detector import Detector
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 from realfake.infer import tta_logits
 from realfake.onnxfile import INPUT_NAME, LOGIT_NAME, OOD_NAME, OUTPUT_NAME, metadata
 from realfake.quantize import CALIBRATION_IMAGES, calibration_set, check_quantize, quantize_int8
@@ -92,7 +92,7 @@ def _to_proto(graph: OnnxGraph) -> Any:
         )
         return program.model_proto
     except Exception as e:  # noqa: BLE001 - any tracing failure: try the older exporter before giving up
-        first = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
+        first = f"{e.__class__.__name__}: {one_line(e, 200)}"
         print(f"warning: dynamo ONNX export failed ({first}); using the legacy exporter", file=sys.stderr)
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -144,6 +144,6 @@ def export_onnx(
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:  # pragma: no cover - a bug in the exporter, not the user
-        raise RealfakeError(f"the exported graph is not valid ONNX: {e}".splitlines()[0][:300]) from None
+        raise RealfakeError(f"the exported graph is not valid ONNX: {one_line(e)}") from None
     atomic_write_bytes(path, proto.SerializeToString())
     return path

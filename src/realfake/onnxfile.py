@@ -29,7 +29,7 @@ import numpy as np
 
 from realfake.calibration import Calibration, check_stored
 from realfake.contract import CLASS_NAMES, IMAGE_SIZE, __version__
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "p_fake"
@@ -126,14 +126,10 @@ class OnnxBackend:
                     raise
                 raise RealfakeError(
                     f"ONNX Runtime could not run {self.path} on {len(batch)} image(s) "
-                    f"({type(e).__name__}: {_first_line(e)}): the file is damaged or not made by realfake; "
+                    f"({type(e).__name__}: {one_line(e)}): the file is damaged or not made by realfake; "
                     f"export it again with `realfake export RUN`"
                 ) from None
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0, dtype=np.float64)
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxBackend, dict[str, Any]]:
@@ -146,7 +142,7 @@ def load_onnx(path: str | Path) -> tuple[OnnxBackend, dict[str, Any]]:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - truncated, not ONNX, unsupported ops: one line for the user
-        raise RealfakeError(f"cannot load {path} with ONNX Runtime: {e}".splitlines()[0][:300]) from None
+        raise RealfakeError(f"cannot load {path} with ONNX Runtime: {one_line(e)}") from None
     inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
     if len(inputs) != 1 or inputs[0].name != INPUT_NAME or OUTPUT_NAME not in outputs or LOGIT_NAME not in outputs:
         raise RealfakeError(

@@ -29,7 +29,7 @@ import yaml
 from realfake.atomic import atomic_write_bytes, existing_dirs, remove_stale_temporaries
 from realfake.calibration import check_stored
 from realfake.config import RunConfig, validated
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 
 
 def data_slug(data: str | Path) -> str:
@@ -109,7 +109,7 @@ class RunDir:
         try:
             loaded = json.loads(text)
         except ValueError as e:
-            raise self._damaged(name, f"not valid JSON: {str(e).splitlines()[0]}") from None
+            raise self._damaged(name, f"not valid JSON: {one_line(e)}") from None
         if not isinstance(loaded, dict):
             raise self._damaged(name, f"holds a {type(loaded).__name__}, not a mapping")
         return loaded
@@ -122,7 +122,7 @@ class RunDir:
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise self._damaged(name, f"not valid YAML: {str(e).splitlines()[0]}") from None
+            raise self._damaged(name, f"not valid YAML: {one_line(e)}") from None
         if loaded is None:
             return {}
         if not isinstance(loaded, dict):

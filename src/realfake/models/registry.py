@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from realfake.config import RunConfig, validated
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 
 
 @dataclass
@@ -99,7 +99,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise RealfakeError(f"weights file {path} does not fit {what}: {e}".splitlines()[0][:300]) from None
+        raise RealfakeError(f"weights file {path} does not fit {what}: {one_line(e)}") from None
 
 
 def load_weights(name: str, path: str | Path) -> nn.Module:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 from realfake.models.registry import Built, load_state, read_state_dict, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -95,7 +95,7 @@ def build(weights: str) -> Built:
             load_imagenet(model)
             return Built(model, "imagenet (torchvision IMAGENET1K_V2)")
         except Exception as e:  # noqa: BLE001 - offline, proxy, corrupt cache: all end the same way
-            reason = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
+            reason = f"{e.__class__.__name__}: {one_line(e, 200)}"
             if weights == "imagenet":
                 raise RealfakeError(
                     f"could not get the ImageNet weights ({reason}); connect to the internet once, "

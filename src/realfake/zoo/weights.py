@@ -20,7 +20,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from realfake.atomic import atomic_write_bytes
-from realfake.errors import RealfakeError
+from realfake.errors import RealfakeError, one_line
 from realfake.zoo.families import Family, get_family
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -107,7 +107,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         net = family.generator(info.settings)
         net.load_state_dict(tensors, strict=True)
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        first = one_line(e)
         raise RealfakeError(f"{p}: weights do not fit family {info.family!r} ({first})") from None
     return net.to(device).eval(), info
 

@@ -12,10 +12,6 @@ fakes from generators it never saw, one family at a time (issue 28).
 - `weights`: one safetensors file per generator, its header naming family, settings, seed, steps and data size.
 - `sample`: `realfake zoo sample`, JPEG q75 files in `FAKE/<family>/` of a folder or zip.
 
-Time on the CPU, an extrapolation and not a measured training: 20 steps of batch 64 per family on a 2-core AMD
-EPYC (torch 2.14, 2 threads) shared with other work (load average 3-4), extrapolated to 5,000 steps (about 6.4
-epochs of CIFAR-10's 50,000 images; the stand-in's own FAKE generator had 6,700): gan-transposed 0.47 s/step
-(~40 min), gan-nearest 0.55 (~46 min), gan-bilinear 0.82 (~69 min), gan-subpixel 0.48 (~40 min), vae 0.11
-(~9 min), ddpm 2.96 (~4 h; diffusion usually wants more steps still). On a quiet machine expect less; on a GPU
-(`--device cuda`) minutes, not measured here.
+How long each family takes to train on a CPU is a measurement, kept with its command in
+`research/results/zoo-step-time-*.json` (`python -m research.zoo_step_time`), not here.
 """

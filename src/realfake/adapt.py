@@ -113,10 +113,12 @@ def adapt_arrays(
     cal_idx, tune_idx = (split_for_finetune(y, o.calibration_share, o.seed) if o.finetune_head
                          else (np.arange(len(y)), None))
     finetuned: dict[str, Any] | None = None
+    state: dict[str, torch.Tensor] | None = None
     if tune_idx is not None:
         torch.manual_seed(o.seed)
         losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr, seed=o.seed)
-        check_finite(state_to_cpu(model), f"the fine-tuned weights (lr {o.lr:g})")
+        state = state_to_cpu(model)  # checked here, written as is with the child
+        check_finite(state, f"the fine-tuned weights (lr {o.lr:g})")
         finetuned = {"layers": "head", "epochs": o.epochs, "lr": o.lr, "batch_size": FINETUNE_BATCH,
                      "train_loss": [round(v, 6) for v in losses], "images": _counts(y[tune_idx])}
         log(f"fine-tuned the head for {o.epochs} epochs on {len(tune_idx)} images (loss {losses[0]:.4f} -> "
@@ -148,7 +150,6 @@ def adapt_arrays(
         "parent": {"path": str(parent.path.resolve()), "name": parent.path.name, **parent_cal.to_info()},
         "adapted_on": adapted_on,
     }
-    state = state_to_cpu(model) if finetuned else None
     # re-scored with the calibration as stored, the one every consumer of the child will apply
     home = None if finetuned else _rescored_home(parent, Calibration.from_info(child_info, cfg.threshold))
     _write_child(parent, child, cfg, child_info, state, home)

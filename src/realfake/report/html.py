@@ -20,12 +20,9 @@ from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.plots import EVALUATION_PLOT, draw_all
 from realfake.report.summary import (
-    ADAPTED_ON,
     DEMO_NOTE,
     FAKE,
-    HELD_OUT,
     REAL,
-    TRAINING_DATA,
     UNCERTAIN,
     Adaptation,
     LabelShares,
@@ -42,8 +39,6 @@ MAX_SKIPPED_SHOWN = 20
 _METRIC_ROWS = list(METRIC_LABELS.items())  # key in metrics.json -> label shown
 _NOT_SCALAR = {"confusion_matrix", "per_class", "per_source", "uncertain", "sources_unseen_in_training", "ood",
                "labels", "rescored_from"}
-_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
-         TRAINING_DATA: "its training data (not a test)"}
 
 _CAPTIONS = {
     "training_curves": "Loss and accuracy per epoch on the training and validation splits.",
@@ -270,7 +265,7 @@ def _measured_table(measured: list[Measured]) -> str:
     cols = ["data", "what", "images", "accuracy", "fakes called REAL", "real photos called FAKE", "ROC AUC", "ECE",
             "confidently wrong after 'I don't know'"]
     return _table(cols, [
-        (m.name, [_KIND.get(m.kind, "other data set"), _fmt(m.n), _pct(m.accuracy), _pct(m.fakes_called_real),
+        (m.name, [m.table_kind, _fmt(m.n), _pct(m.accuracy), _pct(m.fakes_called_real),
                   _pct(m.reals_called_fake), _fmt(m.roc_auc), _fmt(m.ece), _pct(m.confidently_wrong)])
         for m in measured
     ])

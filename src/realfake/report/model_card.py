@@ -15,13 +15,10 @@ from realfake.data.extra import describe as describe_extra_fakes
 from realfake.errors import RealfakeError
 from realfake.metrics import METRIC_LABELS
 from realfake.report.summary import (
-    ADAPTED_ON,
     BUNDLED_SAMPLE,
     DEMO_NOTE,
     FAKE,
-    HELD_OUT,
     REAL,
-    TRAINING_DATA,
     UNCERTAIN,
     Adaptation,
     LabelShares,
@@ -39,8 +36,6 @@ _METRICS = [  # the headline figures; names from the one list the HTML report us
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "ece", "ece_equal_mass",
                 "brier", "n")
 ]
-_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
-         TRAINING_DATA: "its training data (not a test)"}
 _PROTOCOLS = {
     "seed": "all images pooled, then a stratified 70/20/10 train/validation/test split (the original notebook's)",
     "official": "90/10 stratified train/validation split of the data's train/ folder; its test/ folder is the test set",
@@ -132,7 +127,7 @@ def _other_data(summary: Summary) -> list[str]:
     if not summary.measured:
         out += ["None yet. Accuracy on images from other generators, cameras or processing is **unknown**: "
                 "measure it with `realfake evaluate RUN --data OTHER`."]
-    rows = [[m.name, _KIND.get(m.kind, "other data set"), m.n, _pct(m.accuracy), _pct(m.fakes_called_real),
+    rows = [[m.name, m.table_kind, m.n, _pct(m.accuracy), _pct(m.fakes_called_real),
              _pct(m.reals_called_fake), m.roc_auc, _pct(m.confidently_wrong)]
             for m in summary.measured + summary.fitted_on]
     if rows:

@@ -325,6 +325,7 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
     written: dict[str, Path | None] = {}
     metrics = run.read_json(RunDir.METRICS)
     threshold = float(metrics.get("threshold") or 0.5)
+    cal = Calibration.from_info(run.info(), threshold)
 
     if run.has(RunDir.HISTORY):
         written["training_curves"] = training_curves(
@@ -341,14 +342,12 @@ def draw_all(run_dir: Path) -> dict[str, Path]:
         logits = read_logits(run / RunDir.PREDICTIONS)
         if logits is not None:
             written["reliability_diagram"] = reliability_diagram(
-                labels, logits, Calibration.from_info(run.info(), threshold),
-                plots_dir / PLOT_FILES["reliability_diagram"],
+                labels, logits, cal, plots_dir / PLOT_FILES["reliability_diagram"],
             )
     for ev in run.evaluations():  # p_fake is meant as a probability wherever it is measured: show how far it is one
         if ev.has(RunDir.PREDICTIONS) and (z := read_logits(ev / RunDir.PREDICTIONS)) is not None:
             name = evaluation_plot(ev.path.name)
-            written[name] = reliability_diagram(read_predictions(ev / RunDir.PREDICTIONS)[0], z,
-                                                Calibration.from_info(run.info(), threshold),
+            written[name] = reliability_diagram(read_predictions(ev / RunDir.PREDICTIONS)[0], z, cal,
                                                 plots_dir / f"{name}.png", data=ev.path.name)
     if run.has(RunDir.ROBUSTNESS):
         written["robustness"] = robustness_plot(run.read_json(RunDir.ROBUSTNESS), plots_dir / PLOT_FILES["robustness"])

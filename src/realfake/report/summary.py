@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from realfake.calibration import UNCERTAIN
 from realfake.contract import CLASS_NAMES
 from realfake.rundir import RunDir
 
@@ -35,8 +36,9 @@ ADAPTED_ON = "adapted on"  # the adaptation set of an adapted run: its calibrati
 TRAINING_DATA = "training data"  # the run's own training data set, training images included: not a test
 _WHAT = {OTHER_DATA: "never trained on", HELD_OUT: "held out of training",
          ADAPTED_ON: "adapted on these images, so not a test", TRAINING_DATA: "its training data, so not a test"}
+_TABLE_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
+               TRAINING_DATA: "its training data (not a test)"}
 REAL, FAKE = CLASS_NAMES
-UNCERTAIN = "uncertain"  # calibration.UNCERTAIN, said here without importing the verdict machinery
 BUNDLED_SAMPLE = "the bundled demo sample"  # how data_report.json names it (realfake.data.sources.open_source)
 DEMO_SAMPLE_NAME = "demo-sample"  # the bundled sample's file name, also when passed with --data
 DEMO_NOTE = ("Demo run: trained on the bundled sample, whose REAL and FAKE images differ in content (photographs "
@@ -214,6 +216,11 @@ class Measured:
     def what(self) -> str:
         """What this data is to the run, in people's words: 'never trained on', 'held out of training', ..."""
         return _WHAT.get(self.kind, self.kind)
+
+    @property
+    def table_kind(self) -> str:
+        """The same, as the report's and the model card's tables say it."""
+        return _TABLE_KIND.get(self.kind, "other data set")
 
     @property
     def confidently_wrong(self) -> float | None:

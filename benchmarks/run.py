@@ -615,8 +615,9 @@ def _times(v: float | None) -> str:
 
 
 def table(results: dict[str, Any], source: str | Path | None = None) -> str:
-    """README's Speed table, regenerated from a bench JSON (`--table JSON`): the models side by side with
-    realfake's ratios to the reference in brackets, each precision's table, the machine and the JSON's name."""
+    """The Speed table of docs/performance.md, regenerated from a bench JSON (`--table JSON`): the models side by
+    side with realfake's ratios to the reference in brackets, each precision's table, the machine and the JSON's
+    name."""
     models = results["models"]
     names = [n for n in ("reference", *REALFAKE_MODELS) if n in models]
     ref = models.get("reference", {})
@@ -853,7 +854,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _shown(path: Path) -> str:
-    """A results file as the README names it: relative to the repository when it is inside it."""
+    """A results file as the docs name it: relative to the repository when it is inside it."""
     try:
         return str(path.resolve().relative_to(REPO))
     except ValueError:

@@ -41,3 +41,27 @@ def assert_one_line_error(proc, text):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert text in proc.stderr, proc.stderr
+
+
+def parse_command_line(words):
+    """Parse (never run) `realfake WORDS...` as the CLI would, returning the resolved command's parameters.
+
+    A renamed or misspelt command or option, a missing argument or a value of the wrong type raises the CLI's
+    own usage error, so a command line written in the docs or a deploy file breaks a test when the CLI changes.
+    """
+    import typer
+
+    from realfake.cli import app
+
+    command, words, path = typer.main.get_command(app), list(words), ["realfake"]
+    while hasattr(command, "list_commands"):  # a group (`realfake`, `realfake zoo`): resolve the sub-command
+        if not words:
+            raise ValueError(f"{' '.join(path)} needs a command")
+        name = words.pop(0)
+        sub = command.get_command(typer.Context(command, info_name=" ".join(path)), name)
+        if sub is None:
+            raise ValueError(f"{' '.join(path)} has no command {name!r}")
+        command = sub
+        path.append(name)
+    with command.make_context(" ".join(path), words) as ctx:
+        return ctx.params

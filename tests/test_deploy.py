@@ -8,20 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
-
-from realfake.cli import app
+from tests.clitools import parse_command_line
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 def _train_args_parse(args: list[str]) -> None:
     """Parse (never run) the options after `realfake train`, as the CLI would: a typo fails here."""
-    command = typer.main.get_command(app)
-    train = command.commands["train"]  # type: ignore[attr-defined]
-    with train.make_context("train", list(args)) as ctx:
-        assert ctx.params["model"] == "fast"
+    assert parse_command_line(["train", *args])["model"] == "fast"
 
 
 def test_kubeflow_pytorchjob_runs_realfake_under_torchrun():

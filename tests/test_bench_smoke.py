@@ -99,7 +99,7 @@ def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, 
     assert "| 1 thread | 2,378 | 1,462 | 140% |" in printed
 
 
-# Two rows of benchmarks/results/contention-loop-2026-11-29-xeon-amx.json, as benchmarks.contention writes them.
+# Two rows of benchmarks/results/contention/xeon-amx-2026-11-29-d1c7fa3-loop.json, as benchmarks.contention writes them.
 BUSY = {
     "realfake's default (spinning threads, ThreadGovernor)": {
         "alone_img_s": 2094.2, "contended_img_s": 1253.4, "share_of_fair": 1.197,

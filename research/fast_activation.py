@@ -7,7 +7,7 @@ the default; this script keeps both runnable for comparison.
 
 Run (from the repository root, about 2.5 minutes a run on a 2-core AMX Xeon):
 
-    python -m benchmarks.prototypes.fast_activation gelu|relu --epochs 3 [--seed N] [--out-dir DIR]
+    python -m research.fast_activation gelu|relu --epochs 3 [--seed N] [--out-dir DIR]
 """
 
 from __future__ import annotations

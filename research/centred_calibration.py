@@ -7,7 +7,7 @@ policy puts it), centred (p = sigmoid((z - c) / T), c = the policy's cut as a lo
 now), Platt scaling, and hotter temperatures. Prints threshold, home accuracy and ECE, ganC balanced accuracy
 and ECE per variant.
 
-    python -m benchmarks.prototypes.centred_calibration RUN [POLICY=real:0.005]
+    python -m research.centred_calibration RUN [POLICY=real:0.005]
 
 Measured on a full-stand-in `fast` run (flips, 3 epochs; AMD EPYC, 2 cores), policy real:0.005: temperature
 only: threshold p 0.0009, ganC ECE 0.2305, home ECE 0.0004; centred: ganC ECE 0.0414, home 0.0054, verdicts

@@ -23,11 +23,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from benchmarks.common import DEFAULT_DATA
+from benchmarks.generalization import DEFAULT_HELDOUT, build_heldout
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.generalization import DEFAULT_HELDOUT, build_heldout
-from benchmarks.run import DEFAULT_DATA
 from realfake.calibration import apply_temperature, choose_threshold, fit_temperature, sigmoid
 from realfake.data.cache import load_dataset
 from realfake.detector import Detector

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import benchmarks.generalization as generalization
+
 import realfake.models.fast as fast
 
 VARIANTS = {"gelu": (1, "recipe, version 1: GELU"), "relu": (2, "recipe, version 2: ReLU")}

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import sys
 
+import benchmarks.generalization as generalization
 from torch import nn
 
-import benchmarks.generalization as generalization
 import realfake.models.fast as fast
 
 _init = fast.FastNet.__init__

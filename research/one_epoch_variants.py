@@ -82,9 +82,9 @@ from __future__ import annotations
 
 import sys
 
+import benchmarks.generalization as generalization
 import torch
 
-import benchmarks.generalization as generalization
 import realfake.data.batches as batches
 import realfake.fit as fit
 

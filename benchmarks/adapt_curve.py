@@ -13,14 +13,13 @@ calibrates). Every child, and the parent itself (n = 0), is then judged on the s
 - REAL uncertain / FAKE uncertain: the share of each class labelled 'uncertain' (OOD score or band);
 - FAKE passed: the share of ganC fakes labelled REAL (not uncertain): what a user would wrongly trust.
 
-Writes benchmarks/results/adapt-<date>-<host>.json (atomically) and prints a Markdown table.
+Writes benchmarks/results/adapt/<machine>-<date>-<commit>.json (atomically) and prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -30,9 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, machine_info
+from benchmarks.common import DEFAULT_DATA, RESULTS, atomic_write_json, machine_info, result_path
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GANC = DEFAULT_DATA.parent / "ganC-fake.zip"
 MODES = ("calibration", "finetune-head")
 
@@ -134,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-eval", type=int, default=2000, help="evaluation images per class, disjoint from adapting")
     ap.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs for --finetune-head")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS, help="results folder (the JSON goes in its adapt/)")
     args = ap.parse_args(argv)
 
     started = datetime.now(timezone.utc)
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine_info(), "load_average_end": list(os.getloadavg())},
         "rows": rows,
     }
-    path = args.out_dir / f"adapt-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
+    path = result_path("adapt", args.out_dir)
     atomic_write_json(path, results)
     print(table(rows))
     log(f"wrote {path}")

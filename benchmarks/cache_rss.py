@@ -15,7 +15,8 @@ builds its cache from scratch in a child process (`load_dataset`, as training ca
 - with --train-epochs, `training`: the same peaks for `realfake train` of `fast` from that cache (the whole
   command, and until its first epoch ends: the run's last steps hold the test split for evaluation).
 
-Writes benchmarks/results/cache-rss-<date>-<host>.json. Heavy: a 1.2 million image build decodes for minutes.
+Writes benchmarks/results/cache-rss/<machine>-<date>-<commit>[-train].json. Heavy: a 1.2 million image build
+decodes for minutes.
 """
 
 from __future__ import annotations
@@ -34,9 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, machine_info
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import DEFAULT_DATA, REPO, atomic_write_json, git_commit, machine_info, result_path
 
 # The child: build the cache of argv[1] from scratch and say what it cost the builder and its workers.
 CHILD = """
@@ -234,14 +233,12 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.work / "cache", ignore_errors=True)
         log(json.dumps(r))
         runs.append(r)
-    host = os.uname().nodename.split(".")[0]
-    out = args.out or REPO / "benchmarks" / "results" / f"cache-rss-{datetime.now():%Y-%m-%d}-{host}.json"
+    out = args.out or result_path("cache-rss", tag="train" if args.train_epochs else "")
     atomic_write_json(out, {
         "benchmark": "cache_rss",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(args.data),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": git_commit(),
         "machine": machine_info(),
         "runs": runs,
     })

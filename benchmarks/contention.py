@@ -5,7 +5,7 @@ Each measurement runs in a child process (the settings must be in place before t
 another PyTorch process multiplying matrices on as many threads as there are cores, as a second training job
 would. "Fair share" is half of the alone throughput (two jobs, one machine); issue 11 asks for at least half of it.
 
-    python -m benchmarks.contention [--steps 40] [--out benchmarks/results/contention-DATE-HOST.json]
+    python -m benchmarks.contention [--steps 40] [--out benchmarks/results/contention/MACHINE-DATE-COMMIT[-loop].json]
     python -m benchmarks.contention --loop [--limit 6000] [--data ZIP] [--out ...]
 
 `--loop` times training's whole loop instead (`realfake.training.train`: the recipe's JPEG and blur augmentation,
@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +51,14 @@ print(steps * 128 / (time.perf_counter() - t))
 
 LOOP_CHILD = r"""
 import json, sys, tempfile
-from benchmarks.run import steady_throughput, timed_train_batches
+from benchmarks.common import StepTimer, steady_throughput
 from realfake.training import train
-records = []
-with tempfile.TemporaryDirectory() as tmp, timed_train_batches(records, lambda: None):
+timer = StepTimer()
+with tempfile.TemporaryDirectory() as tmp:
     run = train(model="fast", data=sys.argv[1], limit=int(sys.argv[2]), epochs=2, out=tmp + "/run", progress=False,
-                log=lambda m: None, seed=42)
+                log=lambda m: None, seed=42, step_observer=timer)
     switches = json.loads((run / "run.json").read_text()).get("training_threads", [])
-print(json.dumps({"img_s": steady_throughput(records), "switches": switches}))
+print(json.dumps({"img_s": steady_throughput(timer.epochs), "switches": switches}))
 """
 
 COMPETITOR = r"""
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--limit", type=int, default=6000, help="--loop: images of the data set used")
     p.add_argument("--data", type=Path, default=None, help="--loop: the data (default: the stand-in zip)")
     args = p.parse_args(argv)
-    from benchmarks.run import DEFAULT_DATA, machine_info  # the bench's own record of the machine
+    from benchmarks.common import DEFAULT_DATA, atomic_write_json, machine_info, result_path
 
     args.data = args.data or DEFAULT_DATA
 
@@ -146,15 +144,12 @@ def main(argv: list[str] | None = None) -> Path:
     base = results[next(iter(settings))]["alone_img_s"]
     for r in results.values():
         r["share_of_fair"] = round(r["contended_img_s"] / (base / 2), 3)  # fair share: half the default alone
-    out = args.out or Path("benchmarks/results") / f"contention-{date.today()}-{platform.node() or 'host'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out or result_path("contention", tag="loop" if args.loop else "")
     record = {"command": "python -m benchmarks.contention " + " ".join(argv or sys.argv[1:]),
               "machine": machine_info(), "steps": None if args.loop else args.steps, "batch": 128, "model": "fast",
               "measured": "training's whole loop, 2 epochs" if args.loop else "bare training steps",
               "limit": args.limit if args.loop else None, "settings": results}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, record)
     print(json.dumps(results, indent=1))
     print(f"wrote {out}")
     return out

@@ -8,7 +8,7 @@ over 100x), while PyTorch's stay within the usual 2-4x (14x for one shape). Then
 measure TensorFlow's kernels on that CPU, not the notebook's pipeline; this benchmark shows
 whether that is so on the machine at hand:
 
-    python -m benchmarks.conv_backward            # writes benchmarks/results/conv-backward-DATE-HOST.json
+    python -m benchmarks.conv_backward            # writes benchmarks/results/conv-backward/MACHINE-DATE-COMMIT.json
 
 TensorFlow runs in a child process (as benchmarks/run.py runs the reference), so the two never share threads.
 """
@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import isa_line, machine_info, write_final
+from benchmarks.common import RESULTS, isa_line, machine_info, result_path, write_final
 
 # name -> (in channels, out channels, kernel, stride, input side): the distinct convolutions of ResNet50's stages
 # at 32x32 input (conv2 at 8x8 ... conv5 at 1x1), and "backbone" for the whole of it.
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m benchmarks.conv_backward", description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128, help="images per call (the notebook's batch)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case, after one warm-up")
-    p.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "results")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="results folder (the JSON goes in its conv-backward/)")
     p.add_argument("--framework", choices=["both", "tf"], default="both", help=argparse.SUPPRESS)  # tf: the child
     a = p.parse_args(argv)
     if a.batch < 1 or a.repeat < 1:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
         got = json.loads(child.stdout.strip().splitlines()[-1])
         results["tensorflow"], results["tensorflow_version"] = got["times"], got["version"]
     results["torch"] = torch_times(a.batch, a.repeat)
-    path = a.out_dir / f"conv-backward-{started.strftime('%Y-%m-%d')}-{os.uname().nodename}.json"
+    path = result_path("conv-backward", a.out_dir)
     return write_final(path, results, started, table(results))
 
 

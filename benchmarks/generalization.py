@@ -16,7 +16,7 @@ For each method (a set of RunConfig overrides, picked with --methods) this
   through the same run's `Detector` and applies `realfake.metrics.calibration_metrics` to each class's
   logits; that the array path reproduces the evaluation's accuracy is checked and recorded.
 
-Writes benchmarks/results/generalization-<date>-<host>.json atomically (rewritten after every method, so a
+Writes benchmarks/results/generalization/<machine>-<date>-<commit>.json atomically (rewritten after every method, so a
 long run that is stopped keeps what it finished) and prints the Markdown table the README shows.
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, cache_dir, machine_info, write_final
+from benchmarks.common import DEFAULT_DATA, atomic_write_json, cache_dir, machine_info, result_path, write_final
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_HELDOUT = DEFAULT_DATA.parent / "ganC-fake.zip"
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> Path:
     from realfake.errors import RealfakeError
 
     started = datetime.now(timezone.utc)
-    path = args.out_dir / f"generalization-{started.strftime('%Y-%m-%d')}-{os.uname().nodename}.json"
+    path = result_path("generalization", args.out_dir)
     results: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.generalization", *(argv or sys.argv[1:])]),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import machine_info, write_final
+from benchmarks.common import machine_info, result_path, write_final
 
 
 def parity(run_dir: Path, batch: int = 512, rounds: int = 3) -> dict[str, Any]:
@@ -76,8 +76,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("runs", type=Path, nargs="+", help="trained run directories (only read)")
     p.add_argument("--batch", type=int, default=512, help="images per timed call")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per file (the best counts)")
-    p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON file to write (default: results/int8-parity/MACHINE-DATE-COMMIT.json)")
     args = p.parse_args(argv)
+    args.out = args.out or result_path("int8-parity")
     started = datetime.now(timezone.utc)
     results: dict[str, Any] = {"date": started.isoformat(timespec="seconds"), "machine": machine_info(), "runs": []}
     for run in args.runs:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.run import DEFAULT_DATA
+from benchmarks.common import DEFAULT_DATA
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import machine_info, write_final
+from benchmarks.common import machine_info, result_path, write_final
 
 
 def _unfused_logits(det: Any, images: np.ndarray) -> np.ndarray:
@@ -95,8 +95,10 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="python -m benchmarks.precision_parity", description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a trained run directory (only read)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON file to write (default: results/precision-parity/MACHINE-DATE-COMMIT.json)")
     args = p.parse_args(argv)
+    args.out = args.out or result_path("precision-parity")
     started = datetime.now(timezone.utc)
     results = {"date": started.isoformat(timespec="seconds"), "machine": machine_info(),
                **parity(args.run, args.device)}

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import REPO, atomic_write_json, result_path
 
 
 def write_test_jpegs(data: Path, members: list[str], n: int, out: Path) -> Path:
@@ -161,10 +161,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m benchmarks.predict_files", description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("folder", type=Path, help="a folder of images, every one readable")
-    p.add_argument("out", type=Path, help="the JSON written")
+    p.add_argument("out", type=Path, nargs="?", default=None,
+                   help="the JSON written (default: benchmarks/results/predict-files/MACHINE-DATE-COMMIT.json)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
+    a.out = a.out or result_path("predict-files")
     from realfake.predict import quiet_waiting_threads
 
     quiet_waiting_threads()  # as `realfake predict` does, before torch loads
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     detector = Detector.load(a.run_dir, device=a.device)
     sync = torch.cuda.synchronize if detector.device.type == "cuda" else (lambda: None)
     result = predict_from_files(detector, a.folder, a.reps, a.out.with_suffix(".rows.jsonl"), sync)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(a.out, result)
     print(files_line(str(a.run_dir), result))
     return result
 

@@ -10,7 +10,7 @@ Parquet file of rows (`realfake.predict.write_file`, as `--out rows.parquet` wri
   torch's import, the model's load) and its steady images/s after it are reported too.
 
 The overhead ratio is Ray's wall time over local's (above 1: Ray is slower on one machine); both files are
-checked to hold the same rows. Writes benchmarks/results/ray-predict-<date>-<host>.json (or --out).
+checked to hold the same rows. Writes benchmarks/results/ray-predict/<machine>-<date>-<commit>.json (or --out).
 The model is a run given with --run, or a `fast` run trained here for one epoch on the mini stand-in (its
 accuracy does not matter to a throughput).
 """
@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import DEFAULT_DATA, atomic_write_json, machine_info, result_path
 from benchmarks.predict_files import write_test_jpegs
-from benchmarks.run import DEFAULT_DATA, REPO, atomic_write_json, machine_info
 
 MINI = DEFAULT_DATA.with_name("standin-cifake-mini.zip")
 
@@ -137,7 +137,7 @@ def _measure(a: argparse.Namespace, work: Path) -> dict[str, Any]:
                  "arrival of each actor's first batch to the last. rows_identical: the two Parquet files hold "
                  "equal tables.",
     }
-    out = a.out or REPO / "benchmarks" / "results" / f"ray-predict-{result['date'][:10]}-{machine['host']}.json"
+    out = a.out or result_path("ray-predict")
     atomic_write_json(out, result)
     print(f"{a.n:,} JPEGs, {plan.actors} actors, batch {a.batch_size}, load {machine['load_average_start']}: local "
           f"{median['local_images_per_s']:,.0f} img/s, Ray {median['ray_images_per_s']:,.0f} img/s (steady "

@@ -15,9 +15,9 @@ from typing import Any
 from benchmarks.run import REPO, isa_line
 
 GENERALIZATION = tuple(
-    f"benchmarks/results/generalization-fast-recipe-2026-12-07-vm-seed{s}.json" for s in (42, 7, 1)
+    f"benchmarks/results/generalization/vm-2026-12-07-f1a31d9-seed{s}.json" for s in (42, 7, 1)
 )
-SPEED = "benchmarks/results/2026-11-29-xeon-amx-run10.json"
+SPEED = "benchmarks/results/bench/xeon-amx-2026-11-29-f090abd-run10.json"
 METHOD = "fast-recipe"
 LABELS = ("FAKE", "uncertain", "REAL")
 

@@ -1,6 +1,6 @@
 """realfake vs the original notebook (Keras), on the same data and machine, in one run: `python -m benchmarks.run`.
 
-Measures, and writes to benchmarks/results/<date>-<host>.json (atomically) with a table on stdout:
+Measures, and writes to benchmarks/results/bench/<machine>-<date>-<commit>.json (atomically) with a table on stdout:
 - data prep: realfake's cache built cold (JPEG images/s decoded, parallel processes) and reloaded warm;
 - training throughput (images/s, steady state: the first epoch is left out as warm-up; in a one-epoch run
   its first fifth of the batches), for the Keras reference, `seed-resnet50` and `fast`;
@@ -27,137 +27,37 @@ The reference runs in a child process so that TensorFlow and PyTorch never share
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", REPO.parent / "shared" / "data")) / "standin-cifake.zip"
+from benchmarks.common import (
+    DEFAULT_DATA,
+    REPO,
+    RESULTS,
+    StepTimer,
+    atomic_write_json,
+    isa_line,
+    log,
+    machine_info,
+    percentile_ms,
+    ratio,
+    result_path,
+    steady_throughput,
+)
+
 REALFAKE_MODELS = ("seed-resnet50", "fast")
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def steady_throughput(batches: list[list[tuple[int, float]]]) -> float:
-    """Images/s over steady-state batches. `batches[e]` holds (images, seconds) for each batch of epoch e.
-
-    Epoch 1 is warm-up (allocations, oneDNN kernel choice, tf.function tracing) when there are more epochs;
-    in a one-epoch run its first fifth of the batches (at least one, when there are two or more) is.
-    """
-    steady = [b for epoch in batches[1:] for b in epoch]
-    if not steady and batches:
-        first = batches[0]
-        skip = max(1, len(first) // 5) if len(first) > 1 else 0
-        steady = first[skip:]
-    n = sum(b[0] for b in steady)
-    s = sum(b[1] for b in steady)
-    return n / s if s > 0 else float("nan")
-
-
-def percentile_ms(seconds: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else float("nan")
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or b <= 0:
-        return None
-    return a / b
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
-def write_final(path: Path, results: dict[str, Any], started: datetime, table_text: str | None = None) -> Path:
-    """A long benchmark's last write: marked complete, with its wall time and end load; its table printed."""
-    results["complete"] = True
-    results["machine"]["load_average_end"] = list(os.getloadavg())
-    results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    atomic_write_json(path, results)
-    if table_text is not None:
-        print(table_text)
-    print(f"\nwrote {path}")
-    return path
-
-
-@contextlib.contextmanager
-def cache_dir(path: Path) -> Iterator[None]:
-    """realfake's data cache in `path` (REALFAKE_CACHE_DIR) for the block, whatever it was before."""
-    old = os.environ.get("REALFAKE_CACHE_DIR")
-    os.environ["REALFAKE_CACHE_DIR"] = str(path)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("REALFAKE_CACHE_DIR", None)
-        else:
-            os.environ["REALFAKE_CACHE_DIR"] = old
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as realfake.device reads it (the one place that reads the CPU)."""
-    from realfake.device import cpu_info
-
-    return str(cpu_info()["model"])
-
-
-def machine_info() -> dict[str, Any]:
-    """What a figure was measured on: CPU model and ISA flags (realfake.device.cpu_info), GPU, threads, load."""
-    import torch
-
-    from realfake.device import cpu_info, keep_freed_memory
-
-    cpu = cpu_info()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "host": socket.gethostname(),
-        "cpu": cpu["model"],
-        "isa": cpu["isa"],
-        "isa_source": cpu["isa_source"],
-        "native_bf16_cpu": cpu["native_bf16"],
-        "torch_cpu_capability": cpu["torch_cpu_capability"],
-        "cores": os.cpu_count(),
-        "gpu": gpu,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "malloc": keep_freed_memory(),  # what realfake's training and prediction set (it applies it here too)
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_start": list(os.getloadavg()),
-    }
-
-
-def isa_line(machine: dict[str, Any]) -> str:
-    """The ISA flags that are present, e.g. "avx2 avx512f amx_bf16" (or "ISA flags not recorded")."""
-    isa = machine.get("isa")
-    if not isa:
-        return "ISA flags not recorded"
-    present = [k for k, v in isa.items() if v]
-    return " ".join(present) if present else "none of " + " ".join(isa)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- data
@@ -207,35 +107,6 @@ def extract_split_tree(data: Path, ds: Any, split: dict[str, np.ndarray], out: P
 # ---------------------------------------------------------------- realfake
 
 
-@contextlib.contextmanager
-def timed_train_batches(records: list[list[tuple[int, float]]], sync: Callable[[], None]) -> Iterator[None]:
-    """Time every training step of realfake.fit from outside: wall time between consecutive batch requests.
-
-    A step's time is data (gather, cast, flips) + forward + backward + optimiser, like the reference's
-    per-batch timer. `sync` waits for the GPU so that asynchronous work is charged to the right step.
-    """
-    import realfake.fit as fit_module
-
-    original = fit_module.train_batches
-
-    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        records.append([])
-        sync()
-        t = time.perf_counter()
-        for x, y in original(*args, **kwargs):
-            yield x, y
-            sync()
-            now = time.perf_counter()
-            records[-1].append((len(y), now - t))
-            t = now
-
-    fit_module.train_batches = wrapper
-    try:
-        yield
-    finally:
-        fit_module.train_batches = original
-
-
 def flops_per_image(model: Any) -> dict[str, float]:
     """Forward FLOPs per image (eval) and forward+backward FLOPs per training image, by torch's counter."""
     import copy
@@ -282,11 +153,11 @@ def run_realfake(
                     weights=args.weights, precision=precision)
     cfg = apply_recipe(cfg, built.recipe)
     flops = flops_per_image(built.model)
-    records: list[list[tuple[int, float]]] = []
+    timer = StepTimer(sync)
     log(f"{name}: training {len(split['train'])} images, {args.epochs} epochs, batch {cfg.batch_size} on {device}, "
         f"{resolved.name} ({resolved.reason})")
-    with timed_train_batches(records, sync):
-        result = fit(built.model, ds.images, ds.labels, split, cfg, run_dir, device, progress=args.progress)
+    result = fit(built.model, ds.images, ds.labels, split, cfg, run_dir, device, progress=args.progress,
+                 step_observer=timer)
     seconds = [row["seconds"] for row in result.history]
     best = max(result.best_epoch, 1)
     test_idx = split["test"]
@@ -319,7 +190,7 @@ def run_realfake(
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "history": result.history,
-        "train_images_per_s": steady_throughput(records),
+        "train_images_per_s": steady_throughput(timer.epochs),
         "fit_s": result.seconds,
         "training_threads": result.extra.get("training_threads", []),  # device.ThreadGovernor's switches, if any
         "time_to_accuracy_s": float(sum(seconds[:best])),
@@ -763,7 +634,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also time `fast`'s training loop on N images alone and beside a 2-thread PyTorch job, "
                    "under realfake's default and fixed thread settings (benchmarks.contention --loop; minutes; "
                    "0: skip it)")
-    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=RESULTS,
+                   help="results folder: the JSON goes to OUT_DIR/bench/<machine>-<date>-<commit>.json")
     p.add_argument("--progress", action="store_true", help="show realfake's training progress bars")
     a = p.parse_args(argv)
     from realfake.contract import PRECISIONS
@@ -844,8 +716,7 @@ def main(argv: list[str] | None = None) -> Path:
         results["machine"]["tf_threads"] = results["models"]["reference"]["threads"]
     results.update(summarise(results))
     results["wall_s"] = (datetime.now(timezone.utc) - started).total_seconds()
-    name = f"{started.strftime('%Y-%m-%d')}-{socket.gethostname()}.json"
-    path = args.out_dir / name
+    path = result_path("bench", args.out_dir)
     atomic_write_json(path, results)
     print(table(results, source=_shown(path)))
     print(details(results))

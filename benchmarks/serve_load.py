@@ -13,8 +13,8 @@ interface), then runs two phases against it:
   (--heavy-ignore-retry-after: at once); `heavy.refused_503` counts those refusals.
 It records requests, errors by status, latency p50/p95/p99, images/s, the server's RSS before and after
 (VmRSS from /proc), the CPU seconds the server and the clients used during the light requests, the CPU model
-and the load average, and writes benchmarks/results/serve-<date>-<host>.json
-(serve-<date>-<host>-2.json, ... when that file exists).
+and the load average, and writes benchmarks/results/serve/<machine>-<date>-<commit>.json
+(...-2.json, ... when that file exists).
 The clients are threads of this one process, on the same cores as the server. That is fair only while the
 clients need far less CPU than the server: `cpu_s` in each phase says (2026-11-27, 2-core VM: about 0.4 CPU
 seconds for the clients against 4-5 for the server per 1,000 light requests), so they were not moved to a
@@ -50,9 +50,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from benchmarks.run import atomic_write_json, cpu_model
+from benchmarks.common import REPO, RESULTS, atomic_write_json, cpu_model, result_path
 
-REPO = Path(__file__).resolve().parents[1]
 MINI_DATA = Path(os.environ.get("REALFAKE_SHARED_DATA", REPO.parent / "shared" / "data")) / "standin-cifake-mini.zip"
 HOST = "127.0.0.1"  # load goes to this machine only
 REQUEST_TIMEOUT_S = 120.0
@@ -334,7 +333,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="server processes (`realfake serve --workers`)")
     p.add_argument("--max-seconds", type=float, default=300, help="a phase stops sending after this long")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="results folder (the JSON goes in its serve/)")
     return p.parse_args(argv)
 
 
@@ -377,12 +376,7 @@ def main(argv: list[str] | None = None) -> Path:
             log(f"{name}: {json.dumps({k: entry[k]['latency_ms'] for k in ('light', 'light_with_heavy')})}")
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_s"] = round((datetime.now(timezone.utc) - started).total_seconds(), 1)
-    stem = f"serve-{started.strftime('%Y-%m-%d')}-{socket.gethostname()}"
-    path = args.out_dir / f"{stem}.json"
-    n = 1
-    while path.exists():  # a second run on the same day keeps the first one's file (a README may cite it)
-        n += 1
-        path = args.out_dir / f"{stem}-{n}.json"
+    path = result_path("serve", args.out_dir)  # a second run the same day gets -2: the first one's file stays
     atomic_write_json(path, results)
     print(f"wrote {path}")
     return path

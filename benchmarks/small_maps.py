@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.run import machine_info, write_final
+from benchmarks.common import machine_info, result_path, write_final
 
 # (in, out, kernel, stride, padding, map side): ResNet50 at 32x32 input, last two stages
 LAYERS = [
@@ -97,8 +97,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="timed steps per setting and round")
     p.add_argument("--rounds", type=int, default=2, help="rounds over the settings (the best counts)")
-    p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the JSON file to write (default: results/small-maps/MACHINE-DATE-COMMIT.json)")
     args = p.parse_args(argv)
+    args.out = args.out or result_path("small-maps")
     started = datetime.now(timezone.utc)
     steps = step_rates(args.batch, args.steps, args.rounds)
     base = {r["precision"]: r["images_per_s"] for r in steps if r["kernels"] == "conv" and not r["fused_adam"]}

@@ -10,8 +10,8 @@ with --heldout each run is also judged on a generator it never saw (`realfake ev
 benchmarks.generalization does), so that a faster recipe is never bought with generalisation.
 
 Runs are named PRECISIONxEPOCHS (e.g. bf16x3, fp32x1), with a `torchrunN:` prefix for N processes
-(`torchrun2:bf16x3`). Writes benchmarks/results/time-to-accuracy-<date>-<host>.json atomically after every run
-(a stopped benchmark keeps what it finished), with the machine (GPU named), and prints the README's table.
+(`torchrun2:bf16x3`). Writes benchmarks/results/time-to-accuracy/<machine>-<date>-<commit>.json atomically after
+every run (a stopped benchmark keeps what it finished), with the machine (GPU named), and prints the README's table.
 """
 
 from __future__ import annotations
@@ -30,10 +30,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import (
+    DEFAULT_DATA,
+    RESULTS,
+    atomic_write_json,
+    cache_dir,
+    machine_info,
+    result_path,
+    write_final,
+)
 from benchmarks.generalization import DEFAULT_HELDOUT, HELDOUT_NAME, build_heldout
-from benchmarks.run import DEFAULT_DATA, atomic_write_json, cache_dir, machine_info, write_final
 
-REPO = Path(__file__).resolve().parents[1]
 _RUN = re.compile(r"^(?:torchrun(?P<procs>[1-9][0-9]*):)?(?P<precision>auto|fp32|bf16)x(?P<epochs>[1-9][0-9]*)$")
 
 
@@ -190,7 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="stratified subset (default: the whole zip)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--run-timeout", type=float, default=3600, help="seconds one training may take")
-    p.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--out-dir", type=Path, default=RESULTS,
+                   help="results folder (the JSON goes in its time-to-accuracy/)")
     a = p.parse_args(argv)
     try:
         a.runs = parse_runs(a.runs)
@@ -208,7 +216,7 @@ def main(argv: list[str] | None = None) -> Path:
         if path is not None and not path.is_file():
             raise SystemExit(f"time_to_accuracy: {what} data not found: {path}")
     started = datetime.now(timezone.utc)
-    path = args.out_dir / f"time-to-accuracy-{started.strftime('%Y-%m-%d')}-{os.uname().nodename}.json"
+    path = result_path("time-to-accuracy", args.out_dir)
     results: dict[str, Any] = {
         "date": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.time_to_accuracy", *(argv or sys.argv[1:])]),

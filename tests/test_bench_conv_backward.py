@@ -3,11 +3,14 @@
 import json
 import math
 
+import pytest
 from benchmarks import conv_backward
 
 
+@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 def test_every_case_is_timed_in_both_frameworks(tmp_path, capsys):
     path = conv_backward.main(["--batch", "2", "--repeat", "1", "--out-dir", str(tmp_path)])
+    assert path.parent == tmp_path / "conv-backward"
     r = json.loads(path.read_text())
     assert r["complete"] is True
     cases = [conv_backward.BACKBONE, *conv_backward.LAYERS]

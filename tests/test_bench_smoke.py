@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from benchmarks.run import REPO, machine_info, main, ratio, steady_throughput, table
+from benchmarks.common import REPO, machine_info, ratio, steady_throughput
+from benchmarks.run import main, table
 
 from realfake.device import ISA_FLAGS, cpu_info
 
@@ -99,7 +100,8 @@ def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, 
     assert "| 1 thread | 2,378 | 1,462 | 140% |" in printed
 
 
-# Two rows of benchmarks/results/contention-loop-2026-11-29-xeon-amx.json, as benchmarks.contention writes them.
+# Two rows of benchmarks/results/contention/xeon-amx-2026-11-29-d1c7fa3-loop.json, as benchmarks.contention
+# writes them.
 BUSY = {
     "realfake's default (spinning threads, ThreadGovernor)": {
         "alone_img_s": 2094.2, "contended_img_s": 1253.4, "share_of_fair": 1.197,
@@ -122,7 +124,7 @@ def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
         "--device", "cpu",
         "--out-dir", str(tmp_path / "results"),
     ])
-    assert path.parent == tmp_path / "results" and path.suffix == ".json"
+    assert path.parent == tmp_path / "results" / "bench" and path.suffix == ".json"
     assert not list(path.parent.glob(".*.tmp"))  # written atomically, nothing left behind
     results = json.loads(path.read_text())
     for section, key in REQUIRED:

@@ -184,3 +184,28 @@ def test_training_beside_busy_processes_records_its_thread_switches_and_hands_ba
         assert at_interrupt == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_step_observer_is_told_of_every_training_step(mini_zip, tmp_path):
+    """train's step_observer: one restart per epoch, then each step's images, adding up to the training split."""
+    import json
+
+    from realfake.rundir import RunDir
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.epochs: list[list[int]] = []
+
+        def restart(self) -> None:
+            self.epochs.append([])
+
+        def observe(self, images: int) -> None:
+            self.epochs[-1].append(images)
+
+    seen = Recorder()
+    out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=2, patience=5), progress=False, log=lambda m: None,
+                    step_observer=seen)
+    n_train = json.loads((out / RunDir.DATA_REPORT).read_text())["split"]["train"]["n"]
+    assert len(seen.epochs) == 2
+    for steps in seen.epochs:
+        assert sum(steps) == n_train and max(steps) <= 32 and len(steps) == -(-n_train // 32)

@@ -37,7 +37,7 @@ def test_generalization_benchmark_writes_rows_in_range(mini_zip, ganc_zip, tmp_p
         "--n-heldout", "50", "--device", "cpu", "--cache-dir", str(tmp_path / "cache"),
         "--out-dir", str(tmp_path / "results"),
     ])
-    assert path.parent == tmp_path / "results" and path.name.startswith("generalization-")
+    assert path.parent == tmp_path / "results" / "generalization" and path.suffix == ".json"
     assert not list(path.parent.glob(".*.tmp"))  # written atomically
     results = json.loads(path.read_text())
     assert results["complete"] is True and list(results["methods"]) == ["fast"]

@@ -156,6 +156,7 @@ def test_run_json_records_the_automatic_choice(trained_run):
     assert info["precision_reason"].startswith("auto:") and dev.cpu_info()["model"] in info["precision_reason"]
 
 
+@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 def test_precision_parity_benchmark_compares_a_runs_verdicts(bf16_run):
     from benchmarks.precision_parity import parity
 

@@ -144,6 +144,7 @@ def test_calibration_data_takes_its_train_folder(mini_zip, fast_run):
     assert len(own.images) == len(json.loads((fast_run / "split.json").read_text())["train"])
 
 
+@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 def test_int8_parity_benchmark_reads_the_run_and_compares_both_files(fast_run):
     """benchmarks.int8_parity: both files on the run's test split, timed in turn; the run folder is only read."""
     from benchmarks.int8_parity import parity

@@ -117,6 +117,7 @@ def test_resnet50_at_32x32_uses_the_products_where_the_maps_are_small():
     assert len(small) >= 6  # layer3's 3x3s at 2x2 and layer4's at 1x1: the ones that were slow
 
 
+@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 def test_the_benchmark_times_every_setting_and_layer(tmp_path):
     """benchmarks.small_maps, on a tiny budget: a row per (kernels, fused Adam, precision) and per layer shape."""
     import json

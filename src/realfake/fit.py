@@ -16,7 +16,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +49,15 @@ from realfake.rundir import RunDir
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam kernel
 ONECYCLE_WARMUP = 0.2  # the share of onecycle's steps spent warming up (a prototype varies it by name)
+
+
+class StepObserver(Protocol):
+    """Told where each epoch's training steps begin and how many images each step trained on: how
+    device.ThreadGovernor paces its windows, and how a benchmark times steps without reaching into the loop."""
+
+    def restart(self) -> None: ...  # before an epoch's first batch is fetched
+
+    def observe(self, images: int) -> None: ...  # after each training step (this process's images)
 
 
 @dataclass
@@ -141,6 +150,7 @@ def fit(
     progress: bool = True,
     world: World = SINGLE,
     log: Callable[[str], None] | None = None,
+    step_observer: StepObserver | None = None,
 ) -> FitResult:
     """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights.
 
@@ -187,6 +197,7 @@ def fit(
     n_train = len(y_train)
     # On a CPU shared with other work, fewer threads where that trains faster (device.ThreadGovernor).
     governor = ThreadGovernor(log=log) if device.type == "cpu" and world.size == 1 else None
+    observers: list[StepObserver] = [o for o in (governor, step_observer) if o is not None]
     t_start = time.perf_counter()
     stopped_early = early.should_stop
     try:
@@ -203,8 +214,8 @@ def fit(
             )
             batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank,
                                     size=world.size)
-            if governor is not None:
-                governor.restart()
+            for o in observers:
+                o.restart()
             for step, (x, y) in enumerate(batches):
                 n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
                 with autocast(device, cfg.precision):
@@ -228,8 +239,8 @@ def fit(
                 sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
                 sums[2] += len(y)
                 bar.update(n_global)
-                if governor is not None:
-                    governor.observe(len(y))
+                for o in observers:
+                    o.observe(len(y))
                 if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
                     s_loss, s_correct, s_seen = sums.tolist()
                     bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")

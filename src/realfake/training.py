@@ -42,7 +42,7 @@ from realfake.distributed import (
 )
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
-from realfake.fit import FitResult, check_sync_batchnorm, fit, save_weights, state_to_cpu
+from realfake.fit import FitResult, StepObserver, check_sync_batchnorm, fit, save_weights, state_to_cpu
 from realfake.infer import TorchBackend, logits_by_chunk
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
@@ -54,12 +54,15 @@ def train(
     progress: bool = True,
     log: Log = log_to_stderr,
     on_epoch_end: Callable[[int], None] | None = None,
+    step_observer: StepObserver | None = None,
     **overrides: Any,
 ) -> Path:
     """Train a new run from a config (or keyword overrides of the defaults); returns the run directory.
 
     Under torchrun every process calls this: rank 0 names and writes the run folder, builds the data cache
     while the others wait, and finishes the run (calibration, test, report); the others only train.
+    `step_observer` (fit.StepObserver) is told of every training step, so a benchmark can time the loop from
+    outside it.
     """
     cfg = cfg or RunConfig()
     if overrides:
@@ -108,7 +111,8 @@ def train(
                 raise e.then(then) from None
         log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}  "
             f"precision: {precision.name} ({precision.reason}){_processes(world, device)}")
-        return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end, world)
+        return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end, world,
+                                step_observer)
     finally:
         finish(world)
 
@@ -175,6 +179,7 @@ def resume(
     progress: bool = True,
     log: Log = log_to_stderr,
     on_epoch_end: Callable[[int], None] | None = None,
+    step_observer: StepObserver | None = None,
 ) -> Path:
     """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
     world = world_from_env()
@@ -204,7 +209,8 @@ def resume(
             run.update_info(device=str(device), processes=world.size, **precision.to_info())
         log(f"resuming {run.path} on {device}, precision {precision.name} ({precision.reason})"
             f"{_processes(world, device)}")
-        return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end, world)
+        return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end, world,
+                                step_observer)
     finally:
         finish(world)
 
@@ -241,9 +247,10 @@ def _fit_and_finish(
     log: Log,
     on_epoch_end: Callable[[int], None] | None,
     world: World = SINGLE,
+    step_observer: StepObserver | None = None,
 ) -> Path:
     result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress,
-                 world=world, log=log)
+                 world=world, log=log, step_observer=step_observer)
     if not world.is_main:  # rank 0 alone calibrates, tests and reports, on the same weights
         return run.path
     try:

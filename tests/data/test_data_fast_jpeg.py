@@ -163,6 +163,7 @@ def test_the_header_reader_takes_any_bytes(tail: bytes, cut: int) -> None:
             assert decode_bytes(data).shape == (32, 32, 3)
 
 
+@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 def test_the_decoding_benchmark_compares_like_with_like(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.jpeg_codec import decode_files
 

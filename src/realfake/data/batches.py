@@ -178,7 +178,7 @@ class ArtefactSimulation:
     nearest / bilinear up + conv), at an amplitude of `amplitude` (in 1/255 steps), saved as JPEG at `quality`
     like the data's own images; as many REAL slots get the same JPEG pass, so that a second compression is
     no cue for FAKE. The aim is a model that learns "made by up-sampling" rather than "made by this GAN".
-    Measured (benchmarks/prototypes/gen_sim.py and README "Generators it never saw"): with flips only it
+    Measured (research/gen_sim.py and README "Generators it never saw"): with flips only it
     caught 10 points more of a held-out generator's fakes but cost 0.7 points at home; it is an option
     (`--augment simulate`), not the recipe.
     """

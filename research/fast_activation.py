@@ -7,7 +7,7 @@ the default; this script keeps both runnable for comparison.
 
 Run (from the repository root, about 2.5 minutes a run on a 2-core AMX Xeon):
 
-    python -m benchmarks.prototypes.fast_activation gelu|relu --epochs 3 [--seed N] [--out-dir DIR]
+    python -m research.fast_activation gelu|relu --epochs 3 [--seed N] [--out-dir DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import benchmarks.generalization as generalization
+
 import realfake.models.fast as fast
 
 VARIANTS = {"gelu": (1, "recipe, version 1: GELU"), "relu": (2, "recipe, version 2: ReLU")}

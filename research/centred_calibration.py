@@ -7,7 +7,7 @@ policy puts it), centred (p = sigmoid((z - c) / T), c = the policy's cut as a lo
 now), Platt scaling, and hotter temperatures. Prints threshold, home accuracy and ECE, ganC balanced accuracy
 and ECE per variant.
 
-    python -m benchmarks.prototypes.centred_calibration RUN [POLICY=real:0.005]
+    python -m research.centred_calibration RUN [POLICY=real:0.005]
 
 Measured on a full-stand-in `fast` run (flips, 3 epochs; AMD EPYC, 2 cores), policy real:0.005: temperature
 only: threshold p 0.0009, ganC ECE 0.2305, home ECE 0.0004; centred: ganC ECE 0.0414, home 0.0054, verdicts
@@ -23,11 +23,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from benchmarks.common import DEFAULT_DATA
+from benchmarks.generalization import DEFAULT_HELDOUT, build_heldout
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
 
-from benchmarks.generalization import DEFAULT_HELDOUT, build_heldout
-from benchmarks.run import DEFAULT_DATA
 from realfake.calibration import apply_temperature, choose_threshold, fit_temperature, sigmoid
 from realfake.data.cache import load_dataset
 from realfake.detector import Detector

@@ -27,16 +27,16 @@ points on ganC (below all three seeds of version 2) for a 1.11x step.
 
 Run (from the repository root, about 2 minutes a run on a 2-core AMX Xeon):
 
-    python -m benchmarks.prototypes.fast_stem s2d|nostembn|base --epochs 3 [--seed N] [--out-dir DIR]
+    python -m research.fast_stem s2d|nostembn|base --epochs 3 [--seed N] [--out-dir DIR]
 """
 
 from __future__ import annotations
 
 import sys
 
+import benchmarks.generalization as generalization
 from torch import nn
 
-import benchmarks.generalization as generalization
 import realfake.models.fast as fast
 
 _init = fast.FastNet.__init__

@@ -7,7 +7,7 @@ left confidently REAL and the REAL test images labelled uncertain.
 
 Run (from the repository root), on a run trained with `--protocol official` on the stand-in:
 
-    python -m benchmarks.prototypes.threshold_policy RUN
+    python -m research.threshold_policy RUN
 
 Measured on `fast`, full stand-in, 3 epochs (the run of benchmarks/generalization.py; AMD EPYC, 2 cores):
 

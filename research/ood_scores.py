@@ -18,7 +18,7 @@ and not flagged).
 
 Run (from the repository root; trains `fast` first, a few minutes on 2 CPU cores, unless STATE holds weights):
 
-    python -m benchmarks.prototypes.ood_scores [LIMIT=30000] [STATE=path/to/weights.pt]
+    python -m research.ood_scores [LIMIT=30000] [STATE=path/to/weights.pt]
 
 STATE, when given, caches the trained weights there (loaded if the file exists, else written after training).
 

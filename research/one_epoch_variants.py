@@ -15,7 +15,7 @@ Variants here (first argument; each a `benchmarks.generalization` method, so the
 - `e1-b64-lr6`: batch 64 and lr 6e-3 alone.
 
 Measured with `fast` version 1, GELU (full stand-in, `--epochs 1`, seed 42, bf16, 2-core AMX Xeon, one run at a
-time; 2026-11-29, `benchmarks/results/generalization-1epoch-variants-2026-11-29-xeon-amx-e/f/g.json`):
+time; 2026-11-29, `research/results/generalization-1epoch-variants-2026-11-29-xeon-amx-e/f/g.json`):
 
 | variant | home | ganC balanced | fakes caught | ROC AUC |
 |---|---|---|---|---|
@@ -74,17 +74,17 @@ variant and seeds lost 3 points on average (0.2-5.5 a seed), as much as most of 
 
 Run (from the repository root, about a minute a variant on that machine):
 
-    python -m benchmarks.prototypes.one_epoch_variants VARIANT --epochs 1 [--seed N] [--out-dir DIR]
-    python -m benchmarks.prototypes.one_epoch_variants shift2 --epochs 3
+    python -m research.one_epoch_variants VARIANT --epochs 1 [--seed N] [--out-dir DIR]
+    python -m research.one_epoch_variants shift2 --epochs 3
 """
 
 from __future__ import annotations
 
 import sys
 
+import benchmarks.generalization as generalization
 import torch
 
-import benchmarks.generalization as generalization
 import realfake.data.batches as batches
 import realfake.fit as fit
 

@@ -23,7 +23,7 @@ fakes caught, balanced accuracy and ROC AUC.
 
 Run (from the repository root; several minutes per mode on 2 CPU cores):
 
-    python -m benchmarks.prototypes.gen_sim base|sim|sim2|npr [P=0.5] [LIMIT=30000] [EPOCHS=3]
+    python -m research.gen_sim base|sim|sim2|npr [P=0.5] [LIMIT=30000] [EPOCHS=3]
 
 Measured (30,000-image subset of the stand-in, fast, 3 epochs, threshold balanced on validation;
 ganC 2,000 + 2,000 REAL; 2-core CPU, train_s 361 / 604 / 263 s busy):

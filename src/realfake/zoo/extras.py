@@ -86,7 +86,8 @@ def _pool(member: ZooMember, digest: str, seed: int, n: int, root: Path, log: Lo
     return [folder / f"chunk-{i // CHUNK:05d}" / f"{i % CHUNK:03d}.jpg" for i in range(n)]
 
 
-def _link(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no second copy of the bytes), or a copy where the file system has none."""
     try:
         os.link(src, dst)
     except OSError:  # another file system, or one without hard links
@@ -116,7 +117,7 @@ def zoo_extras(members: list[ZooMember], where: str, n_total: int, seed: int, ro
                 target = tmp / "FAKE" / m.family
                 target.mkdir(parents=True)
                 for i, src in enumerate(pools[m.family]):
-                    _link(src, target / f"{i:06d}.jpg")
+                    link_or_copy(src, target / f"{i:06d}.jpg")
                 entry = {"n": counts[m.family], "seed": seed, "chunk": CHUNK, "weights": m.info.metadata()}
                 marker = _marker(json.loads(marker) if marker else None, m.family, entry)
             (tmp / MARKER).write_text(marker or "")

@@ -74,3 +74,68 @@ def test_missing_data_and_unknown_method_are_one_line_errors(tmp_path):
     with pytest.raises(SystemExit):
         parse_args(["--methods", "fast,nope"])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_lofo_holds_each_family_out_of_its_fold(mini_zip, ganc_zip, tmp_path, capsys, monkeypatch):
+    """Two tiny families, one epoch on 200 images: the split and the JSON's shape, not the figures' values."""
+    import numpy as np
+    from benchmarks.generalization import LOFO_FIGURES
+
+    import realfake.report
+    from realfake.rundir import RunDir
+    from realfake.zoo.train import train_generator
+
+    monkeypatch.setattr(realfake.report, "build", lambda run_dir: Path(run_dir) / "report.html")
+    rng = np.random.default_rng(0)
+    real = np.ascontiguousarray(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8).repeat(4, 1).repeat(4, 2))
+    families = ["gan-bilinear", "gan-nearest"]
+    for fam in families:
+        train_generator(real, fam, tmp_path / "zoo" / fam, seed=0, steps=2, batch_size=4)
+    work = tmp_path / "work"
+    path = main([
+        "--lofo", "--zoo", str(tmp_path / "zoo"), "--data", str(mini_zip), "--heldout", str(ganc_zip),
+        "--limit", "200", "--epochs", "1", "--n-heldout", "12", "--zoo-n", "30", "--device", "cpu",
+        "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "results"), "--work-dir", str(work),
+    ])
+    assert path.name.startswith("generalization-lofo-") and not list(path.parent.glob(".*.tmp"))
+    results = json.loads(path.read_text())
+    lofo = results["lofo"]
+    assert results["complete"] is True and lofo["families"] == families
+    assert sorted(lofo["folds"]) == [f"fast/s42/{f}" for f in families]
+    for fam in families:
+        other = next(f for f in families if f != fam)
+        row = lofo["folds"][f"fast/s42/{fam}"]
+        assert row["heldout_family"] == fam and row["trained_families"] == [other]
+        assert row["heldout_in_training"] is False
+        # the fold run's own files: the held-out family is nowhere in training or validation
+        run = RunDir(row["run"])
+        report, split = run.read_json(RunDir.DATA_REPORT), run.read_json(RunDir.SPLIT)
+        assert other in report["split_sources"]["train"]
+        for name in ("train", "val", "test"):
+            assert fam not in report["split_sources"][name], name
+        n_own = report["n_images"]
+        assert max(split["val"]) < n_own and max(split["test"]) < n_own  # extras in training only
+        extras = Path(run.read_yaml(RunDir.CONFIG)["extra_fakes"])
+        assert sorted(p.name for p in (extras / "FAKE").iterdir()) == [other]
+        # judged on its own held-out fakes (another seed than any training sample) and on ganC
+        held = work / "folds" / f"s42-{fam}" / f"heldout-{fam}" / "FAKE" / fam
+        trained_bytes = {p.read_bytes() for p in (work / "folds" / f"s42-{other}" / "extra-fakes" / "FAKE" / fam)
+                         .iterdir()}
+        assert len(list(held.iterdir())) == 12 and not {p.read_bytes() for p in held.iterdir()} & trained_bytes
+        assert row["heldout"]["n_fake"] == 12 and row["heldout"]["n_real"] == 12
+        assert row["ganC"]["n_fake"] == 12
+        assert set(row["figures"]) == set(LOFO_FIGURES)
+        for key in ("fakes_labelled_fake", "fakes_uncertain", "fakes_labelled_real"):
+            assert 0 <= row["figures"][key] <= 1
+        assert sum(row["figures"][k] for k in ("fakes_labelled_fake", "fakes_uncertain", "fakes_labelled_real")) \
+            == pytest.approx(1, abs=1e-5)
+    summary = lofo["summary"]["fast"]
+    assert summary["all"]["n_folds"] == 2 and list(summary["per_seed"]) == ["42"]
+    for key, worse in LOFO_FIGURES.items():
+        values = [lofo["folds"][f"fast/s42/{f}"]["figures"][key] for f in families]
+        assert summary["all"]["mean"][key] == pytest.approx(sum(values) / 2, abs=1e-6)
+        assert summary["all"]["worst"][key]["value"] == worse(values)
+        assert summary["all"]["worst"][key]["heldout_family"] in families
+    out = capsys.readouterr().out
+    assert "| fast: worst" in out.replace("**", "") and "| fast | 42 | gan-nearest |" in out

@@ -97,7 +97,8 @@ def train(
     ),
     extra_fakes: str | None = typer.Option(
         None, help="folder or zip of FAKE images only (e.g. `realfake zoo sample` output) mixed into the training "
-        "split; validation and the home test split stay --data's own"
+        "split; validation and the home test split stay --data's own. `zoo`: images sampled (and cached) from the "
+        "generator zoo shipped in the package; a folder of trained generators: sampled from those"
     ),
     extra_fakes_share: float | None = typer.Option(
         None, help="share of the training FAKE images taken by --extra-fakes (as many of the data's own training "
@@ -462,6 +463,23 @@ def zoo_sample(
     from realfake.zoo.sample import write_samples
 
     typer.echo(str(write_samples(weights, n, out, seed=seed, device=device)))
+
+
+@zoo_app.command("pack")
+@friendly
+def zoo_pack(
+    weights: list[Path] = typer.Argument(..., help="`zoo train` folders (or their generator.safetensors)"),
+    out: Path = typer.Option(..., help="folder for <family>.safetensors (fp16), e.g. src/realfake/assets/zoo"),
+) -> None:
+    """Write trained generators as fp16 <family>.safetensors, the packaged zoo's form; prints each file."""
+    from realfake.zoo.weights import pack_generator, read_info
+
+    families = [read_info(w).family for w in weights]  # every header is checked before anything is written
+    twice = sorted({f for f in families if families.count(f) > 1})
+    if twice:
+        raise RealfakeError(f"two generators of family {twice[0]!r} given; pack one per family")
+    for w in weights:
+        typer.echo(str(pack_generator(w, out)))
 
 
 def main() -> None:  # pragma: no cover - console entry point

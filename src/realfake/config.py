@@ -70,7 +70,8 @@ class RunConfig(BaseModel):
     extra_fakes: str | None = Field(
         None, description="folder or zip of FAKE images only (e.g. `realfake zoo sample`), mixed into the training "
         "split alone; validation and test stay the data's own (checked when training starts, not when a run's "
-        "config.yaml is read back)",
+        "config.yaml is read back). `zoo` (or `builtin`): sampled from the generator zoo shipped in the package; "
+        "a folder of trained generators: sampled from those (realfake.zoo.extras)",
     )
     extra_fakes_share: float = Field(
         0.5, gt=0, le=1, description="with extra_fakes: share of the training split's FAKE images taken by extra "

@@ -50,7 +50,8 @@ def run_data(cfg: RunConfig, progress: bool = True, log: Log = log_to_stderr) ->
     origin = "cache" if ds.from_cache else "decoded"
     log(f"data: {len(ds):,} images from {ds.source_name} ({origin}; {len(ds.skipped)} unreadable skipped)")
     if cfg.extra_fakes is not None:
-        ds = with_extra_fakes(ds, cfg.extra_fakes, cfg.seed, cfg.workers, progress)
+        ds = with_extra_fakes(ds, cfg.extra_fakes, cfg.seed, cfg.workers, progress, cfg.extra_fakes_share,
+                              cfg.protocol, log)
         log(f"extra fakes: {len(ds) - (ds.extra_start or 0):,} images from {cfg.extra_fakes} (training split only)")
     return ds
 

@@ -26,7 +26,7 @@ from realfake.calibration import Calibration, calibrate
 from realfake.config import RunConfig, validated
 from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.cache import Dataset
-from realfake.data.extra import check_extra_fakes, check_protocol_against, mix_into_split, own_part
+from realfake.data.extra import check_extra_fakes, check_protocol_against, mix_into_split, own_part, saved_form
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
 from realfake.device import resolve_precision, select_device
@@ -98,7 +98,7 @@ def train(
         if cfg.data is not None:  # saved absolute, so evaluate/resume work from any working directory
             cfg.data = str(Path(cfg.data).expanduser().resolve())
         if cfg.extra_fakes is not None:
-            cfg.extra_fakes = str(Path(cfg.extra_fakes).expanduser().resolve())
+            cfg.extra_fakes = saved_form(cfg.extra_fakes)
         if world.is_main:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)

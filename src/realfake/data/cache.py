@@ -51,6 +51,7 @@ class Dataset:
     skipped: list[dict[str, str]] = field(default_factory=list)
     from_cache: bool = False
     extra_start: int | None = None  # where extra fakes appended by realfake.data.extra begin; None: there are none
+    extra_origin: dict[str, Any] | None = None  # the extra fakes' zoo, when they were sampled from generators
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -11,6 +11,11 @@ FAKE/) counts as a training source, so no report calls it "never trained on".
 The extra images are appended after the data's own, so every index of the data's own images is unchanged, and
 a run's split.json points at the same images in `run_data` for train, resume, evaluate and quantize alike.
 
+A generator zoo may stand in for the images: `zoo` (or `builtin`) names the zoo shipped in the package, and a
+folder of trained generators (`realfake zoo train` folders, or packed `<family>.safetensors`) is told from a
+folder of images by looking. Then as many images as the share needs are sampled, split evenly over the families,
+from the run's seed, and cached (`realfake.zoo.extras`); the run files name the generators and their digests.
+
 Not enforced, only documented: the extra fakes must not be the set a run is later judged on as "held out"
 (a zoo family sampled into the extras is a seen source, which the reports say).
 """
@@ -18,6 +23,7 @@ Not enforced, only documented: the extra fakes must not be the set a run is late
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,12 @@ PATH_PREFIX = "extra-fakes/"  # marks the extra images' paths in predictions and
 
 
 def check_extra_fakes(path: str | Path) -> None:
-    """Refuse, in one line, an extra-fakes set that is missing or holds a REAL image: it adds FAKEs only."""
+    """Refuse, in one line, an extra-fakes set that is missing or holds a REAL image: it adds FAKEs only. A zoo
+    (the word, or a folder of generators) is checked by listing its generators' headers."""
+    from realfake.zoo.builtin import zoo_members
+
+    if zoo_members(path) is not None:
+        return
     p = Path(path).expanduser()
     if not p.exists():
         raise RealfakeError(f"--extra-fakes {path}: no such folder or zip")
@@ -45,11 +56,32 @@ def check_extra_fakes(path: str | Path) -> None:
                             "it must hold FAKE images only (FAKE/<family>/...)")
 
 
+def saved_form(path: str | Path) -> str:
+    """How a run's config keeps --extra-fakes: the zoo's word as it is, a path made absolute."""
+    from realfake.zoo.builtin import is_zoo_word
+
+    return str(path).strip().lower() if is_zoo_word(path) else str(Path(path).expanduser().resolve())
+
+
 def with_extra_fakes(ds: Dataset, path: str | Path, seed: int, workers: int | None = None,
-                     progress: bool = True) -> Dataset:
+                     progress: bool = True, share: float = 0.5, protocol: str = "seed",
+                     log: Callable[[str], None] = lambda m: None) -> Dataset:
     """`ds` with the extra fakes appended (their split folder None, their source their family); `ds.extra_start`
-    says where they begin. The images are copied into one in-memory array."""
+    says where they begin. The images are copied into one in-memory array. When `path` names generators, the
+    images `share` needs of `ds`'s training fakes under `protocol` are sampled first (`ds.extra_origin` says how)."""
+    from realfake.zoo.builtin import zoo_members
+
     check_extra_fakes(path)
+    origin = None
+    zoo = zoo_members(path)
+    if zoo is not None:
+        from realfake.data.splits import make_split
+        from realfake.zoo.extras import zoo_extras
+
+        train = make_split(ds.labels, ds.splits, protocol, seed, ds.sources)["train"]
+        need = max(1, int(round(share * int((ds.labels[train] == FAKE).sum()))))
+        sampled = zoo_extras(*zoo, need, seed, log=log)
+        path, origin = sampled.folder, sampled.provenance
     extra = load_dataset(Path(path).expanduser(), None, seed, workers, progress)
     if np.any(extra.labels != FAKE):  # check_extra_fakes read the listing; the decoded set must agree
         raise RealfakeError(f"--extra-fakes {path}: holds REAL images; it must hold FAKE images only")
@@ -63,6 +95,7 @@ def with_extra_fakes(ds: Dataset, path: str | Path, seed: int, workers: int | No
         sources=[*ds.sources, *extra.sources],
         skipped=[*ds.skipped, *({**s, "path": PATH_PREFIX + s["path"]} for s in extra.skipped)],
         extra_start=n,
+        extra_origin=origin,
     )
 
 
@@ -73,7 +106,7 @@ def own_part(ds: Dataset) -> Dataset:
     n = ds.extra_start
     return replace(ds, images=ds.images[:n], labels=ds.labels[:n], paths=ds.paths[:n], splits=ds.splits[:n],
                    sources=ds.sources[:n], skipped=[s for s in ds.skipped if not s["path"].startswith(PATH_PREFIX)],
-                   extra_start=None)
+                   extra_start=None, extra_origin=None)
 
 
 def check_protocol_against(ds: Dataset, protocol: str, path: str | Path) -> None:
@@ -107,7 +140,7 @@ def mix_into_split(ds: Dataset, split: dict[str, np.ndarray], share: float, seed
     per_family = Counter(ds.sources[int(i)] or "(no family)" for i in used)
     available = Counter(ds.sources[int(i)] or "(no family)" for i in extras)
     info = {
-        "path": str(Path(path).expanduser().resolve()),
+        "path": ds.extra_origin["from"] if ds.extra_origin else str(Path(path).expanduser().resolve()),
         "share_requested": share,
         "share": round(k / len(own_fakes), 6),  # of the training split's FAKE images
         "n_available": len(extras),
@@ -118,6 +151,7 @@ def mix_into_split(ds: Dataset, split: dict[str, np.ndarray], share: float, seed
         "in_splits": ["train"],
         "home_metrics": "the validation and test splits are the data's own images only; the extra fakes are "
                         "in training alone and count toward no reported home figure",
+        **({"zoo": ds.extra_origin} if ds.extra_origin else {}),
     }
     return {**split, "train": new_train}, info
 
@@ -128,6 +162,8 @@ def describe(info: dict[str, Any], data_name: str) -> str:
     fams = ", ".join(f"{k} ({v:,})" for k, v in (info.get("per_family") or {}).items()) or "none"
     share = info.get("share")
     share_text = f"{share:.0%}" if isinstance(share, int | float) else "an unrecorded share"
-    return (f"Trained also on {info.get('n_used', 0):,} extra fakes from {info.get('path')} of families {fams} "
+    zoo = info.get("zoo")
+    how = f" (sampled with seed {zoo.get('seed')}, JPEG q{zoo.get('jpeg_quality')})" if isinstance(zoo, dict) else ""
+    return (f"Trained also on {info.get('n_used', 0):,} extra fakes from {info.get('path')}{how} of families {fams} "
             f"({share_text} of the FAKE training images; as many of the data's own training fakes left out). "
             f"They are in training only: the home test and validation figures are on {data_name} alone.")

@@ -4,6 +4,9 @@ else and no pickle is ever loaded.
 The header metadata (strings only, as safetensors wants) holds the format tag, the family, its settings as JSON,
 the seed, steps, batch size, the number of REAL images trained on and the realfake version. Nothing in it changes
 between two runs with the same inputs (no time stamps), so the same seed on the same data gives the same bytes.
+
+Training writes fp32; `pack_generator` writes the same weights as fp16 (header `dtype: float16`), half the size,
+for the zoo shipped inside the package. Loading upcasts either to fp32, and refuses non-finite weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from realfake.zoo.families import Family, get_family
 
 WEIGHTS_FILE = "generator.safetensors"
 FORMAT = "realfake-zoo/1"
+PACKED_SUFFIX = ".safetensors"  # a packed generator is <family>.safetensors
+MAX_PACKED_BYTES = 3 * 2**20  # what one packaged generator may add to the wheel
+_MAX_HEADER = 1 << 24
 _INT_FIELDS = ("seed", "steps", "batch_size", "n_real_images")
 
 
@@ -103,6 +109,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     except (SafetensorError, ValueError, json.JSONDecodeError, OverflowError) as e:
         raise RealfakeError(f"{p} is not a readable safetensors file ({e})") from None
     info, family = _info(meta, p)
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}  # fp16 packs: fp32 here
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise RealfakeError(f"{p}: non-finite weights in {bad[0]}{more}; the file is damaged or its training "
+                            "diverged: train it again")
     try:
         net = family.generator(info.settings)
         net.load_state_dict(tensors, strict=True)
@@ -118,3 +130,41 @@ def _header_metadata(data: bytes) -> dict[str, str] | None:
     header = json.loads(data[8 : 8 + n])
     meta = header.get("__metadata__")
     return meta if isinstance(meta, dict) else None
+
+
+def read_info(path: str | Path) -> ZooInfo:
+    """The header of a generator file (fp32 or packed) without reading its weights: listing a zoo stays cheap."""
+    p = weights_path(path)
+    try:
+        with p.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= _MAX_HEADER:
+                raise ValueError(f"header length {n}")
+            meta = _header_metadata(n.to_bytes(8, "little") + f.read(n))
+    except OSError as e:
+        raise RealfakeError(f"cannot read {p}: {e.strerror or e}") from None
+    except (ValueError, json.JSONDecodeError, AttributeError) as e:
+        raise RealfakeError(f"{p} is not a readable safetensors file ({e})") from None
+    return _info(meta, p)[0]
+
+
+def pack_generator(path: str | Path, out_dir: str | Path) -> Path:
+    """Write the generator in `path` as OUT_DIR/<family>.safetensors in fp16 (same header plus `dtype: float16`,
+    sorted and canonical, so packing is reproducible); a weight that fp16 cannot hold is refused."""
+    net, info = load_generator(path)
+    tensors = {}
+    for k, v in sorted(net.state_dict().items()):
+        v = v.detach().cpu()
+        if v.is_floating_point():
+            v = v.to(torch.float16)
+            if not bool(torch.isfinite(v).all()):
+                raise RealfakeError(f"{weights_path(path)}: weight {k} exceeds what fp16 holds (|w| > 65504); "
+                                    "it cannot be packed")
+        tensors[k] = v.contiguous()
+    data = _canonical(st_save(tensors, metadata={**info.metadata(), "dtype": "float16"}))
+    if len(data) > MAX_PACKED_BYTES:
+        raise RealfakeError(f"{weights_path(path)}: packed it takes {len(data) / 2**20:.1f} MiB, over the "
+                            f"{MAX_PACKED_BYTES / 2**20:.0f} MiB a packaged generator may take")
+    out = Path(out_dir) / f"{info.family}{PACKED_SUFFIX}"
+    atomic_write_bytes(out, data)
+    return out

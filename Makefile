@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test demo test lint bench fuzz docs clean
+.PHONY: install install-test install-test-all demo test test-slow test-all lint bench fuzz docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
-# The bench extra (TensorFlow + Keras) is part of the test install: the benchmark smoke test runs the Keras reference.
-# So is the ray extra: tests/test_predict_ray.py runs `predict --engine ray` on a local Ray against local predict.
-# And the docs extra: tests/test_docs_site.py builds the site with `mkdocs build --strict`.
+# The fast tier (`make test`) needs the test and docs extras only (tests/test_docs_site.py builds the site). The slow
+# tier adds the bench extra (TensorFlow + Keras: the benchmark smoke tests run the Keras reference) and the ray extra
+# (tests/test_predict_ray.py runs `predict --engine ray` on a local Ray against local predict).
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[test,bench,ray,docs]"
+	$(BIN)/python -m pip install -q -e ".[test,docs]"
 	touch $(VENV)/.installed $@
+
+$(VENV)/.installed-test-all: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[test,docs,bench,ray]"
+	touch $(VENV)/.installed $(VENV)/.installed-test $@
 
 $(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[docs]"
@@ -26,23 +30,32 @@ $(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-test-all: $(VENV)/.installed-test-all
 
 # The demo's run folder is remade each time (train refuses to overwrite a run).
 demo: install
 	rm -rf runs/demo
 	$(BIN)/realfake train --out runs/demo
 
-# Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures in one worker): much of
-# the suite waits on child processes starting Python and torch, which overlaps well even on 2 cores.
+# Two tiers. `make test`: the product's behaviour, a few minutes on 2 cores. `make test-slow`: tests marked slow
+# (pyproject's markers: torchrun, the Keras reference, Ray, the browser, fault injection, benchmark smoke runs).
+# `make test-all` runs both; .ci/run calls it. Two workers, a test file each at a time (--dist loadfile keeps a
+# file's module fixtures in one worker): much of the suite waits on child processes, which overlaps on 2 cores.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 test: install-test lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PYTEST) -m "not slow"
+
+test-slow: install-test-all lint
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 lint: install-test
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks research
 
 # realfake vs the Keras re-implementation of the notebook; BENCH_ARGS="--limit 6000 --epochs 5" for more.
-bench: install-test
+bench: install-test-all
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # Coverage-guided fuzzing of the image decoder (atheris), FUZZ_SECONDS long; not part of `make test`.

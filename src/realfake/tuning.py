@@ -8,8 +8,9 @@ takes). A program that only wants `Detector.load(...).predict(...)` should find 
 every such trick asks `enabled()` first and does nothing unless the caller opted in:
 
 - the whole process, with `apply()` (the `realfake` command and its server call it as they start), or
-- one call, with the `tuning=True` argument of `Detector.load`, `train`, `fit` and `predict_batches`
-  (`tuning=False` keeps a call off even after `apply()`).
+- one call, with the `tuning=True` argument of `Detector.load`, `training.train`, `training.resume` and `fit`
+  (`tuning=False` keeps a call off even after `apply()`). Prediction's one trick runs as the model loads, so
+  `predict_batches` and the Detector's predict methods need no argument of their own.
 
 `REALFAKE_TUNING=0` in the environment turns every trick off whatever the caller chose, for a user who wants
 the command's process left alone too. `applied()` says which tricks actually ran in this process.

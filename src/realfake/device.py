@@ -244,7 +244,8 @@ class ThreadGovernor:
     unreadable, with one thread, or when the user fixed the count (OMP_NUM_THREADS). In a container whose
     /proc/stat counts the host's other tenants it probes now and then: one window in REPROBE + 1, kept only
     if faster. A run whose thread count changed is not repeatable bit for bit (reductions split differently):
-    run.json lists the switches, and OMP_NUM_THREADS turns the governor off for a run that must be.
+    run.json lists the switches, and OMP_NUM_THREADS turns the governor off for a run that must be. Changing the
+    thread count is process-wide, so `fit` builds one only where realfake.tuning allows it (the command does).
     """
 
     WINDOW_S = 3.0

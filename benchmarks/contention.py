@@ -56,7 +56,7 @@ from realfake.training import train
 timer = StepTimer()
 with tempfile.TemporaryDirectory() as tmp:
     run = train(model="fast", data=sys.argv[1], limit=int(sys.argv[2]), epochs=2, out=tmp + "/run", progress=False,
-                log=lambda m: None, seed=42, step_observer=timer)
+                log=lambda m: None, seed=42, step_observer=timer, tuning=True)  # as the command trains
     switches = json.loads((run / "run.json").read_text()).get("training_threads", [])
 print(json.dumps({"img_s": steady_throughput(timer.epochs), "switches": switches}))
 """

@@ -4,7 +4,7 @@
 by a thread) beside the bare model (`Detector.predict_logits` on the same images, decoded and in memory, with
 the run's TTA and precision), side by side `--reps` times, and where the pipeline's time goes. benchmarks.run
 calls it for `fast`, in a child process set up as the `predict` command sets itself up: the OpenMP wait
-policy (`realfake.predict.quiet_waiting_threads`) has to be chosen before torch is imported.
+policy (`realfake.tuning.apply(passive_wait=True)`) has to be chosen before torch is imported.
 """
 
 from __future__ import annotations
@@ -167,9 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     a.out = a.out or result_path("predict-files")
-    from realfake.predict import quiet_waiting_threads
+    from realfake import tuning
 
-    quiet_waiting_threads()  # as `realfake predict` does, before torch loads
+    tuning.apply(passive_wait=True)  # as `realfake predict` does, before torch loads
     import torch
 
     from realfake.detector import Detector

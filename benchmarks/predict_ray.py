@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
 
-    from realfake.predict import quiet_waiting_threads
+    from realfake import tuning
 
-    quiet_waiting_threads()  # as `realfake predict` does, before torch loads
+    tuning.apply(passive_wait=True)  # as `realfake predict` does, before torch loads
     work = Path(tempfile.mkdtemp(prefix="realfake-ray-bench-"))
     try:
         return _measure(a, work)

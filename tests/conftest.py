@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-# Tests compare runs bit for bit (same seed, resume). realfake.device.ThreadGovernor changes the thread count
-# when other processes are busy, which a shared CI machine may be, and a run whose count changed is not repeatable
-# bit for bit; it steps aside where the user fixed the count, as here (before torch loads; children inherit it).
-# Its own tests unset the variable.
+# Tests compare runs bit for bit (same seed, resume). Library calls leave the thread count alone (realfake.tuning),
+# but the `realfake` command opts in to realfake.device.ThreadGovernor, which changes the count when other
+# processes are busy (a shared CI machine may be), and a run whose count changed is not repeatable bit for bit.
+# The governor steps aside where the user fixed the count, as here, for the commands the tests run in this
+# process or as children (they inherit it). Its own tests unset the variable.
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,20 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("REALFAKE_CACHE_DIR", str(cache))
     yield cache
     shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _library_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts as a library user's process: a command run here (tests/clitools.cli_inline) opted it in
+    to realfake.tuning's tricks and set OMP_WAIT_POLICY; both are undone after the test."""
+    from realfake import tuning
+
+    monkeypatch.setattr(tuning, "_process_opted_in", False)
+    monkeypatch.setattr(tuning, "_applied", [])
+    had_policy = "OMP_WAIT_POLICY" in os.environ
+    yield
+    if not had_policy:
+        os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 @pytest.fixture(scope="session")

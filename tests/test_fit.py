@@ -140,7 +140,8 @@ def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zi
 
 def test_training_beside_busy_processes_records_its_thread_switches_and_hands_back_every_thread(
         mini_zip, tmp_path, monkeypatch):
-    """fit drives device.ThreadGovernor: a window per step here, and /proc/stat saying other processes are busy."""
+    """fit drives device.ThreadGovernor where the call opts in (realfake.tuning): a window per step here, and
+    /proc/stat saying other processes are busy."""
     import json
 
     from realfake import device as dev
@@ -172,7 +173,10 @@ def test_training_beside_busy_processes_records_its_thread_switches_and_hands_ba
             self._switch(1, others, "test")
 
     try:
-        out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), progress=False, log=lambda m: None)
+        out = run.train(small_cfg(mini_zip, tmp_path / "l", epochs=1), progress=False, log=lambda m: None)
+        assert seen == [] and "training_threads" not in json.loads((out / "run.json").read_text())  # a library call
+        out = run.train(small_cfg(mini_zip, tmp_path / "r", epochs=1), progress=False, log=lambda m: None,
+                        tuning=True)  # the governor is a process-wide trick: library calls opt in (realfake.tuning)
         switches = json.loads((out / "run.json").read_text())["training_threads"]
         assert switches and switches[0]["threads"] == 1 and switches[0]["others_cores"] >= dev.ThreadGovernor.BUSY
         assert seen[0] == 1 and seen[-1] == 2  # the last: all threads again when training ends
@@ -180,7 +184,7 @@ def test_training_beside_busy_processes_records_its_thread_switches_and_hands_ba
         monkeypatch.setattr(dev.ThreadGovernor, "_decide", to_one_thread)
         with pytest.raises(KeyboardInterrupt):  # stopped on one thread: every thread comes back all the same
             run.train(small_cfg(mini_zip, tmp_path / "i", epochs=2), on_epoch_end=interrupt, progress=False,
-                      log=lambda m: None)
+                      log=lambda m: None, tuning=True)
         assert at_interrupt == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)

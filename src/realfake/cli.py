@@ -11,14 +11,9 @@ from typing import Any, TypeVar
 
 import typer
 
+from realfake import tuning
 from realfake.errors import RealfakeError, one_line
-from realfake.predict import quiet_waiting_threads
 from realfake.rundir import RunDir
-
-# `predict` and `serve` let their OpenMP threads sleep rather than spin while they wait (quiet_waiting_threads,
-# called in each before torch loads): decoding workers and request handling need those cores. Training keeps
-# libgomp's spinning threads, 1.2-1.5x faster alone on a 2-core Xeon, and shares a busy machine by thread count
-# instead (realfake.device.ThreadGovernor).
 
 app = typer.Typer(
     add_completion=False,
@@ -27,9 +22,20 @@ app = typer.Typer(
     help="Tell AI-generated images from real photographs: train, evaluate, predict, report.",
 )
 F = TypeVar("F", bound=Callable[..., Any])
+SLEEPING_THREADS = ("predict", "serve")  # see _startup
 PRECISION_HELP = ("auto | fp32 | bf16: what the PyTorch model computes in [default: the run's setting, normally "
                   "auto: bf16 where the CPU has AMX / AVX-512 BF16, else fp32]; ONNX models always run in fp32")
 CIFAKE_HANDLE = "birdy654/cifake-real-and-ai-generated-synthetic-images"
+
+
+@app.callback()
+def _startup(ctx: typer.Context) -> None:
+    # The command opts its process in to realfake's process-wide tricks (realfake.tuning; REALFAKE_TUNING=0
+    # refuses them), which library use leaves off. `predict` and `serve` also let their OpenMP threads sleep
+    # rather than spin while they wait (before torch loads): decoding workers and request handling need those
+    # cores. Training keeps libgomp's spinning threads, 1.2-1.5x faster alone on a 2-core Xeon, and shares a busy
+    # machine by thread count instead (realfake.device.ThreadGovernor).
+    tuning.apply(passive_wait=ctx.invoked_subcommand in SLEEPING_THREADS)
 
 
 def friendly(fn: F) -> F:
@@ -244,17 +250,14 @@ def predict(
     ),
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
+    from realfake.detector import Detector
     from realfake.predict import (
         check_out,
         explain_paths,
         predict_batches,
-        quiet_waiting_threads,
         write_file,
         write_rows,
     )
-
-    quiet_waiting_threads()  # before torch loads (with the Detector)
-    from realfake.detector import Detector
 
     if threshold is not None and not 0 < threshold < 1:
         raise RealfakeError("--threshold must be between 0 and 1")
@@ -329,7 +332,6 @@ def serve(
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
 ) -> None:
     """Serve the detector over HTTP: a web page at /, the REST API at /v1, its docs at /docs."""
-    quiet_waiting_threads()  # before torch loads: between requests the model's threads sleep
     import uvicorn
 
     from realfake.serve import create_app

@@ -202,7 +202,8 @@ class Detector:
 
     @classmethod
     def load(
-        cls, path: str | Path, device: str = "auto", backend: str = "auto", precision: str | None = None
+        cls, path: str | Path, device: str = "auto", backend: str = "auto", precision: str | None = None,
+        tuning: bool | None = None,
     ) -> Detector:
         """A run directory (PyTorch) or a .onnx file (ONNX Runtime); backend="onnxruntime" on a run
         directory uses the run's exported model.onnx.
@@ -210,6 +211,9 @@ class Detector:
         `precision` (auto | fp32 | bf16, see realfake.device) is what the PyTorch model computes in; None means
         the run's own setting (auto unless it was trained with --precision). ONNX files always run in fp32:
         asking one for bf16 is an error rather than a silent fp32.
+        `tuning=True` lets loading change the process for speed (glibc's malloc settings; realfake.tuning); None
+        follows the process, which is off unless `realfake.tuning.apply()` ran (the `realfake` command). The
+        verdicts are the same either way.
         """
         path = Path(path)
         if backend not in BACKENDS:
@@ -228,15 +232,18 @@ class Detector:
                     raise RealfakeError(f"{path} has no {RunDir.ONNX}: run `realfake export {path}` first")
                 path = path / RunDir.ONNX
             return cls.from_onnx(path)
-        return cls.from_run(path, device, precision)
+        return cls.from_run(path, device, precision, tuning)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto", precision: str | None = None) -> Detector:
+    def from_run(
+        cls, run_dir: str | Path, device: str = "auto", precision: str | None = None, tuning: bool | None = None,
+    ) -> Detector:
         """The PyTorch model of a trained run, with the calibration stored in its run.json, computing in
-        `precision` (None: the run's own setting)."""
+        `precision` (None: the run's own setting); `tuning` as for `load`."""
         from realfake.device import select_device
         from realfake.infer import TorchBackend
         from realfake.models import load_weights
+        from realfake.tuning import opted_in
 
         run = RunDir(run_dir)
         run.require(RunDir.CONFIG, RunDir.WEIGHTS)
@@ -245,7 +252,8 @@ class Detector:
         info.setdefault("model", cfg.model)
         cal = Calibration.from_info(info, cfg.threshold)
         model = load_weights(cfg.model, run / RunDir.WEIGHTS)
-        backend = TorchBackend(model, select_device(device), cal.tta, precision or cfg.precision)
+        with opted_in(tuning):
+            backend = TorchBackend(model, select_device(device), cal.tta, precision or cfg.precision)
         return cls(backend, cal, info, run.path)
 
     @classmethod

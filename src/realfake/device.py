@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from realfake import tuning
 from realfake.contract import check_precision
 from realfake.errors import RealfakeError
 
@@ -158,9 +159,20 @@ _OTHER_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
-@functools.lru_cache(maxsize=1)
 def keep_freed_memory() -> str:
-    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel; says what it did.
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the kernel, where the caller
+    opted in to process-wide tricks (realfake.tuning); says what it did (see `_keep_freed_memory` for why)."""
+    if not tuning.enabled():
+        return "left: process-wide tuning is off (realfake.tuning)"
+    said = _keep_freed_memory()
+    if not said.startswith("left"):
+        tuning.record(tuning.MALLOC)
+    return said
+
+
+@functools.lru_cache(maxsize=1)
+def _keep_freed_memory() -> str:
+    """Set glibc's malloc to keep freed memory for reuse (once per process); says what it did.
 
     Why: every step of training, and every batch of prediction, allocates and frees the same few megabytes of
     feature maps. By default glibc returns a freed top of heap over twice its largest recent mmap'd block
@@ -174,7 +186,7 @@ def keep_freed_memory() -> str:
 
     Left alone where it cannot apply or the user chose: not glibc, another allocator preloaded, or glibc's
     malloc tunables set in the environment. Process-wide and once per process; realfake's training (fit) and
-    PyTorch prediction (infer.TorchBackend) call it.
+    PyTorch prediction (infer.TorchBackend) call it through `keep_freed_memory`, which asks realfake.tuning.
     """
     libc_name, _ = platform.libc_ver()
     if libc_name != "glibc":
@@ -232,7 +244,8 @@ class ThreadGovernor:
     unreadable, with one thread, or when the user fixed the count (OMP_NUM_THREADS). In a container whose
     /proc/stat counts the host's other tenants it probes now and then: one window in REPROBE + 1, kept only
     if faster. A run whose thread count changed is not repeatable bit for bit (reductions split differently):
-    run.json lists the switches, and OMP_NUM_THREADS turns the governor off for a run that must be.
+    run.json lists the switches, and OMP_NUM_THREADS turns the governor off for a run that must be. Changing the
+    thread count is process-wide, so `fit` builds one only where realfake.tuning allows it (the command does).
     """
 
     WINDOW_S = 3.0

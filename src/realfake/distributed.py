@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from realfake import tuning
 from realfake.errors import RealfakeError
 
 # How long a rank waits for the others at a collective (NCCL and gloo): generous, since rank 0 may be building
@@ -78,7 +79,8 @@ def start(world: World, device: torch.device) -> torch.device:
     """Join the process group (NCCL on CUDA, gloo otherwise) and return this rank's device.
 
     Each rank gets one GPU (cuda:LOCAL_RANK); on CPU the cores are shared out (torch threads = cores / ranks on
-    this machine), since N processes each running every core's worth of threads slow each other several-fold.
+    this machine) where process-wide tricks are enabled (realfake.tuning), since N processes each running every
+    core's worth of threads slow each other several-fold.
     """
     if not world.distributed:
         return device
@@ -91,7 +93,9 @@ def start(world: World, device: torch.device) -> torch.device:
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(world.local_size, 1)))
+        if tuning.enabled():  # the process is torchrun's rank of `realfake train`, which opts in (realfake.tuning)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(world.local_size, 1)))
+            tuning.record(tuning.THREADS)
     else:
         raise RealfakeError(f"training on several processes needs CUDA or the CPU, not {device.type}")
     if not dist.is_initialized():

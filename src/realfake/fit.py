@@ -45,6 +45,8 @@ from realfake.infer import predict_logits
 from realfake.models.registry import first_non_finite
 from realfake.models.small_maps import small_map_kernels
 from realfake.rundir import RunDir
+from realfake.tuning import THREAD_GOVERNOR, opted_in, record
+from realfake.tuning import enabled as tricks_enabled
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam kernel
@@ -151,8 +153,12 @@ def fit(
     world: World = SINGLE,
     log: Callable[[str], None] | None = None,
     step_observer: StepObserver | None = None,
+    tuning: bool | None = None,
 ) -> FitResult:
     """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights.
+
+    `tuning` opts this call in to process-wide tricks (malloc settings, the thread governor; realfake.tuning),
+    or out (False); None follows the process (off unless `realfake.tuning.apply()` ran, as the command does).
 
     Under torchrun (`world` from realfake.distributed) every rank runs this with the same arguments: the model
     is wrapped in DistributedDataParallel, each global batch of `cfg.batch_size` is shared out across the
@@ -160,7 +166,9 @@ def fit(
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
     check_global_batch(cfg.batch_size, world)
-    keep_freed_memory()  # each step's feature maps reuse the last step's pages (device.keep_freed_memory)
+    with opted_in(tuning):
+        keep_freed_memory()  # each step's feature maps reuse the last step's pages (device.keep_freed_memory)
+        may_govern = tricks_enabled()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -196,7 +204,9 @@ def fit(
     writer = _tensorboard(run_dir) if world.is_main else None
     n_train = len(y_train)
     # On a CPU shared with other work, fewer threads where that trains faster (device.ThreadGovernor).
-    governor = ThreadGovernor(log=log) if device.type == "cpu" and world.size == 1 else None
+    governor = ThreadGovernor(log=log) if may_govern and device.type == "cpu" and world.size == 1 else None
+    if governor is not None and governor.enabled:
+        record(THREAD_GOVERNOR)
     observers: list[StepObserver] = [o for o in (governor, step_observer) if o is not None]
     t_start = time.perf_counter()
     stopped_early = early.should_stop

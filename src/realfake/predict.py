@@ -15,10 +15,10 @@ jobs, load 7-8): of the main thread's 65.0 s, the model took 63.3, listing 0.8, 
 took 6.1 CPU-seconds in the workers (0.3 ms an image) and formatting and writing the rows 0.3 s. With a model
 that costs nothing, this process spends ~50 us of CPU an image (80-100 us when each row was a Prediction
 turned into a dict for json.dumps, written and flushed one by one). What remains between this and the bare
-model is the model sharing the cores with decoding (see `quiet_waiting_threads`). Since prediction's model copy
-is fused (realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes through
-torchvision's libjpeg operator (realfake.data.images; set up by `prepare_jpeg_decoding` before the workers
-fork): 0.086-0.096 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
+model is the model sharing the cores with decoding (see `realfake.tuning.quiet_waiting_threads`). Since
+prediction's model copy is fused (realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes
+through torchvision's libjpeg operator (realfake.data.images; set up by `prepare_jpeg_decoding` before the
+workers fork): 0.086-0.096 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
 
 The workers live no longer than this process (`decoding_pool`), however it ends: a `predict` killed with SIGKILL
 used to leave them blocked on their pipe for ever (~455 MB each), holding the `--out` temporary's lock.
@@ -124,23 +124,6 @@ class Stages:
             yield
         finally:
             self.into[stage] = self.into.get(stage, 0.0) + time.perf_counter() - t
-
-
-def quiet_waiting_threads() -> None:
-    """Let the model's OpenMP threads sleep, not spin, while they wait for work (OMP_WAIT_POLICY=PASSIVE,
-    unless the user chose a policy): the decoding workers need the very cores that spinning threads hold.
-
-    Measured on 2 cores shared with other jobs (`fast` with flip TTA, 2 torch threads, 2 decoding workers):
-    with spinning threads (libgomp's default) the model ran 66% slower beside the workers (58.7 s against
-    35.4 s bare, for 20,000 JPEGs whose decoding took 5.7 CPU-seconds) and prediction from files ran at
-    0.52-0.74x the bare model (3 runs; 0.67-0.89x on 4,000 JPEGs); waiting passively, at 1.15-1.40x on the
-    same 4,000 (the bare model, which shares the cores with the other jobs, got faster too).
-    Training does not use it: its loop ran 1.2-1.5x faster alone with spinning threads on a 2-core AMX Xeon, and
-    it shares a busy machine by thread count instead (realfake.device.ThreadGovernor, with the figures).
-    It only takes effect before torch is first imported, so `realfake predict` and `realfake serve` call it when
-    they start (realfake.cli); a program that imports torch itself sets the variable itself.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # --- the decoding workers, tied to this process's life -------------------------------------------------------

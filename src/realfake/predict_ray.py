@@ -34,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from realfake import tuning
 from realfake.contract import IMAGE_SIZE
 from realfake.data.images import BadImage, read_capped
 from realfake.data.inputs import InputReader, InputRef, _is_image_name, expand_inputs
 from realfake.detector import Detector, PredictionBatch
 from realfake.errors import RealfakeError
-from realfake.predict import REGION_FIELDS, decode_chunk, quiet_waiting_threads
+from realfake.predict import REGION_FIELDS, decode_chunk
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 MISSING_RAY = "Ray is not installed: pip install 'realfake[ray]'"
@@ -169,8 +170,9 @@ def decode_row(row: dict[str, Any]) -> dict[str, Any]:
 class LogitsActor:
     """A Ray actor: loads the Detector once, then gives the raw logits of each batch's readable images."""
 
-    def __init__(self, model: str, device: str, backend: str, precision: str | None) -> None:
-        quiet_waiting_threads()  # before torch loads, as in the local command
+    def __init__(self, model: str, device: str, backend: str, precision: str | None, tune: bool = False) -> None:
+        if tune:  # the driver opted in (realfake.tuning), and this process is the actor's own
+            tuning.apply(passive_wait=True)  # before torch loads, as in the local command
         self.detector = Detector.load(model, device=device, backend=backend, precision=precision)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +288,7 @@ def _run(ray: Any, detector: Detector, refs: list[Ref], plan: Plan, model: str, 
     try:
         ds = ray.data.from_items([_batch_row(k, b) for k, b in enumerate(batches)], override_num_blocks=len(batches))
         ds = ds.map(decode_row, num_cpus=1)
-        ds = ds.map(LogitsActor, fn_constructor_args=(model, device, backend, precision),
+        ds = ds.map(LogitsActor, fn_constructor_args=(model, device, backend, precision, tuning.enabled()),
                     compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=1, num_gpus=plan.gpus_per_actor)
         for k, row in enumerate(ds.iter_rows()):
             if row["batch"] != k:  # pragma: no cover - preserve_order is Ray's promise; a broken one is loud

@@ -46,6 +46,7 @@ from realfake.fit import FitResult, StepObserver, check_sync_batchnorm, fit, sav
 from realfake.infer import TorchBackend, logits_by_chunk
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
+from realfake.tuning import opted_in
 
 
 def train(
@@ -55,6 +56,7 @@ def train(
     log: Log = log_to_stderr,
     on_epoch_end: Callable[[int], None] | None = None,
     step_observer: StepObserver | None = None,
+    tuning: bool | None = None,
     **overrides: Any,
 ) -> Path:
     """Train a new run from a config (or keyword overrides of the defaults); returns the run directory.
@@ -62,8 +64,18 @@ def train(
     Under torchrun every process calls this: rank 0 names and writes the run folder, builds the data cache
     while the others wait, and finishes the run (calibration, test, report); the others only train.
     `step_observer` (fit.StepObserver) is told of every training step, so a benchmark can time the loop from
-    outside it.
+    outside it. `tuning=True` lets training change the process for speed (malloc settings, thread count;
+    realfake.tuning); None follows the process, which is off unless `realfake.tuning.apply()` ran (the `realfake`
+    command).
     """
+    with opted_in(tuning):
+        return _train(cfg, progress, log, on_epoch_end, step_observer, overrides)
+
+
+def _train(
+    cfg: RunConfig | None, progress: bool, log: Log, on_epoch_end: Callable[[int], None] | None,
+    step_observer: StepObserver | None, overrides: dict[str, Any],
+) -> Path:
     cfg = cfg or RunConfig()
     if overrides:
         cfg = validated(RunConfig, {**cfg.model_dump(exclude_unset=True), **overrides})  # unset stays unset
@@ -180,8 +192,18 @@ def resume(
     log: Log = log_to_stderr,
     on_epoch_end: Callable[[int], None] | None = None,
     step_observer: StepObserver | None = None,
+    tuning: bool | None = None,
 ) -> Path:
-    """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget)."""
+    """Continue an interrupted run from its last checkpoint (optionally with a new epoch budget); `step_observer`
+    and `tuning` as for `train`."""
+    with opted_in(tuning):
+        return _resume(run_dir, epochs, progress, log, on_epoch_end, step_observer)
+
+
+def _resume(
+    run_dir: str | Path, epochs: int | None, progress: bool, log: Log, on_epoch_end: Callable[[int], None] | None,
+    step_observer: StepObserver | None,
+) -> Path:
     world = world_from_env()
     if not world.is_main:
         log, progress = _silent, False

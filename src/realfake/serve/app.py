@@ -37,6 +37,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from realfake import tuning
 from realfake.contract import __version__
 from realfake.data.images import BadImage, Region, header_decoded_bytes
 from realfake.detector import Detector, Prediction
@@ -614,7 +615,8 @@ def app_from_env() -> FastAPI:
     Why workers: one process serves Python's share of each request (parsing, routing, JSON) under one GIL,
     which capped a 2-core machine near 220 single-image requests/s however the model was batched. Each worker
     loads its own Detector and batches its own requests, and takes an equal share of the cores for PyTorch
-    (so N workers do not start N x cores threads).
+    (so N workers do not start N x cores threads). A worker is part of `realfake serve`, which opts its process
+    in to realfake's process-wide tricks (realfake.tuning; REALFAKE_TUNING=0, inherited, still turns them off).
     """
     import json
     import os
@@ -627,5 +629,8 @@ def app_from_env() -> FastAPI:
     except (KeyError, ValueError, TypeError, AttributeError):
         raise RealfakeError(f"{SETTINGS_ENV} is missing or malformed: start workers with `realfake serve --workers N`"
                             ) from None
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    tuning.apply()
+    if tuning.enabled():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
+        tuning.record(tuning.THREADS)
     return create_app(run, **kwargs)

@@ -33,6 +33,8 @@ from functools import cache
 from math import ceil
 from typing import TypeVar
 
+from realfake import tuning
+
 R = TypeVar("R")
 
 # Decoded bytes (width x height x bands x bytes per sample, from the header) above which an upload is heavy:
@@ -87,10 +89,14 @@ def release_memory() -> bool:
 
     glibc keeps what a thread freed in that thread's arena for reuse, and large freed blocks below its
     (self-raising) mmap threshold stay mapped: after a 150 MB decode the RSS does not come down by itself.
-    Safe to call anywhere, any time; a no-op (False) where there is no malloc_trim.
+    Safe to call anywhere, any time; a no-op (False) where there is no malloc_trim, or where the process did not
+    opt in to process-wide tricks (realfake.tuning: `realfake serve` does).
     """
-    trim = _malloc_trim()
-    return bool(trim(0)) if trim is not None else False
+    trim = _malloc_trim() if tuning.enabled() else None
+    if trim is None:
+        return False
+    tuning.record(tuning.MALLOC_TRIM)
+    return bool(trim(0))
 
 
 class HeavyQueueFull(Exception):

@@ -22,10 +22,19 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# The demo's run folder is remade each time (train refuses to overwrite a run).
+# The demo's run folder is remade each time (train refuses to overwrite a run). train names its report on
+# stderr (its stdout, the same path for scripts, is dropped here), then the next three commands are printed.
 demo: install
 	rm -rf runs/demo
-	$(BIN)/realfake train --out runs/demo
+	$(BIN)/realfake train --out runs/demo >/dev/null
+	@echo
+	@echo "Next (from this folder; or run 'source $(BIN)/activate' once and type plain 'realfake'):"
+	@echo "  $(BIN)/realfake predict runs/demo src/realfake/assets/demo-sample.zip --out runs/demo-rows.csv"
+	@echo "      one row per image (p_fake, REAL / FAKE / uncertain); give it your own images, folders or zips"
+	@echo "  $(BIN)/realfake serve runs/demo"
+	@echo "      a page to drop images on at http://127.0.0.1:8000/, the REST API at /v1 (Ctrl-C stops)"
+	@echo "  $(BIN)/realfake evaluate runs/demo --data OTHER.zip"
+	@echo "      the same model on another generator's images (OTHER.zip: REAL/ and FAKE/, e.g. ganC's fakes)"
 
 # Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures in one worker): much of
 # the suite waits on child processes starting Python and torch, which overlaps well even on 2 cores.

@@ -34,7 +34,7 @@ demo: install
 	@echo "  $(BIN)/realfake serve runs/demo"
 	@echo "      a page to drop images on at http://127.0.0.1:8000/, the REST API at /v1 (Ctrl-C stops)"
 	@echo "  $(BIN)/realfake evaluate runs/demo --data OTHER.zip"
-	@echo "      the same model on another generator's images (OTHER.zip: REAL/ and FAKE/, e.g. ganC's fakes)"
+	@echo "      how it fares on a generator it never saw (OTHER.zip or a folder: REAL/ and FAKE/ images)"
 
 # Two workers, a test file each at a time (--dist loadfile keeps a file's module fixtures in one worker): much of
 # the suite waits on child processes starting Python and torch, which overlaps well even on 2 cores.

@@ -179,7 +179,7 @@ def test_predict_out_ends_with_what_it_wrote(trained_run, tmp_path):
     proc = cli_inline("predict", trained_run, tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.png",
                       "--out", out, "--device", "cpu", "--decode-workers", 1)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"wrote 3 row(s), 1 of them unreadable images: {out}"
+    assert proc.stderr.strip().splitlines()[-1] == f"wrote 3 rows to {out} (2 images read, 1 unreadable)"
     assert len(out.read_text().splitlines()) == 1 + 3 and proc.stdout == ""
 
 

@@ -55,7 +55,7 @@ def _recipe(fast: Any, seed: Any) -> str:
     return f"[default: the model's recipe: {fast} for fast, {seed} for seed-resnet50]"
 
 
-@app.callback()
+@app.callback()  # no docstring: the app's help stays the one given to typer.Typer above
 def _global(
     verbose: bool = _option(
         False, "--verbose", "-v", help="also print how the work runs: thread counts, precision and the CPU or GPU "
@@ -375,7 +375,8 @@ def predict(
     if read == 0:
         raise RealfakeError(f"no readable image among {seen} input(s)")
     if out is not None:
-        typer.echo(f"wrote {seen:,} row(s), {seen - read:,} of them unreadable images: {out}", err=True)
+        rows = "row" if seen == 1 else "rows"
+        typer.echo(f"wrote {seen:,} {rows} to {out} ({read:,} images read, {seen - read:,} unreadable)", err=True)
 
 
 @app.command()

@@ -32,10 +32,19 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 install-test-all: $(VENV)/.installed-test-all
 
-# The demo's run folder is remade each time (train refuses to overwrite a run).
+# The demo's run folder is remade each time (train refuses to overwrite a run). train names its report on
+# stderr (its stdout, the same path for scripts, is dropped here), then the next three commands are printed.
 demo: install
 	rm -rf runs/demo
-	$(BIN)/realfake train --out runs/demo
+	$(BIN)/realfake train --out runs/demo >/dev/null
+	@echo
+	@echo "Next (from this folder; or run 'source $(BIN)/activate' once and type plain 'realfake'):"
+	@echo "  $(BIN)/realfake predict runs/demo src/realfake/assets/demo-sample.zip --out runs/demo-rows.csv"
+	@echo "      one row per image (p_fake, REAL / FAKE / uncertain); give it your own images, folders or zips"
+	@echo "  $(BIN)/realfake serve runs/demo"
+	@echo "      a page to drop images on at http://127.0.0.1:8000/, the REST API at /v1 (Ctrl-C stops)"
+	@echo "  $(BIN)/realfake evaluate runs/demo --data OTHER.zip"
+	@echo "      how it fares on a generator it never saw (OTHER.zip or a folder: REAL/ and FAKE/ images)"
 
 # Two tiers. `make test`: the product's behaviour, a few minutes on 2 cores. `make test-slow`: tests marked slow
 # (pyproject's markers: torchrun, the Keras reference, Ray, the browser, fault injection, benchmark smoke runs).

@@ -68,7 +68,7 @@ def free_port() -> int:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (the worker processes of `serve --workers N`), from /proc."""
+    """`pid` and its live descendants (the worker processes of `serve --server-workers N`), from /proc."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -272,7 +272,7 @@ def server(run: Path, batch_wait_ms: float, args: argparse.Namespace, work: Path
     logfile = work / f"serve-{batch_wait_ms:g}ms.log"
     cmd = [sys.executable, "-m", "realfake.cli", "serve", str(run), "--host", HOST, "--port", str(port),
            "--device", args.device, "--batch-wait-ms", str(batch_wait_ms), "--max-batch", str(args.max_batch),
-           "--workers", str(args.workers)]
+           "--server-workers", str(args.workers)]
     if args.heavy_queue is not None:
         cmd += ["--heavy-queue", str(args.heavy_queue)]
     with open(logfile, "wb") as out:
@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-wait-ms", type=float, nargs="+", default=[5.0, 0.0],
                    help="server settings to compare (0: micro-batching off)")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1, help="server processes (`realfake serve --workers`)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (`realfake serve --server-workers`)")
     p.add_argument("--max-seconds", type=float, default=300, help="a phase stops sending after this long")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", type=Path, default=RESULTS, help="results folder (the JSON goes in its serve/)")

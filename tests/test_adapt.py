@@ -139,8 +139,11 @@ def test_cli_default_name_sits_beside_the_parent(trained_run, new_set, tmp_path)
     proc = cli("adapt", parent, "--data", new_set, "--device", "cpu")
     child = Path(proc.stdout.strip())
     assert child == tmp_path / "run-adapted-newgen"
+    n = json.loads((child / RunDir.INFO).read_text())["adapted_on"]["n_images"]
+    said = proc.stderr.strip().splitlines()[-1]
+    assert said == f"wrote the adapted run, fitted on {n:,} images of {new_set}: {child}"
     assert json.loads((child / RunDir.INFO).read_text())["parent"]["name"] == "run"
-    out = cli("predict", child, new_set / "REAL", "--workers", "1").stdout.splitlines()
+    out = cli("predict", child, new_set / "REAL", "--decode-workers", "1").stdout.splitlines()
     assert len(out) == 30 and all("p_fake" in json.loads(line) for line in out)
 
 

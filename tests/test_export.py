@@ -113,6 +113,8 @@ def test_cli_export_and_predict_with_onnxruntime(exported, tmp_path):
     result = runner.invoke(app, ["export", str(run), "--format", "onnx", "--out", str(out_file)])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out_file) and out_file.is_file()
+    size = f"{out_file.stat().st_size / 1e6:.1f} MB"
+    assert result.stderr.strip().splitlines()[-1] == f"wrote the ONNX model, one file of {size}: {out_file}"
 
     by_run = runner.invoke(app, ["predict", str(run), str(tmp_path / "x.png"), "--backend", "onnxruntime"])
     by_file = runner.invoke(app, ["predict", str(out_file), str(tmp_path / "x.png")])

@@ -325,7 +325,7 @@ def test_predict_refuses_a_harmful_or_failing_out_before_any_work(case, tmp_path
     Image.new("RGB", (32, 32), (9, 9, 9)).save(tmp_path / "img.png")
     out = make_out(run)
 
-    proc = cli_inline("predict", run, tmp_path / "img.png", "--workers", 2, "--out", out)
+    proc = cli_inline("predict", run, tmp_path / "img.png", "--decode-workers", 2, "--out", out)
     assert proc.returncode == 1, proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: --out {out} ") or line.startswith(f"error: could not write {out} "), line

@@ -102,9 +102,9 @@ def _running(argv: list[str], log: Path, ready: Callable[[dict[int, int]], bool]
 @contextlib.contextmanager
 def _predicting(run: Path, data: Path, out: Path, log: Path) -> Iterator[
         tuple[subprocess.Popen[bytes], dict[int, int], Path]]:
-    """`realfake predict RUN DATA... --workers 2 --out OUT`, once its workers run and its first rows are written:
+    """`realfake predict RUN DATA... --decode-workers 2 --out OUT`, once its workers run and its first rows are written:
     (the process, its workers, the temporary being written)."""
-    argv = ["-m", "realfake", "predict", str(run), *[str(data)] * COPIES, "--workers", str(WORKERS),
+    argv = ["-m", "realfake", "predict", str(run), *[str(data)] * COPIES, "--decode-workers", str(WORKERS),
             "--device", "cpu", "--out", str(out)]
 
     def writing(children: dict[int, int]) -> bool:

@@ -103,7 +103,8 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     with pytest.raises(RealfakeError) as e:
         require_ray()
-    assert str(e.value) == MISSING_RAY == "Ray is not installed: pip install 'realfake[ray]'"
+    assert str(e.value) == MISSING_RAY
+    assert "pip install 'ray[data]>=2.10'" in MISSING_RAY  # Ray Data alone: what the engine needs, nothing more
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path), "--engine", "ray",
                                    "--out", str(tmp_path / "rows.parquet")])
     assert res.exit_code == 1 and res.output == f"error: {MISSING_RAY}\n"
@@ -115,7 +116,8 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     (["--engine", "spark", "--out", "x.parquet"], "--engine must be local or ray; got 'spark'"),
     (["--engine", "ray", "--out", "x.txt"], "name a .parquet, .jsonl or .csv file"),
     (["--actors", "2"], "--address and --actors are for --engine ray"),
-    (["--engine", "ray", "--workers", "2", "--out", "x.jsonl"], "--explain and --workers are for --engine local"),
+    (["--engine", "ray", "--decode-workers", "2", "--out", "x.jsonl"],
+     "--explain and --decode-workers are for --engine local"),
 ])
 def test_engine_options_are_checked_in_one_line(tmp_path, args, says):
     res = CliRunner().invoke(app, ["predict", str(tmp_path), str(tmp_path), *args])

@@ -47,6 +47,7 @@ from realfake.models.small_maps import small_map_kernels
 from realfake.rundir import RunDir
 from realfake.tuning import THREAD_GOVERNOR, opted_in, record
 from realfake.tuning import enabled as tricks_enabled
+from realfake.verbosity import detail
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 FUSED_ADAM_DEVICES = ("cpu", "cuda")  # where PyTorch has a fused Adam kernel
@@ -151,7 +152,6 @@ def fit(
     on_epoch_end: Callable[[int], None] | None = None,
     progress: bool = True,
     world: World = SINGLE,
-    log: Callable[[str], None] | None = None,
     step_observer: StepObserver | None = None,
     tuning: bool | None = None,
 ) -> FitResult:
@@ -176,8 +176,8 @@ def fit(
     train_rows, val_rows = split["train"], split["val"]
     my_val = val_rows[shard_rows(len(val_rows), world.rank, world.size)]
     choice = choose(cfg.data_placement, -(-len(train_rows) // world.size) + len(my_val), device, cfg.data_budget_mb)
-    if log is not None:
-        log(f"data placement: {choice.placement} ({choice.reason})")
+    if world.is_main:
+        detail(f"data placement: {choice.placement} ({choice.reason})")
     source = place(choice.placement, images, train_rows, device, world.rank, world.size)
     y_train = torch.from_numpy(labels[train_rows]).to(device)
     x_val = to_device_uint8(images[my_val], device) if choice.placement == "device" else None
@@ -204,7 +204,7 @@ def fit(
     writer = _tensorboard(run_dir) if world.is_main else None
     n_train = len(y_train)
     # On a CPU shared with other work, fewer threads where that trains faster (device.ThreadGovernor).
-    governor = ThreadGovernor(log=log) if may_govern and device.type == "cpu" and world.size == 1 else None
+    governor = ThreadGovernor(log=detail) if may_govern and device.type == "cpu" and world.size == 1 else None
     if governor is not None and governor.enabled:
         record(THREAD_GOVERNOR)
     observers: list[StepObserver] = [o for o in (governor, step_observer) if o is not None]

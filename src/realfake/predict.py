@@ -542,12 +542,15 @@ def check_out(out: str | Path, run: str | Path | None = None) -> str:
     return fmt
 
 
+INSTALL_PYARROW = "pip install 'pyarrow>=14' (the realfake[parquet] extra)"
+
+
 def _pyarrow() -> Any:
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401 - imported for write_file's ParquetWriter
     except ImportError:
-        raise RealfakeError("writing Parquet needs pyarrow: pip install 'realfake[ray]'") from None
+        raise RealfakeError(f"writing Parquet needs pyarrow: {INSTALL_PYARROW}") from None
     return pyarrow
 
 

@@ -40,10 +40,10 @@ from realfake.data.images import BadImage, read_capped
 from realfake.data.inputs import InputReader, InputRef, _is_image_name, expand_inputs
 from realfake.detector import Detector, PredictionBatch
 from realfake.errors import RealfakeError
-from realfake.predict import REGION_FIELDS, decode_chunk
+from realfake.predict import INSTALL_PYARROW, REGION_FIELDS, decode_chunk
 
 URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-MISSING_RAY = "Ray is not installed: pip install 'realfake[ray]'"
+MISSING_RAY = "Ray Data is not installed: pip install 'ray[data]>=2.10' (the realfake[ray] extra)"
 
 
 def require_ray() -> Any:
@@ -86,7 +86,7 @@ def _uri_refs(uri: str) -> list[UriRef]:
     try:
         import pyarrow.fs as pafs
     except ImportError:
-        raise RealfakeError(MISSING_RAY) from None
+        raise RealfakeError(f"reading {uri} needs pyarrow: {INSTALL_PYARROW}") from None
     try:
         fs, root = pafs.FileSystem.from_uri(uri)
         info = fs.get_file_info(root)

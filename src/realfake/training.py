@@ -29,7 +29,7 @@ from realfake.data.cache import Dataset
 from realfake.data.extra import check_extra_fakes, check_protocol_against, mix_into_split, own_part, saved_form
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
-from realfake.device import resolve_precision, select_device
+from realfake.device import Precision, resolve_precision, select_device
 from realfake.distributed import (
     SINGLE,
     World,
@@ -47,6 +47,7 @@ from realfake.infer import TorchBackend, logits_by_chunk
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
 from realfake.tuning import opted_in
+from realfake.verbosity import detail
 
 
 def train(
@@ -122,11 +123,18 @@ def _train(
                 then = f"delete {run.path} (it holds no checkpoint yet) or pick another --out, and train again"
                 raise e.then(then) from None
         log(f"run: {run.path}  model: {cfg.model} ({built.weights_used})  device: {device}  "
-            f"precision: {precision.name} ({precision.reason}){_processes(world, device)}")
+            f"precision: {precision.name}{_processes(world, device)}  epochs: {cfg.epochs}")
+        _precision_detail(precision, world)
         return _fit_and_finish(run, cfg, ds, split, built.model, device, False, progress, log, on_epoch_end, world,
                                 step_observer)
     finally:
         finish(world)
+
+
+def _precision_detail(precision: Precision, world: World) -> None:
+    """Why this precision (the CPU's instruction sets, the GPU): a detail, shown with -v, once per run."""
+    if world.is_main:
+        detail(f"precision: {precision.name} ({precision.reason})")
 
 
 def _silent(message: str) -> None:
@@ -229,8 +237,8 @@ def _resume(
         model = build(cfg.model, "none").model  # the checkpoint supplies every weight
         if world.is_main:  # this machine (and this number of processes) may decide differently
             run.update_info(device=str(device), processes=world.size, **precision.to_info())
-        log(f"resuming {run.path} on {device}, precision {precision.name} ({precision.reason})"
-            f"{_processes(world, device)}")
+        log(f"resuming {run.path} on {device}, precision {precision.name}{_processes(world, device)}")
+        _precision_detail(precision, world)
         return _fit_and_finish(run, cfg, ds, split, model, device, True, progress, log, on_epoch_end, world,
                                 step_observer)
     finally:
@@ -272,7 +280,7 @@ def _fit_and_finish(
     step_observer: StepObserver | None = None,
 ) -> Path:
     result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress,
-                 world=world, log=log, step_observer=step_observer)
+                 world=world, step_observer=step_observer)
     if not world.is_main:  # rank 0 alone calibrates, tests and reports, on the same weights
         return run.path
     try:
@@ -312,8 +320,9 @@ def _finish(
         **result.extra,
         **cal.to_info(),
     )
-    log(f"trained {len(result.history)} epochs; best epoch {result.best_epoch}")
-    log(f"calibration (validation): temperature {cal.temperature:.3f}, threshold {cal.threshold:.4f} "
+    n = len(result.history)
+    log(f"trained {n} epoch{'' if n == 1 else 's'}; best epoch {result.best_epoch}")
+    detail(f"calibration (validation): temperature {cal.temperature:.3f}, threshold {cal.threshold:.4f} "
         f"({cal.threshold_policy})")
     # The test split is judged with the calibration as stored (run.json rounds T), exactly as a loaded run is.
     stored = Calibration.from_info(info, cfg.threshold)

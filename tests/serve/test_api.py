@@ -360,5 +360,5 @@ def test_each_worker_builds_the_app_from_the_settings_serve_hands_it(trained_run
         torch.set_num_threads(threads)
     for bad in ("", "{not json", json.dumps({"workers": 2})):
         monkeypatch.setenv(SETTINGS_ENV, bad)
-        with pytest.raises(RealfakeError, match="realfake serve --workers"):
+        with pytest.raises(RealfakeError, match="realfake serve --server-workers"):
             app_from_env()

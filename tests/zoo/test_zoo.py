@@ -157,8 +157,10 @@ def test_cli_train_and_sample_collects_families_in_one_zip(mini_zip: Path, tmp_p
                                 "--batch-size", "8", "--limit", "32", "--seed", "1", "--out", str(tmp_path / family)])
         assert r.exit_code == 0, r.output
         assert r.output.strip().endswith(WEIGHTS_FILE)
+        assert f"wrote the {family} generator's weights after 2 steps: " in r.stderr
         r = runner.invoke(app, ["zoo", "sample", str(tmp_path / family), "--n", "4", "--out", str(out_zip)])
         assert r.exit_code == 0, r.output
+        assert r.stderr.strip().splitlines()[-1] == f"wrote 4 sampled images: {out_zip}"
     with zipfile.ZipFile(out_zip) as zf:
         names = sorted(zf.namelist())
         marker = json.loads(zf.read(MARKER))

@@ -603,14 +603,14 @@ def create_app(
     return app
 
 
-# How `realfake serve --workers N` hands its settings to each worker process (uvicorn imports the factory by
+# How `realfake serve --server-workers N` hands its settings to each worker process (uvicorn imports the factory by
 # name in every worker, so the settings cannot travel as Python objects). Only the server's own user can read
 # a process's environment.
 SETTINGS_ENV = "REALFAKE_SERVE_SETTINGS"
 
 
 def app_from_env() -> FastAPI:
-    """The app of one worker of `realfake serve --workers N`: create_app with the settings in SETTINGS_ENV.
+    """The app of one worker of `realfake serve --server-workers N`: create_app with the settings in SETTINGS_ENV.
 
     Why workers: one process serves Python's share of each request (parsing, routing, JSON) under one GIL,
     which capped a 2-core machine near 220 single-image requests/s however the model was batched. Each worker
@@ -627,8 +627,8 @@ def app_from_env() -> FastAPI:
         settings = json.loads(os.environ[SETTINGS_ENV])
         run, workers, kwargs = settings.pop("run"), int(settings.pop("workers")), settings
     except (KeyError, ValueError, TypeError, AttributeError):
-        raise RealfakeError(f"{SETTINGS_ENV} is missing or malformed: start workers with `realfake serve --workers N`"
-                            ) from None
+        raise RealfakeError(f"{SETTINGS_ENV} is missing or malformed: start workers with "
+                            "`realfake serve --server-workers N`") from None
     tuning.apply()
     if tuning.enabled():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))

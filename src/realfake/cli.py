@@ -330,6 +330,7 @@ def predict(
     ),
 ) -> None:
     """One result per image, streamed: path, p_fake, label (or error). Exits 1 if no image could be read."""
+    from realfake.detector import Detector
     from realfake.predict import (
         check_out,
         explain_paths,
@@ -337,8 +338,6 @@ def predict(
         write_file,
         write_rows,
     )
-
-    from realfake.detector import Detector
 
     workers = _renamed(decode_workers, old_workers, "--workers", "--decode-workers")
     if threshold is not None and not 0 < threshold < 1:

@@ -117,7 +117,7 @@ def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zi
     from torch import nn
 
     import realfake.fit as fit_module
-    from realfake.models.small_maps import SmallMapConv2d
+    from realfake._kernels.small_maps import SmallMapConv2d
 
     seen: list[set[type]] = []
     built: list[nn.Module] = []

@@ -1,4 +1,4 @@
-"""Convolutions on tiny maps as matrix products (realfake.models.small_maps): the same outputs and gradients as
+"""Convolutions on tiny maps as matrix products (realfake._kernels.small_maps): the same outputs and gradients as
 nn.Conv2d, on every path the layer can take, and a swap that leaves the model as it found it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from realfake._kernels.small_maps import MAX_PIXELS, MIN_BATCH, SmallMapConv2d, small_map_kernels
 from realfake.models import build
-from realfake.models.small_maps import MAX_PIXELS, MIN_BATCH, SmallMapConv2d, small_map_kernels
 
 # (in, out, kernel, stride, padding, bias, height, width): ResNet50's own shapes at 32x32 input, then the corners
 CASES = [

@@ -166,7 +166,8 @@ def test_fast_dense_gelu_is_gelu_and_fuses_like_it():
     y.sum().backward()
     plain(ref).sum().backward()
     torch.testing.assert_close(x.grad, ref.grad)
-    assert fused.for_prediction(FastNet(version=1), None)[1] == {"batchnorm_folded": 6, "activations_fused": 6,
+    fused_here = 6 if fused.post_ops_work(torch.float32) else 0  # none with REALFAKE_KERNELS=0
+    assert fused.for_prediction(FastNet(version=1), None)[1] == {"batchnorm_folded": 6, "activations_fused": fused_here,
                                                          "weights_packed": 0}
 
 

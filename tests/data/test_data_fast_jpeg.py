@@ -34,7 +34,8 @@ def picture(w: int = 32, h: int = 32, seed: int = 0) -> Image.Image:
 @pytest.fixture(autouse=True)
 def _needs_the_fast_decoder() -> None:
     if images._jpeg_decoder() is None:
-        pytest.skip("torchvision's JPEG decoder is missing or differs from Pillow's here: the fast path is off")
+        pytest.skip("torchvision's JPEG decoder is missing or differs from Pillow's here, or REALFAKE_KERNELS=0: "
+                    "the fast path is off")
 
 
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:

@@ -112,7 +112,7 @@ def test_existing_run_dir_is_refused(mini_zip, tmp_path):
 
 
 def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zip, tmp_path, monkeypatch):
-    """fit trains with models.small_maps' products in place of the Conv2d forwards, and the model it returns
+    """fit trains with realfake._kernels.small_maps' products in place of the Conv2d forwards, and the model it returns
     (checkpointed, exported, explained) has plain nn.Conv2d layers again."""
     from torch import nn
 

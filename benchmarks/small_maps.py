@@ -1,7 +1,7 @@
 """seed-resnet50's training step with and without realfake's kernels: `python -m benchmarks.small_maps --out F`.
 
 What it answers: how much of the step's speed comes from running convolutions on tiny maps as matrix products
-(`realfake.models.small_maps`) and from the fused Adam, in fp32 and under bf16 autocast, on this machine. Each
+(`realfake._kernels.small_maps`) and from the fused Adam, in fp32 and under bf16 autocast, on this machine. Each
 setting is a bare training step (forward, BCE loss, backward, Adam) on random images at batch `--batch`, timed in
 turn with the others (`--rounds`, best kept); and, layer by layer, the convolution against its product on the
 shapes ResNet50 has at 32x32. Run it alone: the figures are ratios taken side by side in one process.
@@ -39,8 +39,8 @@ def _seconds(fn: Any, steps: int) -> float:
 
 def step_rates(batch: int = 128, steps: int = 3, rounds: int = 2) -> list[dict[str, Any]]:
     """Images/s of a bare seed-resnet50 training step for each (kernels, fused Adam, precision)."""
+    from realfake._kernels.small_maps import small_map_kernels
     from realfake.models import build
-    from realfake.models.small_maps import small_map_kernels
 
     torch.manual_seed(0)
     model = build("seed-resnet50", "none").model.train().to(memory_format=torch.channels_last)
@@ -70,7 +70,7 @@ def step_rates(batch: int = 128, steps: int = 3, rounds: int = 2) -> list[dict[s
 
 def layer_times(batch: int = 128, steps: int = 5) -> list[dict[str, Any]]:
     """Forward + backward ms of each LAYERS shape as a convolution and as realfake's product."""
-    from realfake.models.small_maps import SmallMapConv2d
+    from realfake._kernels.small_maps import SmallMapConv2d
 
     rows = []
     for c_in, c_out, k, s, p, side in LAYERS:

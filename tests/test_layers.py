@@ -18,6 +18,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # is the point: where it sits in the journey of an image is a decision, not an accident.
 LAYERS = [
     "realfake.errors",
+    "realfake._kernels",
+    "realfake._kernels.onednn",
+    "realfake._kernels.jpeg",
+    "realfake._kernels.small_maps",
+    "realfake._kernels.state_dict",
     "realfake.atomic",
     "realfake.contract",
     "realfake.calibration",
@@ -41,7 +46,6 @@ LAYERS = [
     "realfake.zoo.sample",
     "realfake.zoo",
     "realfake.rundir",
-    "realfake.models.small_maps",
     "realfake.models.fused",
     "realfake.models.registry",
     "realfake.models.seed_resnet50",

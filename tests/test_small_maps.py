@@ -1,4 +1,4 @@
-"""Convolutions on tiny maps as matrix products (realfake.models.small_maps): the same outputs and gradients as
+"""Convolutions on tiny maps as matrix products (realfake._kernels.small_maps): the same outputs and gradients as
 nn.Conv2d, on every path the layer can take, and a swap that leaves the model as it found it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from realfake._kernels.small_maps import MAX_PIXELS, MIN_BATCH, SmallMapConv2d, small_map_kernels, small_maps_work
 from realfake.models import build
-from realfake.models.small_maps import MAX_PIXELS, MIN_BATCH, SmallMapConv2d, small_map_kernels
 
 # (in, out, kernel, stride, padding, bias, height, width): ResNet50's own shapes at 32x32 input, then the corners
 CASES = [
@@ -84,6 +84,8 @@ def test_a_small_batch_keeps_the_convolution(monkeypatch):
 
 
 def test_the_swap_is_undone_and_leaves_the_state_dict_alone():
+    if not small_maps_work():
+        pytest.skip("the swap is off here (REALFAKE_KERNELS=0, or its probe failed): tests/test_kernels.py covers that")
     model = build("seed-resnet50", "none").model.eval()
     keys = list(model.state_dict())
     plain = sum(type(m) is nn.Conv2d for m in model.modules())

@@ -24,6 +24,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm import tqdm
 
+from realfake._kernels.small_maps import small_map_kernels
 from realfake.atomic import WriteError, atomic_write_bytes, existing_dir
 from realfake.checkpoint import read_checkpoint, write_checkpoint
 from realfake.config import RunConfig
@@ -43,7 +44,6 @@ from realfake.distributed import (
 from realfake.errors import RealfakeError
 from realfake.infer import predict_logits
 from realfake.models.registry import first_non_finite
-from realfake.models.small_maps import small_map_kernels
 from realfake.rundir import RunDir
 from realfake.tuning import THREAD_GOVERNOR, opted_in, record
 from realfake.tuning import enabled as tricks_enabled
@@ -128,7 +128,7 @@ def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
 
 
 def _small_maps_while_training(train: Callable[..., FitResult]) -> Callable[..., FitResult]:
-    """Run `train` with the model's convolutions on 2x2 and 1x1 maps as matrix products (models.small_maps):
+    """Run `train` with the model's convolutions on 2x2 and 1x1 maps as matrix products (realfake._kernels.small_maps):
     ResNet50's last stages at 32x32, whose convolution backward is slow; the layers are plain again after."""
 
     @functools.wraps(train)

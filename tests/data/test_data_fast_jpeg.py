@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from tests.conftest import SHARED_DATA
 
+from realfake._kernels import jpeg as kernel
+from realfake._kernels.jpeg import jpeg_header
 from realfake.data import images
-from realfake.data.images import BadImage, decode_bytes, jpeg_header
+from realfake.data.images import BadImage, decode_bytes
 
 
 def jpeg(img: Image.Image, **kw) -> bytes:
@@ -32,7 +34,8 @@ def picture(w: int = 32, h: int = 32, seed: int = 0) -> Image.Image:
 @pytest.fixture(autouse=True)
 def _needs_the_fast_decoder() -> None:
     if images._jpeg_decoder() is None:
-        pytest.skip("torchvision's JPEG decoder is missing or differs from Pillow's here: the fast path is off")
+        pytest.skip("torchvision's JPEG decoder is missing or differs from Pillow's here, or REALFAKE_KERNELS=0: "
+                    "the fast path is off")
 
 
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -123,26 +126,25 @@ def test_a_decoder_that_disagrees_with_pillow_is_never_used(monkeypatch: pytest.
     """The once-per-process check is what keeps a different libjpeg from changing what the models see: torchvision's
     operator called directly is checked first, its public function next (only where torchvision is imported
     anyway), and Pillow decodes when neither agrees."""
-    import torch
     import torchvision.io
 
     data = jpeg(picture())
     want = images._decode_with_pillow(data, 32)
-    real_op, real_public = torch.ops.image.decode_jpeg, torchvision.io.decode_jpeg
+    real_op, real_public = kernel.decode_jpeg_operator(), torchvision.io.decode_jpeg
     images._jpeg_decoder.cache_clear()
     try:
         assert images._jpeg_decoder().__name__ == "direct"  # the operator, where it agrees
-        monkeypatch.setattr(images, "_decode_jpeg_operator", lambda: lambda *a: real_op(*a) ^ 1)
+        monkeypatch.setattr(kernel, "decode_jpeg_operator", lambda: lambda *a: real_op(*a) ^ 1)
         images._jpeg_decoder.cache_clear()
         fallback = images._jpeg_decoder()
-        assert fallback.__name__ == "public" and np.array_equal(fallback(data), want)
-        monkeypatch.setattr(images, "_TORCHVISION_IO", "not.imported")  # the public function only where imported
+        assert fallback.__name__ == "decode_public" and np.array_equal(fallback(data), want)
+        monkeypatch.setattr(kernel, "_TORCHVISION_IO", "not.imported")  # the public function only where imported
         images._jpeg_decoder.cache_clear()
         assert images._jpeg_decoder() is None
-        monkeypatch.setattr(images, "_TORCHVISION_IO", "torchvision.io")
-        monkeypatch.setattr(images, "_decode_jpeg_operator", lambda: None)  # a torchvision without the operator
+        monkeypatch.setattr(kernel, "_TORCHVISION_IO", "torchvision.io")
+        monkeypatch.setattr(kernel, "decode_jpeg_operator", lambda: None)  # a torchvision without the operator
         images._jpeg_decoder.cache_clear()
-        assert images._jpeg_decoder().__name__ == "public"
+        assert images._jpeg_decoder().__name__ == "decode_public"
         monkeypatch.setattr(torchvision.io, "decode_jpeg", lambda *a, **k: real_public(*a, **k) ^ 1)
         images._jpeg_decoder.cache_clear()
         assert images._jpeg_decoder() is None
@@ -182,7 +184,8 @@ from realfake.predict import decode_chunk
 buf = io.BytesIO()
 Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)).save(buf, "JPEG")
 data = buf.getvalue()
-assert images.jpeg_header(data) == (32, 32, 3)
+from realfake._kernels.jpeg import jpeg_header
+assert jpeg_header(data) == (32, 32, 3)
 seen = []
 real = images._jpeg_decoder
 images._jpeg_decoder = lambda: seen.append(1) or real()
@@ -199,10 +202,11 @@ import io, sys
 import numpy as np
 import torch
 from PIL import Image
+from realfake._kernels import jpeg as kernel
 from realfake.data import images
 from realfake.data.batches import _jpeg_codec, jpeg_roundtrip
 if sys.argv[1] == "missing":
-    images._IMAGE_LIBRARIES = ("no_such_library",)
+    kernel._IMAGE_LIBRARIES = ("no_such_library",)
 buf = io.BytesIO()
 Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)).save(buf, "JPEG")
 data = buf.getvalue()
@@ -233,5 +237,5 @@ def test_with_torch_the_fast_path_is_on_from_the_first_file_without_importing_to
     """torchvision's image library is loaded by itself (`image_operators`), for decoding and for training's JPEG
     round trip; where it cannot be found, Pillow decodes and the round trip falls back to torchvision's public
     functions, which import it."""
-    assert _script(_WITH_TORCH, "found") == ["True", "True", "True", "direct", "False"]
-    assert _script(_WITH_TORCH, "missing") == ["False", "True", "False", "public", "True"]
+    assert _script(_WITH_TORCH, "found") == ["True", "True", "True", "roundtrip_direct", "False"]
+    assert _script(_WITH_TORCH, "missing") == ["False", "True", "False", "roundtrip_public", "True"]

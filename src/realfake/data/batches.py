@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from realfake.data.images import TORCHVISION_RGB, image_operators, quiet_torchvision_io
+from realfake._kernels.jpeg import roundtrip_codec
 from realfake.data.tensors import to_float
 
 
@@ -59,30 +59,9 @@ def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
 def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
     """torchvision's JPEG round trip where its image library loads, else Pillow's (the same bytes, slower).
 
-    Its operators are called directly (`image_operators`), so training does not import torchvision for them
+    Its operators are called directly (realfake._kernels.jpeg), so training does not import torchvision for them
     (1.3-1.7 s of CPU on a 2-core AMX Xeon); torchvision's public functions are the fallback."""
-    ops = image_operators()
-
-    def direct(img: torch.Tensor, quality: int) -> np.ndarray:
-        encoded = ops.encode_jpeg(img.permute(2, 0, 1), quality)
-        return ops.decode_jpeg(encoded, TORCHVISION_RGB, False).permute(1, 2, 0).numpy()
-
-    quiet_torchvision_io()
-
-    def public(img: torch.Tensor, quality: int) -> np.ndarray:
-        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
-        encoded = encode_jpeg(img.permute(2, 0, 1), quality=quality)
-        return decode_jpeg(encoded, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
-
-    probe = torch.zeros(8, 8, 3, dtype=torch.uint8)
-    for codec in ((direct,) if ops is not None else ()) + (public,):
-        try:
-            codec(probe, 75)
-            return codec
-        except (ImportError, RuntimeError, AttributeError, TypeError):  # no libjpeg, or not these calls
-            continue
-    return _pillow_roundtrip
+    return roundtrip_codec(_pillow_roundtrip)
 
 
 def _pillow_roundtrip(img: torch.Tensor, quality: int) -> np.ndarray:

@@ -34,6 +34,8 @@ from typing import IO, Any, NamedTuple
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from realfake._kernels.jpeg import decoder as jpeg_decoder
+from realfake._kernels.jpeg import jpeg_header
 from realfake.contract import IMAGE_SIZE
 
 # A decompression bomb (a tiny file that unpacks to gigapixels) is refused before its pixels are read.
@@ -273,21 +275,21 @@ def _pillow_region(data: bytes, size: int) -> tuple[np.ndarray, Region]:
 # says it is exactly the model's size, 8-bit, grey or YCbCr, without EXIF (orientation) or an Adobe marker
 # (colour transforms), is decoded by torchvision; everything else, and any file it refuses, takes Pillow's path,
 # which also gives the reason a file is bad. Both give the same pixels: checked once per process on test images
-# (`_jpeg_decoder`) and on the stand-in's files in the tests; where they differ, the fast path is off.
+# (`_jpeg_decoder`) and on the stand-in's files in the tests; where they differ, or where REALFAKE_KERNELS=0 turns
+# realfake's fast paths off (realfake._kernels), the fast path is off.
 
 #
 # The fast path needs torch, and that is its price: `import torch` takes about 2 s of CPU. A process that has
 # torch already (every PyTorch model, training, the server's Detector) takes the path from its first file;
 # one that has not (an ONNX Runtime job) stays with Pillow unless it is about to decode FAST_JPEG_MIN_IMAGES,
 # enough to repay the import (`prepare_jpeg_decoding`: the data cache, batch prediction). torchvision itself is
-# never imported for it: its image library (libjpeg's operators, `torch.ops.image`) is loaded straight from
-# torchvision's folder in about 3 ms, where `import torchvision` took 1.3-1.7 s of CPU on a 2-core AMX Xeon
+# never imported for it: its image library (libjpeg's operators) is loaded straight from torchvision's folder
+# (realfake._kernels.jpeg) in about 3 ms, where `import torchvision` took 1.3-1.7 s of CPU on a 2-core AMX Xeon
 # (its ops pull in torch._dynamo) and, in forked workers, was paid again by each: `realfake predict` (`fast`)
 # on 4,096 JPEGs took 6.1-7.1 s with that import and 4.2-5.1 s on Pillow alone. Until that was found, jobs
 # under 100,000 images decoded with Pillow to spare the import.
 FAST_JPEG_MIN_IMAGES = 100_000
 _TORCH = "torch"
-_TORCHVISION_IO = "torchvision.io"
 
 
 def prepare_jpeg_decoding(n_images: int) -> bool:
@@ -299,58 +301,16 @@ def prepare_jpeg_decoding(n_images: int) -> bool:
     return False
 
 
-_SOF_PLAIN = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames
-_NO_LENGTH = (0x01, *range(0xD0, 0xD8))  # markers without a length field
-
-
-def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
-    """(height, width, components) of a plain 8-bit JPEG, read from its markers up to the first scan, or None
-    where Pillow's path must decide: not a JPEG, an EXIF or Adobe segment, a lossless, arithmetic-coded or
-    12-bit frame, or markers that do not parse.
-
-    It reads bytes in place rather than slicing each segment out: 5.8 against 10.7 us a CIFAKE file (2,000 files,
-    10 rounds in turn, 2-core AMX Xeon), in a decode of about 85."""
-    if data[:3] != b"\xff\xd8\xff":
-        return None
-    frame = None
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in _NO_LENGTH:
-            i += 2
-            continue
-        length = (data[i + 2] << 8) | data[i + 3]
-        end = i + 2 + length  # the segment is data[i + 4 : end]
-        if length < 2 or end > n:
-            return None
-        if marker == 0xDA:  # start of scan: the header is over
-            return frame
-        if marker in (0xE1, 0xEE):
-            if data.startswith(b"Exif" if marker == 0xE1 else b"Adobe", i + 4, end):
-                return None
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame header (SOFn)
-            if frame is not None or marker not in _SOF_PLAIN or length < 8 or data[i + 4] != 8:
-                return None
-            frame = ((data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8], data[i + 9])
-        i = end
-    return None
-
-
 def _small_jpeg(data: bytes, size: int) -> np.ndarray | None:
     """The model array of a plain size x size JPEG through torchvision's libjpeg, or None for Pillow's path
     (always, in a process without torch: see `prepare_jpeg_decoding`)."""
     if _TORCH not in sys.modules:
         return None
+    decode = _jpeg_decoder()
+    if decode is None:  # off (REALFAKE_KERNELS=0), missing, or not Pillow's pixels here
+        return None
     head = jpeg_header(data)
     if head is None or head[:2] != (size, size) or head[2] not in (1, 3):
-        return None
-    decode = _jpeg_decoder()
-    if decode is None:
         return None
     try:
         return decode(data)
@@ -360,113 +320,9 @@ def _small_jpeg(data: bytes, size: int) -> np.ndarray | None:
 
 @functools.cache
 def _jpeg_decoder() -> Callable[[bytes], np.ndarray] | None:
-    """torchvision's JPEG decoder, if it is there and gives Pillow's pixels on this machine's libraries: checked
-    once on 32x32 JPEGs that Pillow writes (4:2:0, 4:4:4, progressive, grey, two qualities)."""
-    import torch
-
-    # The operator, called directly: torchvision's Python around it (usage logging, the deprecation warning,
-    # tracing checks) cost about as much as a fifth of a 32x32 file's read and decode (CPU time a file, 512-file
-    # chunks in turn, 16 rounds, 2-core AMX Xeon: 96 against 117 us). Private, so it is used only where it passes
-    # the check below; torchvision's public function is the fallback where torchvision is imported anyway.
-    op = _decode_jpeg_operator()
-
-    def direct(data: bytes) -> np.ndarray:
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return np.ascontiguousarray(op(raw, TORCHVISION_RGB, False).permute(1, 2, 0).numpy())
-
-    def public(data: bytes) -> np.ndarray:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        return np.ascontiguousarray(decode_jpeg(raw, mode=ImageReadMode.RGB).permute(1, 2, 0).numpy())
-
-    if _TORCHVISION_IO in sys.modules:
-        quiet_torchvision_io()
-    candidates = ((direct,) if op is not None else ()) + ((public,) if _TORCHVISION_IO in sys.modules else ())
-    samples = _check_samples()
-
-    def agrees(decode: Callable[[bytes], np.ndarray]) -> bool:
-        try:
-            return all(np.array_equal(decode(b), _decode_with_pillow(b, IMAGE_SIZE)) for b in samples)
-        except (RuntimeError, BadImage, TypeError, AttributeError, ImportError):
-            return False
-
-    return next((d for d in candidates if agrees(d)), None)
-
-
-def _check_samples() -> list[bytes]:
-    """32x32 JPEGs as Pillow writes them, in the encodings a decoder must get right."""
-    rng = np.random.default_rng(0)
-    smooth = np.cumsum(rng.integers(-12, 13, (IMAGE_SIZE, IMAGE_SIZE, 3)), axis=1) % 256
-    samples = []
-    for mode, options in (("RGB", {"quality": 75}), ("RGB", {"quality": 95, "subsampling": 0}),
-                          ("RGB", {"quality": 85, "progressive": True}), ("L", {"quality": 90})):
-        img = Image.fromarray(smooth.astype(np.uint8)).convert(mode)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", **options)
-        samples.append(buf.getvalue())
-    return samples
-
-
-def _decode_jpeg_operator() -> Callable[..., Any] | None:
-    """torchvision's registered JPEG decoding operator (`torch.ops.image.decode_jpeg`), or None without one."""
-    ops = image_operators()
-    return None if ops is None else ops.decode_jpeg
-
-
-TORCHVISION_RGB = 3  # torchvision's ImageReadMode.RGB, as its operators take it
-
-
-def quiet_torchvision_io() -> None:
-    """torchvision 0.29 announces that its image decoding and encoding will move to TorchCodec (not a dependency
-    here) and warns at every call of its public functions; while they are there they are a fallback, and when
-    they go Pillow's path is the only one."""
-    warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                            category=DeprecationWarning)
-
-# torchvision's image library by the names it has had: `image_stable` (0.29), `image` (before).
-_IMAGE_LIBRARIES = ("image_stable", "image")
-
-
-@functools.cache
-def image_operators() -> Any | None:
-    """torchvision's libjpeg operators (`torch.ops.image`: decode_jpeg, encode_jpeg), registered without
-    importing torchvision, or None where its image library cannot be found or loaded.
-
-    The library is found as torchvision finds it (an extension module in its package folder, by name) and
-    loaded through `torch.ops.load_library`, as torchvision does: so a later `import torchvision` loads the same
-    file, which the dynamic loader hands back without registering anything twice."""
-    import importlib.machinery
-    import importlib.util
-
-    import torch
-
-    def registered() -> Any | None:
-        ops = torch.ops.image
-        return ops if getattr(ops, "decode_jpeg", None) is not None else None
-
-    ops = registered()
-    if ops is not None:  # torchvision imported, or loaded here before
-        return ops
-    try:
-        spec = importlib.util.find_spec("torchvision")  # finds the package without importing it
-    except (ImportError, ValueError):
-        return None
-    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
-    loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
-    for folder in folders:
-        for name in _IMAGE_LIBRARIES:
-            found = importlib.machinery.FileFinder(folder, loader).find_spec(name)
-            if found is None or found.origin is None:
-                continue
-            try:
-                torch.ops.load_library(found.origin)
-            except (OSError, RuntimeError):  # built for another torch, or a missing libjpeg
-                continue
-            ops = registered()
-            if ops is not None:
-                return ops
-    return None
+    """torchvision's JPEG decoder, if it is there, switched on, and gives Pillow's pixels on this machine's libraries
+    (realfake._kernels.jpeg.decoder, checked once per process)."""
+    return jpeg_decoder(lambda data: _decode_with_pillow(data, IMAGE_SIZE))
 
 
 def from_any(x: Any, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from realfake._kernels.state_dict import before_loading
 from realfake.errors import RealfakeError
 from realfake.models.registry import Built, load_state, read_state_dict, register
 
@@ -91,6 +92,23 @@ VERSION = 2
 ACTIVATIONS: dict[int, type[nn.Module]] = {1: DenseGELU, 2: nn.ReLU}
 
 
+def take_the_weights_version(net: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Before weights load into a FastNet: it becomes the version they were trained as (no `version`: 1, GELU)."""
+    key = prefix + "version"
+    found = state.get(key)
+    version = 1 if found is None else int(found)
+    if version not in ACTIVATIONS:
+        raise RuntimeError(f"fast model version {version}: this realfake knows versions "
+                           f"{', '.join(map(str, ACTIVATIONS))} (weights from a newer realfake?)")
+    if found is None:
+        state[key] = torch.tensor(version)
+    if version != int(net.version):
+        for module in net.modules():
+            for name, child in module.named_children():
+                if isinstance(child, tuple(ACTIVATIONS.values())):
+                    setattr(module, name, ACTIVATIONS[version]())
+
+
 def conv_bn(c_in: int, c_out: int, stride: int = 1, version: int | None = None) -> nn.Sequential:
     """3x3 conv (no bias: BatchNorm has one) -> BatchNorm -> the version's activation (default: VERSION)."""
     return nn.Sequential(
@@ -138,23 +156,7 @@ class FastNet(nn.Module):
         )
         self.head = nn.Linear(2 * c3, 1)
         self.register_buffer("version", torch.tensor(v))
-        self._register_load_state_dict_pre_hook(self._take_the_weights_version)
-
-    def _take_the_weights_version(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
-        """Before weights load: become the version they were trained as (no `version`: 1, GELU)."""
-        key = prefix + "version"
-        found = state.get(key)
-        version = 1 if found is None else int(found)
-        if version not in ACTIVATIONS:
-            raise RuntimeError(f"fast model version {version}: this realfake knows versions "
-                               f"{', '.join(map(str, ACTIVATIONS))} (weights from a newer realfake?)")
-        if found is None:
-            state[key] = torch.tensor(version)
-        if version != int(self.version):
-            for module in self.modules():
-                for name, child in module.named_children():
-                    if isinstance(child, tuple(ACTIVATIONS.values())):
-                        setattr(module, name, ACTIVATIONS[version]())
+        before_loading(self, take_the_weights_version)
 
     def cam_layer(self) -> nn.Module:
         """Grad-CAM's layer (see realfake.explain): the 8x8 residual block, as seed-resnet50 uses an 8x8 map;

@@ -4,7 +4,7 @@ after a convolution computed inside it. The same function of the image, fewer pa
 Why: in eval mode a BatchNorm is an affine map per channel, so it can live in the convolution's weights and bias
 (`torch.fx.experimental.optimization.fuse`, PyTorch's own pass); and oneDNN, which runs PyTorch's CPU
 convolutions, applies an activation to each output while it is still in registers (a "post-op",
-`torch.ops.mkldnn._convolution_pointwise`, the kernel torch.compile itself emits on CPUs). Unfused, `fast` spends
+the kernel torch.compile itself emits on CPUs; a private op, fenced in realfake._kernels.onednn). Unfused, `fast` spends
 most of its prediction time outside its convolutions: on a 2-core AMX Xeon, with flip TTA in bf16, GELU took 38%
 of it and BatchNorm 13%, each a full pass over a feature map.
 
@@ -14,18 +14,19 @@ In bf16 on a CPU with AMX, every convolution also holds its weights packed once 
 Training never sees this copy (BatchNorm must learn there), and Grad-CAM and ONNX export keep the original, whose
 layers they hook and trace; so a Detector holds the model twice (for seed-resnet50 in fp32, 92 MiB more). A
 model torch.fx cannot trace is predicted unfused; on other devices (CUDA), or where the oneDNN kernel is missing
-or disagrees with the unfused layers (checked once per process, `post_ops_work`), only BatchNorm is folded.
+or disagrees with the unfused layers (checked once per process, `post_ops_work`), or where REALFAKE_KERNELS=0
+turns realfake's fast paths off, only BatchNorm is folded.
 """
 
 from __future__ import annotations
 
-import functools
 from copy import deepcopy
 
 import torch
 from torch import fx, nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
+from realfake._kernels.onednn import conv_act, packed_kernel_agrees, post_ops_work, reorder_weight
 from realfake.device import cpu_info
 
 # Activations oneDNN can compute inside the convolution before them: module type -> (post-op, its algorithm).
@@ -65,9 +66,8 @@ class ConvAct(nn.Module):
         self._packed: dict[tuple[int, ...], torch.Tensor] = {}  # one image's input shape -> the packed weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._convolution_pointwise(
-            x.to(self.weight.dtype), self._weight_for(x), self.bias, self.padding, self.stride, self.dilation,
-            self.groups, self.act, [], self.algorithm)
+        return conv_act(x.to(self.weight.dtype), self._weight_for(x), self.bias, self.padding, self.stride,
+                        self.dilation, self.groups, self.act, self.algorithm)
 
     def __getstate__(self) -> dict[str, object]:
         """Copies and pickles leave the packed weights behind (oneDNN's opaque tensors have no storage to copy);
@@ -85,8 +85,7 @@ class ConvAct(nn.Module):
         packed = self._packed.get(key)
         if packed is None:
             with torch.no_grad():
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *key])
+                packed = reorder_weight(self.weight, self.padding, self.stride, self.dilation, self.groups, [1, *key])
             self._packed[key] = packed
         return packed
 
@@ -97,31 +96,10 @@ def fusable(conv: nn.Module) -> bool:
             and not isinstance(conv.padding, str) and conv.weight.device.type == "cpu")
 
 
-@functools.cache
-def post_ops_work(dtype: torch.dtype) -> bool:
-    """Whether this PyTorch build runs oneDNN's convolution + activation kernel in `dtype`, checked once on a tiny
-    input against the unfused layers (a build without oneDNN, or an older one without the op, has not)."""
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            torch.manual_seed(0)
-            conv = nn.Conv2d(4, 8, 3, padding=1)
-            x = torch.randn(2, 4, 5, 5)
-        with torch.no_grad():
-            plain = nn.functional.conv2d(x.to(dtype), conv.weight.to(dtype), conv.bias.to(dtype), padding=1)
-            for kind, (name, algorithm) in POST_OPS.items():
-                got = ConvAct(conv, name, algorithm, dtype)(x.to(dtype)).float()
-                if not torch.allclose(got, kind()(plain).float(), atol=0.05, rtol=0.05):
-                    return False
-        return True
-    except (RuntimeError, AttributeError, NotImplementedError):
-        return False
-
-
-@functools.cache
 def packing_pays(dtype: torch.dtype) -> bool:
     """Whether prediction's convolutions should hold their weights packed once (`ConvAct(pack=True)`): in bf16 on a
     CPU with AMX, where this PyTorch build has the packing op and the packed kernel gives the plain convolution's
-    values bit for bit at two batch sizes (checked once per process on a tiny input).
+    values bit for bit at two batch sizes (checked once per process on a tiny input, `packed_kernel_agrees`).
 
     Why: unpacked, oneDNN re-lays out a bf16 weight into AMX's tiles at every call (59 times in one of
     seed-resnet50's single-image forwards, seen with ONEDNN_VERBOSE=1), which is most of one image's time. Packed
@@ -133,23 +111,7 @@ def packing_pays(dtype: torch.dtype) -> bool:
     """
     if dtype != torch.bfloat16 or not cpu_info()["isa"].get("amx_bf16"):
         return False
-    return _packed_kernel_agrees(dtype)
-
-
-def _packed_kernel_agrees(dtype: torch.dtype) -> bool:
-    """Whether a convolution with packed `dtype` weights gives the plain convolution's values bit for bit, at a batch
-    of five and of one (False where the packing op is missing or fails)."""
-    try:
-        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            torch.manual_seed(0)
-            conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
-            x = torch.randn(5, 8, 6, 6).to(dtype)
-        packed = ConvAct(conv, "none", None, dtype, pack=True)
-        with torch.no_grad():
-            want = nn.functional.conv2d(x, conv.weight.to(dtype), padding=1)
-            return bool(torch.equal(packed(x), want) and torch.equal(packed(x[:1]), want[:1]))
-    except (RuntimeError, AttributeError, NotImplementedError, TypeError):
-        return False
+    return packed_kernel_agrees(dtype)
 
 
 def pack_weights(gm: fx.GraphModule, dtype: torch.dtype) -> int:

@@ -13,19 +13,25 @@ maps, groups, dilation) is the ordinary convolution.
 The parameters, the state dict and the results are those of the `nn.Conv2d` (up to the order of the sums), so
 the notebook's architecture is untouched: `small_map_kernels(model)` swaps the class of a model's Conv2d
 modules while `realfake.fit` trains and puts it back afterwards, so checkpoints, ONNX export and Grad-CAM see
-the usual layers. Prediction keeps the convolutions: which kernel runs depends on the batch (MIN_BATCH), and a
-verdict must not depend on which images shared its batch (in bf16 the two kernels' roundings moved a p_fake in
-its 4th decimal, and `predict --engine ray` batches differently from local `predict`).
+the usual layers. Swapping a live module's class is outside nn.Module's public contract, so it is done only where
+a probe swap gives nn.Conv2d's outputs and gradients (`small_maps_work`); elsewhere, and with REALFAKE_KERNELS=0,
+the layers stay the nn.Conv2d they are (the public fallback). Prediction keeps the convolutions: which kernel
+runs depends on the batch (MIN_BATCH), and a verdict must not depend on which images shared its batch (in bf16 the
+two kernels' roundings moved a p_fake in its 4th decimal, and `predict --engine ray` batches differently from
+local `predict`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from realfake._kernels import enabled, turned_off
 
 MAX_PIXELS = 4  # 2x2: the dense matrix has (pixels x in) x (pixels x out) entries; a 4x4 map made it too big
 # Building the dense matrix costs (taps / batch) of the product itself, whatever the batch: from 32 images on it
@@ -89,10 +95,47 @@ class SmallMapConv2d(nn.Conv2d):
         return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 
+def small_maps_work() -> bool:
+    """Whether training may swap its convolutions' class (`small_map_kernels`): switched on, and a probe swap gives
+    nn.Conv2d's outputs and gradients on the paths the layer takes (checked once per process)."""
+    if not enabled("small_maps"):
+        return False
+    why = _probe()
+    if why is not None:
+        turned_off("small_maps", why)
+    return why is None
+
+
+@functools.cache
+def _probe() -> str | None:
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+            torch.manual_seed(0)
+            pairs = [(nn.Conv2d(8, 12, k, padding=k // 2), torch.randn(MIN_BATCH, 8, 2, 2)) for k in (1, 3)]
+        for ref, x in pairs:  # with gradients and in fp32, whatever the caller's context
+            probe = copy.deepcopy(ref)
+            probe.__class__ = SmallMapConv2d
+            if type(probe) is not SmallMapConv2d:
+                return "a Conv2d's class cannot be swapped"
+            with torch.enable_grad(), torch.autocast("cpu", enabled=False):
+                xr, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+                yr, yp = ref(xr), probe(xp)
+                yr.sum().backward()
+                yp.sum().backward()
+            for got, want in ((yp, yr), (xp.grad, xr.grad), (probe.weight.grad, ref.weight.grad),
+                              (probe.bias.grad, ref.bias.grad)):
+                if got is None or want is None or not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+                    return "the products' values or gradients differ from nn.Conv2d's"
+        return None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        return f"the swapped layer fails ({type(e).__name__})"
+
+
 @contextlib.contextmanager
 def small_map_kernels(model: nn.Module) -> Iterator[int]:
-    """Within the block, the model's plain Conv2d layers compute as SmallMapConv2d; yields how many."""
-    swapped = [m for m in model.modules() if type(m) is nn.Conv2d]
+    """Within the block, the model's plain Conv2d layers compute as SmallMapConv2d; yields how many (0 where
+    `small_maps_work` is not: they compute as nn.Conv2d)."""
+    swapped = [m for m in model.modules() if type(m) is nn.Conv2d] if small_maps_work() else []
     for m in swapped:
         m.__class__ = SmallMapConv2d
     try:

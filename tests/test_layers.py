@@ -1,6 +1,11 @@
 """The package's shape, checked: no import cycle, no import that points up a layer, and nothing that
 predicts (inference, export, serving, batch prediction) reaches the training loop.
 
+Which modules train and which predict is said by the package itself, not by a list here: every module declares
+`__side__`: "training" (the training loop and what only it and offline tools use), "predicting" (inference and
+its faces), "shared" (both sides import it), or "face" (the command and the package's front door, which reach
+both). Nothing but a training module or a face may reach a training module.
+
 Every `import` in the source counts, including the ones inside functions and under TYPE_CHECKING: a
 function-local import is still a dependency, only a hidden one.
 """
@@ -18,6 +23,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # is the point: where it sits in the journey of an image is a decision, not an accident.
 LAYERS = [
     "realfake.errors",
+    "realfake.verbosity",
+    "realfake.tuning",
     "realfake._kernels",
     "realfake._kernels.onednn",
     "realfake._kernels.jpeg",
@@ -39,12 +46,14 @@ LAYERS = [
     "realfake.data.placement",
     "realfake.data.batches",
     "realfake.data.cache",
-    "realfake.data.extra",
     "realfake.zoo.families",
     "realfake.zoo.weights",
     "realfake.zoo.train",
     "realfake.zoo.sample",
+    "realfake.zoo.builtin",
+    "realfake.zoo.extras",
     "realfake.zoo",
+    "realfake.data.extra",
     "realfake.rundir",
     "realfake.models.fused",
     "realfake.models.registry",
@@ -80,13 +89,6 @@ LAYERS = [
     "realfake.__main__",
     "realfake",
 ]
-TRAINING = {"realfake.fit", "realfake.checkpoint", "realfake.training", "realfake.adapt", "realfake.distributed",
-            "realfake.data.batches", "realfake.data.placement"}  # batches and placement: training's data path
-PREDICTING = ["realfake.infer", "realfake.onnxfile", "realfake.detector", "realfake.quantize", "realfake.export",
-              "realfake.predict", "realfake.predict_ray",
-              "realfake.serve", "realfake.serve.app", "realfake.serve.batching", "realfake.serve.guards"]
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -156,17 +158,56 @@ def closure(start: str, g: dict[str, set[str]]) -> set[str]:
     return seen
 
 
-def test_prediction_paths_never_reach_the_training_loop():
-    g = graph()
-    reached = {m: sorted(closure(m, g) & TRAINING) for m in PREDICTING}
-    assert reached == {m: [] for m in PREDICTING}
+SIDES_ALLOWED = ("training", "predicting", "shared", "face")
+
+
+def side_of(path: Path) -> str | None:
+    """The module's `__side__ = "..."` (a top-level assignment of a string), or None."""
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__side__"]
+                and isinstance(node.value, ast.Constant)):
+            return node.value.value
+    return None
+
+
+def sides() -> dict[str, str | None]:
+    return {name: side_of(path) for name, path in all_modules().items()}
+
+
+def modules_on(side: str) -> set[str]:
+    return {m for m, s in sides().items() if s == side}
+
+
+def test_every_module_declares_its_side():
+    assert {m: s for m, s in sides().items() if s not in SIDES_ALLOWED} == {}
+
+
+def reaching_training(g: dict[str, set[str]], side_of_module: dict[str, str | None]) -> dict[str, list[str]]:
+    """Each predicting or shared module that reaches (imports, at any depth) a training module, with those."""
+    training = {m for m, s in side_of_module.items() if s == "training"}
+    found = {m: sorted(closure(m, g) & training) for m, s in side_of_module.items() if s in ("predicting", "shared")}
+    return {m: r for m, r in found.items() if r}
+
+
+def test_nothing_but_training_and_the_faces_reaches_the_training_loop():
+    assert len(modules_on("training")) >= 5 and len(modules_on("predicting")) >= 5  # the sides are declared
+    assert reaching_training(graph(), sides()) == {}
+
+
+def test_the_side_checker_can_fail():
+    """A shared module that imports a training one, directly or through another, is reported."""
+    g = {"a": {"b"}, "b": {"t"}, "t": set(), "p": {"a"}}
+    side = {"a": "shared", "b": "shared", "t": "training", "p": "predicting"}
+    assert reaching_training(g, side) == {"a": ["t"], "b": ["t"], "p": ["t"]}
+    assert reaching_training(g, {**side, "b": "training"}) == {"a": ["b", "t"], "p": ["b", "t"]}
 
 
 def test_importing_the_faces_loads_no_training_code():
     """The same at run time: serving, predicting and exporting load no training module."""
+    training = sorted(modules_on("training"))
     code = (
         "import sys, realfake.serve, realfake.predict, realfake.export, realfake.detector;"
-        f"print(sorted(m for m in sys.modules if m in {sorted(TRAINING)!r}))"
+        f"print(sorted(m for m in sys.modules if m in {training!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "[]"

@@ -5,6 +5,8 @@ The public API is small on purpose: train a run, evaluate it, load it as a Detec
 
 from __future__ import annotations
 
+__side__ = "face"  # see tests/test_layers.py
+
 from typing import TYPE_CHECKING, Any
 
 from realfake.contract import __version__

@@ -26,6 +26,8 @@ evaluate CHILD` (which runs the model on the parent's split: as costly as the pa
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone

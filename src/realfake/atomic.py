@@ -17,6 +17,8 @@ an OSError traceback, so every command that writes through here fails the same r
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import contextlib
 import errno
 import os

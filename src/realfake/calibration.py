@@ -18,6 +18,8 @@ kNN to REAL training features 81%, this 94.6%, each at 5% of in-distribution val
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import math
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal

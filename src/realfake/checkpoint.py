@@ -21,6 +21,8 @@ checkpoint. Checkpoints from before this format (state.pt, a pickle) are refused
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import dataclasses
 import json
 import math

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__side__ = "face"  # see tests/test_layers.py
+
 import functools
 import json
 import sys

@@ -5,6 +5,8 @@ Defaults are the seed notebook's choices, so a run with no options reproduces it
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from pathlib import Path
 from typing import Any, Literal
 

@@ -11,6 +11,8 @@ logits is the same code for both.
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass

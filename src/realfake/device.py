@@ -11,6 +11,8 @@ are always computed in fp32 (`.float()` at the model's output). ONNX export and 
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import contextlib
 import ctypes
 import functools

@@ -14,6 +14,8 @@ no pickle travels between processes.
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import datetime
 import os
 from dataclasses import dataclass

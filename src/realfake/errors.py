@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
 
 class RealfakeError(Exception):
     """A problem the user can act on (bad path, bad data, bad option). Faces print it and exit non-zero."""

@@ -8,6 +8,8 @@ figures from `realfake.metrics`, and the files go where `RunDir` says.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import csv
 import io
 import sys

@@ -21,6 +21,8 @@ run has no such images does a map fall back to its own maximum, and the scale sa
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import io
 from dataclasses import dataclass
 from pathlib import Path

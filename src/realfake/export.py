@@ -16,6 +16,8 @@ a fallback for a model torch.export cannot trace, since it is deprecated from to
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import io
 import sys
 import warnings

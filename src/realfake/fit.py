@@ -6,6 +6,8 @@ It validates through `realfake.infer` (the same path prediction uses); nothing o
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import csv
 import functools
 import io

@@ -6,6 +6,8 @@ Test-time augmentation is defined once here (`tta_logits`); the set of modes is 
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import threading
 from collections.abc import Callable
 

@@ -8,6 +8,8 @@ and a robustness table never disagree in the sixth decimal.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import math
 from typing import Any
 

@@ -18,6 +18,8 @@ The writer is `realfake.export`; this module is all a reader needs (no torch, no
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import contextlib
 import json
 import threading

@@ -26,6 +26,8 @@ used to leave them blocked on their pipe for ever (~455 MB each), holding the `-
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import contextlib
 import csv
 import ctypes

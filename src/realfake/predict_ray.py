@@ -23,6 +23,8 @@ storage), and have realfake installed; URIs need only be reachable from each nod
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import logging
 import os
 import re

@@ -32,6 +32,8 @@ on an AMD EPYC with AVX2 and no VNNI:
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import contextlib
 import logging
 import tempfile

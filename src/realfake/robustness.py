@@ -9,6 +9,8 @@ per degradation serves all three settings.
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass

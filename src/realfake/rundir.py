@@ -18,6 +18,8 @@ An evaluation on other data (`realfake evaluate RUN --data OTHER`) writes the sa
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import json
 import re
 from datetime import datetime

@@ -11,6 +11,8 @@ same name would replace it on the package once imported.)
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import platform
 from collections.abc import Callable
 from datetime import datetime, timezone

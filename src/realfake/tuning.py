@@ -20,6 +20,8 @@ This module imports nothing heavy: `apply()` has to run before torch is imported
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import os
 import threading
 from collections.abc import Iterator

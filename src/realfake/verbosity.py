@@ -7,6 +7,8 @@ Details go to the `realfake` logger at INFO, so they stay out of the way of prog
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import logging
 import sys
 

@@ -24,6 +24,8 @@ then is the public fallbacks alone, the reference that the tests hold the fast p
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import logging
 import os
 

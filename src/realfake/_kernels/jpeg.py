@@ -15,6 +15,8 @@ training's JPEG round trip to the public functions.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import functools
 import io
 import sys

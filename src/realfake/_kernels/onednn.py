@@ -6,6 +6,8 @@ on CPUs) and its weight packing: private ATen ops (`torch.ops.mkldnn._convolutio
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import functools
 from collections.abc import Callable, Sequence
 

@@ -23,6 +23,8 @@ local `predict`).
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import contextlib
 import copy
 import functools

@@ -8,6 +8,8 @@ it old weights would load as the wrong network.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from collections.abc import Callable
 from typing import Any
 

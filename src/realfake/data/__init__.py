@@ -1,0 +1,1 @@
+__side__ = "shared"  # see tests/test_layers.py

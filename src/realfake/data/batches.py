@@ -6,6 +6,8 @@ so it lives on the training device, and each step is one gather, one cast and tw
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import functools
 import io
 import math

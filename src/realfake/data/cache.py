@@ -9,6 +9,8 @@ the items' metadata, never the whole data set (data larger than memory can be ca
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import contextlib
 import errno
 import hashlib

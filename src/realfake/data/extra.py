@@ -22,6 +22,8 @@ Not enforced, only documented: the extra fakes must not be the set a run is late
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace

@@ -18,6 +18,8 @@ Files come from strangers, so every step has a bound fixed before any work is do
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import errno
 import functools
 import io

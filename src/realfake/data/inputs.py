@@ -10,6 +10,8 @@ links out of the named folder are not followed but listed as not read, and loops
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import fnmatch
 import functools
 import glob

@@ -15,6 +15,8 @@ All three hand out exactly the same batches for the same seed; only where the by
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import collections
 import os
 from collections.abc import Iterator

@@ -13,6 +13,8 @@ Reads are capped and a damaged zip member is BadImage (see `realfake.data.images
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import csv
 import hashlib
 import os

@@ -8,6 +8,8 @@ split on every machine and every run; the split is saved in the run directory as
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from collections.abc import Sequence
 from typing import Any
 

@@ -3,6 +3,8 @@ never imports training's batch module (augmentation, placement)."""
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from collections.abc import Iterator
 
 import numpy as np

@@ -17,6 +17,8 @@ Broken links are left out, as before. Folders are read in sorted order so result
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import os
 from dataclasses import dataclass
 

@@ -7,6 +7,8 @@ every model module, which registers its builder.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from realfake.models import fast, seed_resnet50  # noqa: F401  (registers the models)
 from realfake.models.registry import (
     Built,

@@ -20,6 +20,8 @@ turns realfake's fast paths off, only BatchNorm is folded.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from copy import deepcopy
 
 import torch

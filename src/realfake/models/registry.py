@@ -7,6 +7,8 @@ Every model takes (N, 3, 32, 32) float images in [0, 1] and returns one logit pe
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -6,6 +6,8 @@ At 32x32 the backbone's last feature map is 1x1x2048, so Flatten gives 2048 feat
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import sys
 from pathlib import Path
 

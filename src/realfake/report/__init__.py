@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from pathlib import Path
 
 from realfake.atomic import WriteError

@@ -7,6 +7,8 @@ names in a data set are user input.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import base64
 import json
 import math

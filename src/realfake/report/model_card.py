@@ -6,6 +6,8 @@ can be re-made at any time (`realfake report`) and never states a figure the run
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any

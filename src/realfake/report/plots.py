@@ -7,6 +7,8 @@ Each PNG is rendered in memory and written atomically, so a reader never sees ha
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import csv
 import io
 import math

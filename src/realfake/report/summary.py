@@ -19,6 +19,8 @@ said to be so, and never counts as evidence about unseen data.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
 from typing import Any

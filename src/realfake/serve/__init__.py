@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 from realfake.serve.app import create_app
 
 __all__ = ["create_app"]

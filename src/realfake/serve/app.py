@@ -15,6 +15,8 @@ worker thread. With a token, /v1/* needs `Authorization: Bearer TOKEN`; /, /heal
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import base64
 import io
 import threading

@@ -13,6 +13,8 @@ images in its batch, except for float rounding: oneDNN picks its kernels by batc
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import queue
 import threading
 import time

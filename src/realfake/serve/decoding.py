@@ -21,6 +21,8 @@ every request keeps its one thread hop.
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import contextlib
 import ctypes
 import os

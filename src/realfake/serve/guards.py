@@ -8,6 +8,8 @@ closes the connection, since the rest of an unread body would otherwise stay on 
 
 from __future__ import annotations
 
+__side__ = "predicting"  # see tests/test_layers.py
+
 import hmac
 import json
 import logging

@@ -15,3 +15,5 @@ fakes from generators it never saw, one family at a time (issue 28).
 How long each family takes to train on a CPU is a measurement, kept with its command in
 `research/results/zoo-step-time-*.json` (`python -m research.zoo_step_time`), not here.
 """
+
+__side__ = "shared"  # see tests/test_layers.py

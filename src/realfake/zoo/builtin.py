@@ -8,6 +8,8 @@ weights, tests).
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import hashlib
 import os
 from dataclasses import dataclass

@@ -16,6 +16,8 @@ the difference, so the share of extra fakes stays as asked. The cap is recorded 
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import hashlib
 import json
 import math

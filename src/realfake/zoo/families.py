@@ -8,6 +8,8 @@ only while training.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field

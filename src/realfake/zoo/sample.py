@@ -10,6 +10,8 @@ is filled beside its place and renamed into it.
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import io
 import json
 import zipfile

@@ -9,6 +9,8 @@ reproducible: the same seed, data and device type give the same weights, byte fo
 
 from __future__ import annotations
 
+__side__ = "training"  # see tests/test_layers.py
+
 import copy
 import dataclasses
 import json

@@ -11,6 +11,8 @@ for the zoo shipped inside the package. Loading upcasts either to fp32, and refu
 
 from __future__ import annotations
 
+__side__ = "shared"  # see tests/test_layers.py
+
 import json
 from dataclasses import dataclass
 from pathlib import Path

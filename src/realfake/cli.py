@@ -163,7 +163,9 @@ def train(
     ),
     extra_fakes: str | None = _option(
         None, help="folder or zip of FAKE images only (e.g. `realfake zoo sample` output) mixed into the training "
-        "split; validation and the home test split stay --data's own [default: none]", rich_help_panel=EXPERT
+        "split; validation and the home test split stay --data's own. `zoo`: images sampled (and cached) from the "
+        "generator zoo shipped in the package; a folder of trained generators: sampled from those [default: none]",
+        rich_help_panel=EXPERT
     ),
     extra_fakes_share: float | None = _option(
         None, help="share of the training FAKE images taken by --extra-fakes (as many of the data's own training "
@@ -562,6 +564,23 @@ def zoo_sample(
     from realfake.zoo.sample import write_samples
 
     _wrote(write_samples(weights, n, out, seed=seed, device=device), f"{n:,} sampled images")
+
+
+@zoo_app.command("pack")
+@friendly
+def zoo_pack(
+    weights: list[Path] = _argument(..., help="`zoo train` folders (or their generator.safetensors)"),
+    out: Path = _option(..., help="folder for <family>.safetensors (fp16), e.g. src/realfake/assets/zoo"),
+) -> None:
+    """Write trained generators as fp16 <family>.safetensors, the packaged zoo's form; prints each file."""
+    from realfake.zoo.weights import pack_generator, read_info
+
+    families = [read_info(w).family for w in weights]  # every header is checked before anything is written
+    twice = sorted({f for f in families if families.count(f) > 1})
+    if twice:
+        raise RealfakeError(f"two generators of family {twice[0]!r} given; pack one per family")
+    for w in weights:
+        _wrote(pack_generator(w, out), f"the {read_info(w).family} generator in fp16")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -138,7 +138,7 @@ def run_realfake(
     from realfake.data.splits import split_to_json
     from realfake.detector import Detector
     from realfake.device import resolve_precision, select_device
-    from realfake.fit import fit, state_to_cpu
+    from realfake.fit import FitOptions, fit, state_to_cpu
     from realfake.infer import predict_logits
     from realfake.models import apply_recipe, build
     from realfake.rundir import RunDir
@@ -157,8 +157,8 @@ def run_realfake(
     timer = StepTimer(sync)
     log(f"{name}: training {len(split['train'])} images, {args.epochs} epochs, batch {cfg.batch_size} on {device}, "
         f"{resolved.name} ({resolved.reason})")
-    result = fit(built.model, ds.images, ds.labels, split, cfg, run_dir, device, progress=args.progress,
-                 step_observer=timer)
+    result = fit(built.model, ds.images, ds.labels, split, cfg, run_dir, device,
+                 FitOptions(progress=args.progress, step_observer=timer))
     seconds = [row["seconds"] for row in result.history]
     best = max(result.best_epoch, 1)
     test_idx = split["test"]

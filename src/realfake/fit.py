@@ -141,6 +141,25 @@ def _small_maps_while_training(train: Callable[..., FitResult]) -> Callable[...,
     return wrapper
 
 
+@dataclass(frozen=True)
+class FitOptions:
+    """How a training run proceeds, apart from what it trains: one object, so callers name what they change and
+    a new option does not grow every signature between the command and the loop.
+
+    `resume` continues from the run's checkpoint; `on_epoch_end(epoch)` is called after each epoch's checkpoint;
+    `world` is the torchrun process group (realfake.distributed); `step_observer` is told of every step (a
+    benchmark times the loop from outside); `tuning` opts this call in to process-wide tricks (malloc settings,
+    the thread governor; realfake.tuning) or out (False), None following the process.
+    """
+
+    resume: bool = False
+    on_epoch_end: Callable[[int], None] | None = None
+    progress: bool = True
+    world: World = SINGLE
+    step_observer: StepObserver | None = None
+    tuning: bool | None = None
+
+
 @_small_maps_while_training
 def fit(
     model: nn.Module,
@@ -150,25 +169,19 @@ def fit(
     cfg: RunConfig,
     run_dir: Path,
     device: torch.device,
-    resume: bool = False,
-    on_epoch_end: Callable[[int], None] | None = None,
-    progress: bool = True,
-    world: World = SINGLE,
-    step_observer: StepObserver | None = None,
-    tuning: bool | None = None,
+    options: FitOptions | None = None,
 ) -> FitResult:
     """Train `model` in place on split["train"], validating on split["val"]; ends on the best weights.
-
-    `tuning` opts this call in to process-wide tricks (malloc settings, the thread governor; realfake.tuning),
-    or out (False); None follows the process (off unless `realfake.tuning.apply()` ran, as the command does).
 
     Under torchrun (`world` from realfake.distributed) every rank runs this with the same arguments: the model
     is wrapped in DistributedDataParallel, each global batch of `cfg.batch_size` is shared out across the
     ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
     """
+    opts = options or FitOptions()
+    world = opts.world
     check_global_batch(cfg.batch_size, world)
-    with opted_in(tuning):
+    with opted_in(opts.tuning):
         keep_freed_memory()  # each step's feature maps reuse the last step's pages (device.keep_freed_memory)
         may_govern = tricks_enabled()
     torch.manual_seed(cfg.seed)
@@ -195,7 +208,7 @@ def fit(
     best_state = state_to_cpu(model)
     start_epoch = 0
     ckpt_dir = run_dir / RunDir.CHECKPOINT
-    if resume and (found := existing_dir(ckpt_dir)) is not None:
+    if opts.resume and (found := existing_dir(ckpt_dir)) is not None:
         ckpt = read_checkpoint(found)  # safetensors + JSON only: a run folder never gets to run code
         ckpt.restore(model, optimizer, scheduler, early, gen)
         early.patience = cfg.patience
@@ -209,7 +222,7 @@ def fit(
     governor = ThreadGovernor(log=detail) if may_govern and device.type == "cpu" and world.size == 1 else None
     if governor is not None and governor.enabled:
         record(THREAD_GOVERNOR)
-    observers: list[StepObserver] = [o for o in (governor, step_observer) if o is not None]
+    observers: list[StepObserver] = [o for o in (governor, opts.step_observer) if o is not None]
     t_start = time.perf_counter()
     stopped_early = early.should_stop
     try:
@@ -222,7 +235,7 @@ def fit(
             sums = torch.zeros(3, device=device)  # loss, correct, images: this rank's, on the device (no sync per step)
             bar = tqdm(
                 total=n_train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
-                disable=not (progress and world.is_main), file=sys.stderr, leave=True,
+                disable=not (opts.progress and world.is_main), file=sys.stderr, leave=True,
             )
             batches = train_batches(source, y_train, cfg.batch_size, gen, robust=robust, rank=world.rank,
                                     size=world.size)
@@ -293,8 +306,8 @@ def fit(
                 except WriteError as e:  # the checkpoint of the epoch before is still there (or there is none yet)
                     raise e.then(_continue(run_dir, ckpt_dir)) from None
                 write_checkpoint(ckpt_dir, model, best_state, optimizer, scheduler, early, gen, epoch, history)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1)
+            if opts.on_epoch_end is not None:
+                opts.on_epoch_end(epoch + 1)
             if early.should_stop:
                 stopped_early = epoch + 1 < cfg.epochs
                 break

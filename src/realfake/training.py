@@ -44,7 +44,7 @@ from realfake.distributed import (
 )
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, evaluate_split, log_to_stderr, metrics_line, run_data
-from realfake.fit import FitResult, StepObserver, check_sync_batchnorm, fit, save_weights, state_to_cpu
+from realfake.fit import FitOptions, FitResult, StepObserver, check_sync_batchnorm, fit, save_weights, state_to_cpu
 from realfake.infer import TorchBackend, logits_by_chunk
 from realfake.models import apply_recipe, build
 from realfake.rundir import RunDir
@@ -281,8 +281,9 @@ def _fit_and_finish(
     world: World = SINGLE,
     step_observer: StepObserver | None = None,
 ) -> Path:
-    result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, resuming, on_epoch_end, progress,
-                 world=world, step_observer=step_observer)
+    options = FitOptions(resume=resuming, on_epoch_end=on_epoch_end, progress=progress, world=world,
+                         step_observer=step_observer)
+    result = fit(model, ds.images, ds.labels, split, cfg, run.path, device, options)
     if not world.is_main:  # rank 0 alone calibrates, tests and reports, on the same weights
         return run.path
     try:

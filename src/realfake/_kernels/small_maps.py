@@ -36,7 +36,8 @@ from realfake._kernels import enabled, turned_off
 
 MAX_PIXELS = 4  # 2x2: the dense matrix has (pixels x in) x (pixels x out) entries; a 4x4 map made it too big
 # Building the dense matrix costs (taps / batch) of the product itself, whatever the batch: from 32 images on it
-# is paid back; a single image (a server's request) keeps the faster convolution (docs/performance.md#small-map-kernels).
+# is paid back; a single image (a server's request) keeps the faster convolution
+# (docs/performance.md#small-map-kernels).
 MIN_BATCH = 32
 
 

@@ -63,9 +63,9 @@ class DenseGELU(nn.GELU):
 
     Why: PyTorch's CPU GELU, forward and backward, is slower on a channels_last (N, C, H, W) tensor than on the
     same memory read as contiguous (N, H, W, C), and the training step ran faster with this view
-    (docs/performance.md, Speed: "`fast`'s GELU in training"). The values are GELU's, the layout is unchanged, and in eval mode it
-    is plain GELU, so ONNX export sees one Gelu and prediction's fused copy (realfake.models.fused) treats it as
-    the nn.GELU it is.
+    (docs/performance.md, Speed: "`fast`'s GELU in training"). The values are GELU's, the layout is unchanged, and in
+    eval mode it is plain GELU, so ONNX export sees one Gelu and prediction's fused copy (realfake.models.fused) treats
+    it as the nn.GELU it is.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,8 @@ class DenseGELU(nn.GELU):
 # The activation, by the version of `fast`'s weights. Version 1 (every `fast` run before the fourth session of
 # 2026-11-29) used GELU; version 2 uses ReLU, which did at least as well at home and on the held-out generator
 # (docs/guide/generalization.md) and trains faster; viewing it as NHWC, as DenseGELU does, did not help ReLU
-# (docs/performance.md#the-fast-model). A model records its version in its weights (the `version` buffer); weights without one are
-# version 1 and load as GELU, so a run trained before the change keeps its logits.
+# (docs/performance.md#the-fast-model). A model records its version in its weights (the `version` buffer); weights
+# without one are version 1 and load as GELU, so a run trained before the change keeps its logits.
 VERSION = 2
 ACTIVATIONS: dict[int, type[nn.Module]] = {1: DenseGELU, 2: nn.ReLU}
 

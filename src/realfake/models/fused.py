@@ -36,8 +36,8 @@ POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "no
 # Which of them a model's copy fuses, unless the model names its own (`fused_activations`): GELU only. Its erf
 # makes it several times a ReLU's cost, while oneDNN's pointwise entry point pays a fixed cost at each call that
 # PyTorch's plain convolution does not, so fusing seed-resnet50's ReLUs made one image slower and batches no
-# faster, packed or not (docs/performance.md#the-fused-prediction-copy). `fast` (ReLU since version 2) names ReLU: its maps are
-# large for their arithmetic, so a separate pass over each costs more than the call (see realfake.models.fast).
+# faster, packed or not (docs/performance.md#the-fused-prediction-copy). `fast` (ReLU since version 2) names ReLU: its
+# maps are large for their arithmetic, so a separate pass over each costs more than the call (see realfake.models.fast).
 DEFAULT_FUSED: tuple[type[nn.Module], ...] = (nn.GELU,)
 
 

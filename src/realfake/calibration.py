@@ -11,9 +11,8 @@ How well calibrated p is (ECE, Brier) is a figure, and lives in `realfake.metric
 classes it learned, where the threshold turns them into confident REALs. So the run also stores, per class,
 the quantiles of its validation logits; an image's `ood` score is how far out it lies in the class it is
 labelled (0.97: more extreme than 97% of validation images of that class, in the direction of the other class),
-and above `level` (0.96) it is labelled uncertain whatever p_fake says. Measured against feature-space
-scores (README "Generators it never saw"): Mahalanobis distance flagged 0-0.5% of an unseen generator's fakes,
-kNN to REAL training features 81%, this 94.6%, each at 5% of in-distribution validation images.
+and above `level` (0.96) it is labelled uncertain whatever p_fake says. It flagged more of an unseen generator's
+fakes than feature-space scores (Mahalanobis, kNN) did (docs/guide/generalization.md).
 """
 
 from __future__ import annotations

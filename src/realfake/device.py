@@ -1,12 +1,11 @@
 """Pick the compute device, what the CPU can do, and the precision to compute in: the one place that decides.
 
 Precision: `auto` uses bf16 autocast where the hardware does bf16 natively and fp32 elsewhere. On CPU
-"natively" means AMX or AVX-512 BF16: on an Intel Xeon with AMX the `fast` model's forward ran 2.5x faster
-under bf16 autocast than in fp32 (issue 11), while a CPU without them (AVX2 only, e.g. this project's AMD
-EPYC) converts to and from bf16 around fp32 arithmetic and gets slower. On CUDA it is bf16 where the GPU has
-it, else fp16 with loss scaling (as before). `bf16` forces bf16 autocast (on any CPU: slow without native
-support, but it runs, so results can be compared anywhere); `fp32` turns autocast off. Logits and the loss
-are always computed in fp32 (`.float()` at the model's output). ONNX export and the ONNX backend are fp32.
+"natively" means AMX or AVX-512 BF16, where bf16 autocast is much faster than fp32 (docs/guide/models.md#precision),
+while a CPU without them (AVX2 only, e.g. an AMD EPYC) converts to and from bf16 around fp32 arithmetic and gets slower.
+On CUDA it is bf16 where the GPU has it, else fp16 with loss scaling (as before). `bf16` forces bf16 autocast (on any
+CPU: slow without native support, but it runs, so results can be compared anywhere); `fp32` turns autocast off. Logits
+and the loss are always computed in fp32 (`.float()` at the model's output). ONNX export and the ONNX backend are fp32.
 """
 
 from __future__ import annotations
@@ -179,12 +178,10 @@ def _keep_freed_memory() -> str:
     Why: every step of training, and every batch of prediction, allocates and frees the same few megabytes of
     feature maps. By default glibc returns a freed top of heap over twice its largest recent mmap'd block
     (a few MB here) to the kernel, and maps blocks over its threshold afresh, so each step's buffers came back
-    as new pages, zeroed by the kernel on first touch: `fast`'s training step (batch 128, bf16, 2-core AMX
-    Xeon) page-faulted about 1,850 times, 4-6 ms of CPU in the kernel a step, and prediction (batch 256, flip
-    TTA) 7.6 times an image, 17-22 ms of kernel CPU per 1,000 images against 1.7-2.3 with this setting
-    (the step: 17-51 faults). Blocks under KEEP_MMAP_THRESHOLD now come from the heap, and up to
-    KEEP_TRIM_THRESHOLD of freed heap stays in the process, as PyTorch's GPU caching allocator keeps its
-    blocks; larger blocks (a data set's array) are still mapped and returned.
+    as new pages, zeroed by the kernel on first touch: thousands of page faults a training step, and a tenth of
+    the kernel CPU with this setting (docs/performance.md, Speed: "Freed memory kept"). Blocks under KEEP_MMAP_THRESHOLD
+    now come from the heap, and up to KEEP_TRIM_THRESHOLD of freed heap stays in the process, as PyTorch's GPU caching
+    allocator keeps its blocks; larger blocks (a data set's array) are still mapped and returned.
 
     Left alone where it cannot apply or the user chose: not glibc, another allocator preloaded, or glibc's
     malloc tunables set in the environment. Process-wide and once per process; realfake's training (fit) and
@@ -232,13 +229,10 @@ def _cpu_seconds() -> tuple[float, float] | None:
 class ThreadGovernor:
     """Train on all the cores alone, and on fewer while other work shares them, where fewer is faster (probed).
 
-    Why: on a 2-core AMX Xeon VM, `fast`'s training loop ran 1.2-1.5x faster alone with PyTorch's OpenMP threads
-    spinning between operations (libgomp's default) than sleeping (OMP_WAIT_POLICY=PASSIVE; two A/Bs in turn,
-    medians 0.83x and 0.68x, spinning faster in all 13 rounds). Beside a 2-thread matrix-multiply job, 2
-    threads fell to 28-65 img/s in some runs under either policy (a step issues about 440 ATen operators, and
-    each that runs on both threads waits for both to hold a core) while 1 thread kept 1,146-1,679 img/s in all 5.
-    On an AMD EPYC VM (2026-11-28) 2 spinning threads fell to 107 img/s there (27% of a fair share) while 1 thread
-    kept 408 (103%).
+    Why: alone, `fast`'s training loop runs faster with PyTorch's OpenMP threads spinning between operations
+    (libgomp's default) than sleeping (OMP_WAIT_POLICY=PASSIVE); beside another job, all threads can collapse
+    under either policy (each of a step's hundreds of operators waits for every thread to hold a core) while one
+    thread holds up (docs/performance.md#on-a-busy-machine).
     Which count is faster beside other work depends on the machine, so it is measured: every WINDOW_S seconds
     of training the governor reads how much CPU other processes used (/proc/stat less this process); when they
     used BUSY cores or more, it tries fewer threads for a window and keeps whichever count trained faster, tries

@@ -98,7 +98,7 @@ def logits_by_chunk(
     logits_of: Callable[[np.ndarray], np.ndarray], images: np.ndarray, rows: np.ndarray, batch_size: int = 1024,
 ) -> np.ndarray:
     """`logits_of(images[rows])`, read 16 batches of rows at a time: a split of a memory-mapped cache is never
-    copied whole into memory (200,000 test images of a set ten times CIFAKE's are 0.6 GB), and each chunk is
+    copied whole into memory (a large set's test split can be gigabytes), and each chunk is
     whole batches, so the model sees the batches it would see in one call and the logits are the same."""
     chunk = 16 * batch_size
     if len(rows) <= chunk:

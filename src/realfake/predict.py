@@ -9,19 +9,15 @@ are whole-array operations (`Detector.verdicts`); and a writer thread formats an
 batch while the model runs (its matrix products release the GIL). Results stream out in input order, one per input,
 unreadable ones included (as an error row).
 
-Measured with benchmarks/predict_files.py (`fast`, flip TTA, 20,000 stand-in JPEGs, 2 cores shared with other
-jobs, load 7-8): of the main thread's 65.0 s, the model took 63.3, listing 0.8, waiting for the first batch
-0.2, verdicts 0.1, handing rows to the writer 0.1, waiting for later batches 0.0; off the main thread, decoding
-took 6.1 CPU-seconds in the workers (0.3 ms an image) and formatting and writing the rows 0.3 s. With a model
-that costs nothing, this process spends ~50 us of CPU an image (80-100 us when each row was a Prediction
-turned into a dict for json.dumps, written and flushed one by one). What remains between this and the bare
-model is the model sharing the cores with decoding (see `realfake.tuning.quiet_waiting_threads`). Since
-prediction's model copy is fused (realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes
-through torchvision's libjpeg operator (realfake.data.images; set up by `prepare_jpeg_decoding` before the
-workers fork): 0.086-0.096 ms of worker CPU an image on a 2-core AMX Xeon, against 0.25 with Pillow.
+Nearly all the main thread's time goes to the model (`benchmarks/predict_files.py`,
+docs/performance.md#prediction-from-files); what remains between this and the bare model is the model sharing the cores
+with decoding (see `realfake.tuning.quiet_waiting_threads`). Since prediction's model copy is fused
+(realfake.models.fused) decoding is a larger share, so a plain 32x32 JPEG decodes through torchvision's libjpeg operator
+(realfake.data.images; set up by `prepare_jpeg_decoding` before the workers fork), at well under half Pillow's CPU an
+image (docs/performance.md, Speed).
 
 The workers live no longer than this process (`decoding_pool`), however it ends: a `predict` killed with SIGKILL
-used to leave them blocked on their pipe for ever (~455 MB each), holding the `--out` temporary's lock.
+used to leave them blocked on their pipe for ever (docs/performance.md#memory), holding the `--out` temporary's lock.
 """
 
 from __future__ import annotations

@@ -5,29 +5,21 @@ this module chooses their settings and the calibration images, and says what it 
 record that `realfake.export` stores in the file's metadata. A reader needs nothing from here: the int8 file
 has the same input, outputs and metadata as the fp32 one, and ONNX Runtime runs its QDQ nodes as int8 kernels.
 
-The settings, measured on a `fast` run (24,000 stand-in images, 2 epochs, 98.28% on 4,000 test images in fp32)
-on an AMD EPYC with AVX2 and no VNNI:
+The settings, each chosen on a `fast` run against the alternatives (the figures: docs/guide/export.md, int8):
 - The convolutions, the ReLUs after them and the residual additions are quantised (QDQ format, per-channel int8
   weights, uint8 activations): so ONNX Runtime folds each ReLU into its int8 convolution (QLinearConv) and
-  adds in int8 (QLinearAdd). With convolutions alone, `fast` version 2 (ReLU) kept a dequantise -> ReLU ->
-  quantise chain per layer and its int8 file ran at 0.87x fp32; with ReLU and Add as well, 1.45-1.59x (batch
-  256, 8 rounds in turn, 2-core AMX Xeon, 2026-11-29), labels agreeing with fp32 on 99.96% of its 20,000 test
-  images (99.74% against 99.72% accuracy). A GELU (`fast` version 1) has no int8 kernel and stays fp32 between
+  adds in int8 (QLinearAdd); with convolutions alone each ReLU kept a dequantise -> ReLU -> quantise chain and
+  the int8 file was slower than fp32. A GELU (`fast` version 1) has no int8 kernel and stays fp32 between
   dequantise and quantise whatever the list. The head (one Gemm), the temperature, the sigmoid and the OOD
   quantiles stay fp32: quantising them saves no time and puts the logit, which the threshold and the OOD score
-  read, on a coarse grid (max |logit change| 3.3 with ONNX Runtime's default op list, 0.42 with convolutions
-  only). The scaling to [0, 1] before the first
-  convolution stays fp32 too; its output is quantised like any convolution input, 256 levels for 256 levels.
+  read, on a coarse grid. The scaling to [0, 1] before the first convolution stays fp32 too; its output is
+  quantised like any convolution input, 256 levels for 256 levels.
 - `reduce_range` (7-bit weights): without it, x86 CPUs without VNNI saturate in the u8 x s8 multiply-add
-  (vpmaddubsw), and accuracy fell from 98.28% to 85.85%; with it, 98.23-98.28% depending on which 512 images
-  calibrate (labels agree with fp32 on 99.6%). A file is made once and run anywhere, so it is made safe for
-  every x86 CPU, VNNI or not.
-- QOperator format and per-tensor weights measured no better (98.23% and 98.15%); MinMax calibration on 512
-  training images is the default (128: 98.30%, 2,000: 98.13%; percentile 98.40%, entropy 98.23%; all within
-  the run-to-run spread of a few test images).
-- Speed: int8 convolutions pay off on CPUs with VNNI; on that AVX2 EPYC (busy) the int8 file ran at 1.05-1.25x
-  fp32 in single-thread CPU time, GELU staying fp32 between dequantise and quantise (README, Export); on CPUs
-  with VNNI, see README, Export.
+  (vpmaddubsw) and accuracy collapses. A file is made once and run anywhere, so it is made safe for every x86
+  CPU, VNNI or not.
+- QOperator format, per-tensor weights and other calibration methods or counts measured no better; MinMax
+  calibration on 512 training images is the default.
+- Speed: int8 convolutions pay off on CPUs with VNNI, and on CPUs without it little or not at all.
 """
 
 from __future__ import annotations
@@ -57,8 +49,8 @@ CALIBRATION_IMAGES = 512  # "a few hundred": ranges settle by then (see the modu
 CALIBRATION_BATCH = 64
 # ONNX Runtime keeps every activation of every calibration image until the end (its CalibMaxIntermediateOutputs,
 # meant to bound that, drops the batches it holds without folding them into the ranges in 1.32), so the count is
-# capped. Measured for `fast`: the export peaks at 0.99 GB resident with 128 or 512 images (0.96 GB without
-# quantising: the tracer's, not the calibration's); a bigger model keeps proportionally more per image.
+# capped. For `fast` the peak is the tracer's, not the calibration's, up to 512 images
+# (docs/performance.md#memory); a bigger model keeps proportionally more per image.
 MAX_CALIBRATION_IMAGES = 2048
 CALIBRATION_SEED = 0
 QUANTIZED_OPS = ("Conv", "Relu", "Add")

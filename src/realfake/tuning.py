@@ -105,17 +105,13 @@ def quiet_waiting_threads() -> bool:
     """Let the model's OpenMP threads sleep, not spin, while they wait for work (OMP_WAIT_POLICY=PASSIVE),
     where tricks are enabled and the user chose no policy; True if it set the variable.
 
-    Why: the decoding workers need the very cores that spinning threads hold. Measured on 2 cores shared with
-    other jobs (`fast` with flip TTA, 2 torch threads, 2 decoding workers): with spinning threads (libgomp's
-    default) the model ran 66% slower beside the workers (58.7 s against 35.4 s bare, for 20,000 JPEGs whose
-    decoding took 5.7 CPU-seconds) and prediction from files ran at 0.52-0.74x the bare model (3 runs;
-    0.67-0.89x on 4,000 JPEGs); waiting passively, at 1.15-1.40x on the same 4,000 (the bare model, which
-    shares the cores with the other jobs, got faster too).
-    Training does not use it: its loop ran 1.2-1.5x faster alone with spinning threads on a 2-core AMX Xeon,
-    and it shares a busy machine by thread count instead (realfake.device.ThreadGovernor, with the figures).
-    libgomp reads the variable when torch is first imported, so it counts in this process only if set before
-    then (`realfake predict` and `realfake serve` do, through `apply(passive_wait=True)` as they start); child
-    processes started later (the server's workers) inherit it either way.
+    Why: the decoding workers need the very cores that spinning threads hold; with spinning threads prediction
+    from files fell well behind the bare model (docs/performance.md#prediction-from-files).
+    Training does not use it: its loop ran faster alone with spinning threads, and it shares a busy machine by thread
+    count instead (realfake.device.ThreadGovernor, with the figures). libgomp reads the variable when torch is first
+    imported, so it counts in this process only if set before then (`realfake predict` and `realfake serve` do, through
+    `apply(passive_wait=True)` as they start); child processes started later (the server's workers) inherit it either
+    way.
     """
     if not enabled() or "OMP_WAIT_POLICY" in os.environ:
         return False

@@ -4,10 +4,9 @@ the files they decode.
 Why it is fenced: the operators are torchvision's compiled image library, found in its package folder by file name
 (`image_stable` in 0.29, `image` before) and loaded as torchvision loads it, then called as registered operators
 (`torch.ops.image.decode_jpeg`, `encode_jpeg`): none of that is public, and each name has already changed once.
-`import torchvision` took 1.3-1.7 s of CPU on a 2-core AMX Xeon (its ops pull in torch._dynamo) where loading the
-library takes about 3 ms, and in forked workers it was paid again by each; torchvision's Python around the
-operator cost about a fifth of a 32x32 file's read and decode (96 against 117 us a file, 512-file chunks in turn,
-16 rounds). So the operators are used only where they give the reference's pixels on probe images (`decoder`),
+`import torchvision` costs far more than loading the library (it pulls in torch._dynamo, again in every forked
+worker), and its Python around the operator was a fifth of a 32x32 file's read and decode (docs/performance.md,
+Speed). So the operators are used only where they give the reference's pixels on probe images (`decoder`),
 or run at all (`roundtrip_codec`); torchvision's public functions come next (only where torchvision is imported
 anyway, for decoding), and Pillow, the reference, last. REALFAKE_KERNELS=0 leaves decoding to Pillow alone and
 training's JPEG round trip to the public functions.
@@ -42,8 +41,8 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     where Pillow's path must decide: not a JPEG, an EXIF or Adobe segment, a lossless, arithmetic-coded or
     12-bit frame, or markers that do not parse.
 
-    It reads bytes in place rather than slicing each segment out: 5.8 against 10.7 us a CIFAKE file (2,000 files,
-    10 rounds in turn, 2-core AMX Xeon), in a decode of about 85."""
+    It reads bytes in place rather than slicing each segment out, which halved its cost
+    (docs/performance.md#jpeg-decoding)."""
     if data[:3] != b"\xff\xd8\xff":
         return None
     frame = None

@@ -2,9 +2,8 @@
 
 Why: at CIFAKE's 32x32, ResNet50's last two stages work on 2x2 and 1x1 maps. There a convolution is a small
 dense linear map, but oneDNN still runs it as a convolution, and its backward pass is slow at those shapes: on
-a 2-core Intel Xeon with AMX, a 512->2048 1x1 convolution on a 1x1 map took 15.6 ms forward + backward in fp32
-and 24.2 ms under bf16 autocast, against 3.9 and 2.3 ms as a matrix product; the 2x2 and 1x1 layers were two
-thirds of seed-resnet50's backward pass (README "Speed"). So, on maps of at most `MAX_PIXELS` pixels, a
+CPUs measured, those layers were two thirds of seed-resnet50's backward pass and several times slower than the
+same matrix product (docs/performance.md#small-map-kernels). So, on maps of at most `MAX_PIXELS` pixels, a
 convolution here is written as the matrix it is: the input's pixels and channels in one row per image, times a
 matrix built from the kernel's taps (each input pixel, output pixel pair takes the tap that joins them, or
 zero); a 1x1 convolution without padding is a product per pixel on a map of any size. Everything else (bigger
@@ -37,7 +36,8 @@ from realfake._kernels import enabled, turned_off
 
 MAX_PIXELS = 4  # 2x2: the dense matrix has (pixels x in) x (pixels x out) entries; a 4x4 map made it too big
 # Building the dense matrix costs (taps / batch) of the product itself, whatever the batch: from 32 images on it
-# is paid back; a single image (a server's request) keeps the convolution (12 ms for seed-resnet50, not 29).
+# is paid back; a single image (a server's request) keeps the faster convolution
+# (docs/performance.md#small-map-kernels).
 MIN_BATCH = 32
 
 

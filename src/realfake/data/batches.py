@@ -41,10 +41,9 @@ def random_flips(
 def jpeg_roundtrip(images: np.ndarray, quality: int | np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 images JPEG-encoded and decoded again, at one or per-image qualities.
 
-    JPEG has no tensor form, so this runs on the CPU, image by image. Through Pillow a 32x32 image cost about
-    165 us on one H100 machine's CPU, mostly Python around the codec, and that was most of a GPU training epoch
-    (15 s with the robust augmentation, against 6 s with flips alone). torchvision's libjpeg calls give the same
-    bytes (the same library and settings: bit-identical, checked in the tests) for 84 us, and the epoch took 7 s.
+    JPEG has no tensor form, so this runs on the CPU, image by image. Through Pillow it was mostly Python around
+    the codec and most of a GPU training epoch; torchvision's libjpeg calls give the same bytes (the same library
+    and settings: bit-identical, checked in the tests) in about half the time (docs/performance.md#on-a-gpu).
     Threads did not help: at 32x32 the calls hold the GIL for most of their time (4-16 threads were slower).
     """
     qs = np.broadcast_to(np.asarray(quality, dtype=int), (len(images),))
@@ -62,7 +61,7 @@ def _jpeg_codec() -> Callable[[torch.Tensor, int], np.ndarray]:
     """torchvision's JPEG round trip where its image library loads, else Pillow's (the same bytes, slower).
 
     Its operators are called directly (realfake._kernels.jpeg), so training does not import torchvision for them
-    (1.3-1.7 s of CPU on a 2-core AMX Xeon); torchvision's public functions are the fallback."""
+    (seconds of CPU); torchvision's public functions are the fallback."""
     return roundtrip_codec(_pillow_roundtrip)
 
 
@@ -159,8 +158,8 @@ class ArtefactSimulation:
     nearest / bilinear up + conv), at an amplitude of `amplitude` (in 1/255 steps), saved as JPEG at `quality`
     like the data's own images; as many REAL slots get the same JPEG pass, so that a second compression is
     no cue for FAKE. The aim is a model that learns "made by up-sampling" rather than "made by this GAN".
-    Measured (research/gen_sim.py and README "Generators it never saw"): with flips only it
-    caught 10 points more of a held-out generator's fakes but cost 0.7 points at home; it is an option
+    With flips only it caught more of a held-out generator's fakes but cost accuracy at home
+    (research/gen_sim.py, docs/guide/generalization.md); it is an option
     (`--augment simulate`), not the recipe.
     """
 
@@ -217,8 +216,7 @@ class RobustAugment:
     Draws are made for the whole batch and sliced to a rank's rows (`n_global`, `mine`), as for the flips.
     """
 
-    # Defaults measured on the stand-in (fast, 6,000 images, 3 epochs): at 0.5/0.2 clean accuracy fell 3.5
-    # points below the plain model's; at 0.3/0.1 it fell 0.8 while JPEG-30, blur and resampling gained 7-8.
+    # Defaults: stronger shares cost clean accuracy for little more robustness (docs/guide/generalization.md).
     jpeg_p: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 95)
     blur_p: float = 0.1

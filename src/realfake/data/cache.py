@@ -104,7 +104,7 @@ def stratified_subset(items: list[Item], limit: int, seed: int) -> list[Item]:
 
 
 # Each worker process opens the source once (see _open_worker_source): opening a zip parses its whole
-# central directory (120k entries for CIFAKE, ~0.5 s), which per chunk used to cost more than decoding it.
+# central directory, which per chunk used to cost more than decoding it (docs/performance.md#memory).
 _WORKER_SOURCE: dict[str, Any] = {}
 
 
@@ -338,11 +338,10 @@ class _NpyRows:
 
     Plain sequential writes, not a writable memory map: every page written through a shared map stays in the
     writer's resident set until the kernel wants the memory back, so a map would show (and, under pressure,
-    cost) the whole file as the builder's RSS (measured: 994 MB peak RSS for a 966 MB file, 30 MB with
-    writes). The header is written for every item; if some were skipped, `finish` rewrites it for the rows
-    kept and cuts the file (numpy pads headers so that the length of the first axis never changes their
-    size; where it would, the rows are copied, chunk by chunk, under a header of their own).
-    Every OSError becomes _CacheUnwritable.
+    cost) the whole file as the builder's RSS (`benchmarks/cache_rss.py`, docs/performance.md#memory). The header is
+    written for every item; if some were skipped, `finish` rewrites it for the rows kept and cuts the file (numpy pads
+    headers so that the length of the first axis never changes their size; where it would, the rows are copied, chunk by
+    chunk, under a header of their own). Every OSError becomes _CacheUnwritable.
     """
 
     def __init__(self, path: Path, capacity: int) -> None:

@@ -142,7 +142,7 @@ _U16_TO_U8 = np.clip(np.arange(65536, dtype=np.float64) / 257.0 + 0.5, 0, 255).a
 def _high_bit_depth_to_l(img: Image.Image) -> Image.Image:
     """I;16 / I / F to L with the arithmetic of PREPROCESS_VERSION 1, one band of rows at a time.
 
-    A whole-image float64 copy cost 8 bytes a pixel (1.6 GB peak for one 7900x7900 16-bit PNG); bands of
+    A whole-image float64 copy cost 8 bytes a pixel (docs/performance.md#memory); bands of
     _BAND_PIXELS keep the temporaries at a few MB while every pixel gets exactly the value it always got.
     """
     w, h = img.size
@@ -271,9 +271,9 @@ def _pillow_region(data: bytes, size: int) -> tuple[np.ndarray, Region]:
 
 # --- the fast path: a plain 32x32 JPEG, CIFAKE's own kind of file -------------------------------------------
 #
-# Pillow spends most of a 32x32 JPEG's decode parsing the header in Python: 110-160 us an image on a 2-core Xeon,
-# of which libjpeg's decoding is 34; torchvision's decode_jpeg, the same libjpeg-turbo, took 38 us in all. With
-# the model fused (realfake.models.fused), decoding was 43% of `realfake predict`'s CPU. So a JPEG whose header
+# Pillow spends most of a 32x32 JPEG's decode parsing the header in Python, several times libjpeg's own decoding,
+# and with the model fused (realfake.models.fused) decoding became much of `realfake predict`'s CPU
+# (docs/performance.md#jpeg-decoding). So a JPEG whose header
 # says it is exactly the model's size, 8-bit, grey or YCbCr, without EXIF (orientation) or an Adobe marker
 # (colour transforms), is decoded by torchvision; everything else, and any file it refuses, takes Pillow's path,
 # which also gives the reason a file is bad. Both give the same pixels: checked once per process on test images
@@ -281,15 +281,14 @@ def _pillow_region(data: bytes, size: int) -> tuple[np.ndarray, Region]:
 # realfake's fast paths off (realfake._kernels), the fast path is off.
 
 #
-# The fast path needs torch, and that is its price: `import torch` takes about 2 s of CPU. A process that has
+# The fast path needs torch, and that is its price: `import torch` takes seconds of CPU. A process that has
 # torch already (every PyTorch model, training, the server's Detector) takes the path from its first file;
 # one that has not (an ONNX Runtime job) stays with Pillow unless it is about to decode FAST_JPEG_MIN_IMAGES,
 # enough to repay the import (`prepare_jpeg_decoding`: the data cache, batch prediction). torchvision itself is
 # never imported for it: its image library (libjpeg's operators) is loaded straight from torchvision's folder
-# (realfake._kernels.jpeg) in about 3 ms, where `import torchvision` took 1.3-1.7 s of CPU on a 2-core AMX Xeon
-# (its ops pull in torch._dynamo) and, in forked workers, was paid again by each: `realfake predict` (`fast`)
-# on 4,096 JPEGs took 6.1-7.1 s with that import and 4.2-5.1 s on Pillow alone. Until that was found, jobs
-# under 100,000 images decoded with Pillow to spare the import.
+# (realfake._kernels.jpeg) in milliseconds, where `import torchvision` (its ops pull in torch._dynamo) costs
+# seconds and, in forked workers, was paid again by each, making small jobs slower than Pillow alone
+# (docs/performance.md, Speed). Until that was found, jobs under 100,000 images decoded with Pillow to spare it.
 FAST_JPEG_MIN_IMAGES = 100_000
 _TORCH = "torch"
 
@@ -390,9 +389,9 @@ class _Descriptor:
 def read_file(path: str | os.PathLike[str], cap: int = MAX_FILE_BYTES) -> bytes:
     """A file's bytes, up to `cap`; a FIFO or device is refused rather than read (it could block or never end).
 
-    Plain system calls (os.open, os.fstat, os.read) rather than Python's buffered file object: for a 32x32 JPEG
-    that was 13% of its read and decode's CPU time (84 against 96 us a file, 512-file chunks in turn, 16 rounds,
-    2-core AMX Xeon). Opened non-blocking, so a file swapped for a FIFO after the check still cannot block.
+    Plain system calls (os.open, os.fstat, os.read) rather than Python's buffered file object, whose overhead was
+    a noticeable share of a 32x32 JPEG's read and decode (docs/performance.md#jpeg-decoding). Opened non-blocking, so a
+    file swapped for a FIFO after the check still cannot block.
     """
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):

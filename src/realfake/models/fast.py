@@ -11,11 +11,8 @@ ResNet50's stride-2 7x7 conv + max-pool throws that band away in its first two l
 net halves the resolution three times (16, 8, 4) while widening, with one residual conv at 16x16 and 8x8,
 and pools globally by max and mean (an artefact anywhere in the image is evidence).
 
-Cost (torch.utils.flop_counter, see tests/test_fast_model.py): about 17 MFLOP per image forward and about
-51 MFLOP per training image (forward + backward), against about 0.17 and 0.5 GFLOP for ResNet50 at 32x32.
-Measured on 16,800 stand-in training images, 3 epochs: 99.4% test accuracy; widths (16, 24, 48, 96) gave
-98.0%; (24, 32, 64, 128) without the 16x16 residual, 99.0%; and the same net with a stride-2 stem
-(downsampling at once, as ResNet does) 96.0%: four times the errors from throwing away the top octave.
+It costs about a tenth of ResNet50's arithmetic at 32x32 (torch.utils.flop_counter, tests/test_fast_model.py),
+and narrower widths, no 16x16 residual or a stride-2 stem each cost accuracy (docs/guide/models.md).
 """
 
 from __future__ import annotations
@@ -46,12 +43,8 @@ BN_MOMENTUM = 0.4
 # validation REAL called FAKE; `real:0.005`, never stricter than `balanced`, which a weak model of a quick run
 # needs), not halfway to this generator's fakes, since fakes are an open set; and training
 # sees CNNDetection-style JPEG and blur degradations (`augment: robust`), so it leans less on one generator's
-# exact pixels. Flips + `balanced`: 99.92% at home, 77.7% balanced accuracy on ganC; flips + fpr:0.005: 99.55%,
-# 95.6%; robust + fpr:0.005: 99.56%, 98.5% (ROC AUC 0.9988, ECE 0.107; 0.009 with the centred calibration of
-# 2026-11-28). On these runs real:0.005 is fpr:0.005. One epoch of this recipe: 99.65% at home but 89.2% on ganC,
-# so three epochs stay the advice (README "Generators it never saw"). Those figures are version 1's (GELU); for
-# version 2 (ReLU), see VERSION below: over three seeds 99.72-99.83% at home and 97.62-98.38% on ganC, and one
-# epoch 99.59% and 91.07%.
+# exact pixels. Each raised ganC's balanced accuracy, and one epoch of the recipe lost much of it, so three
+# epochs stay the advice (docs/guide/generalization.md, for version 1 and version 2).
 RECIPE = {
     "epochs": 3,  # the advice above; `--epochs` (or a config's epochs) wins, as for every field here
     "batch_size": 128,
@@ -69,12 +62,10 @@ class DenseGELU(nn.GELU):
     the feature map viewed as the dense NHWC array that channels_last memory is.
 
     Why: PyTorch's CPU GELU, forward and backward, is slower on a channels_last (N, C, H, W) tensor than on the
-    same memory read as contiguous (N, H, W, C): 5.1 against 3.2 ms, forward and backward, for the stem's map at
-    batch 128 in bf16 on a 2-core AMX Xeon. There the whole `fast` training step (batch 128, 16 rounds of 10 steps,
-    the two in alternating order) ran 1.09x and 1.11x faster with this view in bf16 (faster in 15 rounds of 16,
-    both times), and 1.01x and 1.10x in fp32. The values are GELU's, the layout is unchanged, and in eval mode it
-    is plain GELU, so ONNX export sees one Gelu and prediction's fused copy (realfake.models.fused) treats it as
-    the nn.GELU it is.
+    same memory read as contiguous (N, H, W, C), and the training step ran faster with this view
+    (docs/performance.md, Speed: "`fast`'s GELU in training"). The values are GELU's, the layout is unchanged, and in
+    eval mode it is plain GELU, so ONNX export sees one Gelu and prediction's fused copy (realfake.models.fused) treats
+    it as the nn.GELU it is.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,12 +75,10 @@ class DenseGELU(nn.GELU):
 
 
 # The activation, by the version of `fast`'s weights. Version 1 (every `fast` run before the fourth session of
-# 2026-11-29) used GELU; version 2 uses ReLU. Measured side by side (full stand-in, 3 epochs of the recipe, bf16,
-# 2-core AMX Xeon, seeds 42, 7 and 1; README "Generators it never saw"), ReLU did at least as well at home and on
-# the held-out generator, and its training step (batch 128, bf16, 16 rounds of 10 steps in turn) ran 1.08x and
-# 1.20x faster in two runs (faster in 15 and 11 of the rounds); viewing it as NHWC, as DenseGELU does, did not
-# help ReLU (0.91x). A model records its version in its weights (the `version` buffer); weights without one are
-# version 1 and load as GELU, so a run trained before the change keeps its logits.
+# 2026-11-29) used GELU; version 2 uses ReLU, which did at least as well at home and on the held-out generator
+# (docs/guide/generalization.md) and trains faster; viewing it as NHWC, as DenseGELU does, did not help ReLU
+# (docs/performance.md#the-fast-model). A model records its version in its weights (the `version` buffer); weights
+# without one are version 1 and load as GELU, so a run trained before the change keeps its logits.
 VERSION = 2
 ACTIVATIONS: dict[int, type[nn.Module]] = {1: DenseGELU, 2: nn.ReLU}
 
@@ -136,14 +125,13 @@ class FastNet(nn.Module):
 
     # Images per forward pass when predicting on a CPU (realfake.infer.forward_batch): a larger batch asked for is
     # run in pieces of this size. This net does little arithmetic per byte of feature map, so once a batch's maps
-    # no longer stay in cache it slows down: on a 2-core AMX Xeon (flip TTA, fused), 1,024 images a pass ran at
-    # 6,071 images/s in bf16 and 2,575 in fp32, 256 at 7,630 and 4,223. ResNet50 does ten times the arithmetic
+    # no longer stay in cache it slows down (docs/performance.md, Speed: "`fast` predicts a large batch in
+    # pieces"). ResNet50 does ten times the arithmetic
     # on maps of the same size, gains from larger batches, and sets none.
     cpu_forward_batch = 256
     # The activations prediction's copy computes inside the convolution before them (realfake.models.fused): both
-    # versions'. For ReLU (version 2; flip TTA, batch 256, random BatchNorm statistics, 8 rounds in turn, 2-core
-    # AMX Xeon): 8,146 images/s fused against 5,668 unfused in bf16 (GELU fused: 6,424), 4,532 against 2,793 in
-    # fp32 (GELU: 4,417). One image: 1.53 against 1.63 ms in bf16, 2.60 against 1.95 in fp32.
+    # versions'. Fusing ReLU pays here, unlike in seed-resnet50, because these maps are large for their
+    # arithmetic (docs/performance.md#the-fast-model).
     fused_activations = (nn.GELU, nn.ReLU)
 
     def __init__(self, widths: tuple[int, int, int, int] = WIDTHS, version: int | None = None) -> None:
@@ -174,9 +162,8 @@ class FastNet(nn.Module):
 
         In training they are taken over the map viewed as (N, H*W, C), the dense array channels_last memory is.
         Pooled over dims (2, 3), the gradient came back in NCHW order and the last BatchNorm's backward, reading
-        it beside a channels_last input, took 1.5 ms a step (batch 128, bf16, 2-core AMX Xeon) against 0.4;
-        the step ran 1.08x faster in bf16 and 1.07x in fp32 with the view (16 rounds in alternating order,
-        faster in 14 and 12 of them). The values are the same either way; eval mode keeps the plain form.
+        it beside a channels_last input, was several times slower, and so was the step (docs/performance.md,
+        Speed: "`fast`'s GELU in training"). The values are the same either way; eval mode keeps the plain form.
         """
         if self.training:
             v = x.permute(0, 2, 3, 1).flatten(1, 2)

@@ -5,14 +5,14 @@ Why: in eval mode a BatchNorm is an affine map per channel, so it can live in th
 (`torch.fx.experimental.optimization.fuse`, PyTorch's own pass); and oneDNN, which runs PyTorch's CPU
 convolutions, applies an activation to each output while it is still in registers (a "post-op",
 the kernel torch.compile itself emits on CPUs; a private op, fenced in realfake._kernels.onednn). Unfused, `fast` spends
-most of its prediction time outside its convolutions: on a 2-core AMX Xeon, with flip TTA in bf16, GELU took 38%
-of it and BatchNorm 13%, each a full pass over a feature map.
+most of its prediction time outside its convolutions, in GELU and BatchNorm, each a full pass over a feature map
+(docs/performance.md, Speed: "Why `fast` predicts 1.5x faster").
 
 In bf16 on a CPU with AMX, every convolution also holds its weights packed once in the layout AMX's kernel reads
 (`packing_pays`): unpacked, oneDNN re-lays them out at every call, which is most of a single image's time.
 
 Training never sees this copy (BatchNorm must learn there), and Grad-CAM and ONNX export keep the original, whose
-layers they hook and trace; so a Detector holds the model twice (for seed-resnet50 in fp32, 92 MiB more). A
+layers they hook and trace; so a Detector holds the model twice (docs/performance.md#the-fused-prediction-copy). A
 model torch.fx cannot trace is predicted unfused; on other devices (CUDA), or where the oneDNN kernel is missing
 or disagrees with the unfused layers (checked once per process, `post_ops_work`), or where REALFAKE_KERNELS=0
 turns realfake's fast paths off, only BatchNorm is folded.
@@ -34,12 +34,10 @@ from realfake.device import cpu_info
 # Activations oneDNN can compute inside the convolution before them: module type -> (post-op, its algorithm).
 POST_OPS: dict[type[nn.Module], tuple[str, str | None]] = {nn.GELU: ("gelu", "none"), nn.ReLU: ("relu", None)}
 # Which of them a model's copy fuses, unless the model names its own (`fused_activations`): GELU only. Its erf
-# makes it several times a ReLU's cost (on 4M bf16 values on a 2-core AMX Xeon: 4.8 ms against 0.6), while
-# oneDNN's pointwise entry point pays a fixed cost at each call that PyTorch's plain convolution does not (about
-# 60 us for one image): fusing seed-resnet50's ReLUs took a single image from 12 to 21 ms, and at batch 256 it was
-# no faster than folding alone (0.99-1.06x the unfused model, folding alone 1.02-1.04x); with its weights packed,
-# still no faster (11.7-14.9 ms against 12.0-12.8). `fast` (ReLU since version 2) names ReLU: its maps are
-# large for their arithmetic, so a separate pass over each costs more than the call (see realfake.models.fast).
+# makes it several times a ReLU's cost, while oneDNN's pointwise entry point pays a fixed cost at each call that
+# PyTorch's plain convolution does not, so fusing seed-resnet50's ReLUs made one image slower and batches no
+# faster, packed or not (docs/performance.md#the-fused-prediction-copy). `fast` (ReLU since version 2) names ReLU: its
+# maps are large for their arithmetic, so a separate pass over each costs more than the call (see realfake.models.fast).
 DEFAULT_FUSED: tuple[type[nn.Module], ...] = (nn.GELU,)
 
 
@@ -104,12 +102,10 @@ def packing_pays(dtype: torch.dtype) -> bool:
     values bit for bit at two batch sizes (checked once per process on a tiny input, `packed_kernel_agrees`).
 
     Why: unpacked, oneDNN re-lays out a bf16 weight into AMX's tiles at every call (59 times in one of
-    seed-resnet50's single-image forwards, seen with ONEDNN_VERBOSE=1), which is most of one image's time. Packed
-    once, on a 2-core AMX Xeon, one image's forward pass took 6.6-13.0 ms against 15.1-23.5 (seed-resnet50) and
-    0.94-1.00 ms against 1.18-1.32 (`fast`), and `Detector.predict_proba` on one image 8.1-13.0 ms against
-    18.4-27.4 (seed-resnet50; fp32: 11.0-15.5), with the same logits at every batch size tried (1 to 300) and
-    batches of 256 as fast as before or faster. Only there: in fp32 oneDNN packs for the batch size it is given (a
-    1x1 convolution packed for one image ran 10x slower at batch 256), and a CPU without AMX was not measured.
+    seed-resnet50's single-image forwards, seen with ONEDNN_VERBOSE=1), which is most of one image's time; packed
+    once, one image runs about twice as fast, with the same logits at every batch size tried and batches no slower
+    (docs/performance.md#the-fused-prediction-copy). Only there: in fp32 oneDNN packs for the batch size it is
+    given (packed for one image, a large batch ran far slower), and a CPU without AMX was not measured.
     """
     if dtype != torch.bfloat16 or not cpu_info()["isa"].get("amx_bf16"):
         return False
@@ -196,7 +192,7 @@ def for_prediction(model: nn.Module, dtype: torch.dtype | None) -> tuple[nn.Modu
 
     `dtype` is the autocast dtype prediction runs under (None: fp32). Convolution and linear weights are held in
     it already (`hold_weights_in`): autocast would cast them at every call (for seed-resnet50's 25M weights, a
-    quarter of a single-image prediction on a 2-core AMX Xeon: 42 ms against 32) and passes a weight already in its
+    quarter of a single-image prediction; docs/performance.md, Speed) and passes a weight already in its
     dtype through.
     """
     copy = deepcopy(model).eval()

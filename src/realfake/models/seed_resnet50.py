@@ -51,9 +51,8 @@ class SeedResNet50(nn.Module):
     def cam_layer(self) -> nn.Module:
         """Grad-CAM's layer (see realfake.explain): layer1, an 8x8 map at 32x32.
 
-        layer4 is 1x1 and layer3 2x2 here, too coarse to say where. Measured on 342 stand-in test images
-        judged FAKE: flattening the 4 of 16 8x8 patches a map ranks highest cut the median logit by 0.85
-        with layer1, 0.63 with layer2, 0.54 with layer3 (random patches 0.33-0.43, lowest-ranked 0.17-0.24).
+        layer4 is 1x1 and layer3 2x2 here, too coarse to say where; flattening the patches layer1's map ranks
+        highest moved the logit most (docs/guide/export.md, Explanations).
         """
         return self.backbone[4]
 

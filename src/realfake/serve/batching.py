@@ -1,7 +1,7 @@
 """Micro-batching: concurrent requests share one forward pass instead of queueing for one each.
 
-On a CPU one forward pass of 64 images costs far less than 64 passes of one (seed-resnet50 at 32x32, measured
-once on a busy shared 2-core VM: 0.21 s against 1.7 s), so under load, running together the requests that
+On a CPU one forward pass of 64 images costs far less than 64 passes of one (docs/performance.md#serving), so
+under load, running together the requests that
 arrive within a few milliseconds raises throughput, at the price of that wait for a lone request.
 `benchmarks/serve_load.py` measures it through the server.
 

@@ -1,17 +1,16 @@
 """Where the server decodes an upload: small ones in the request's own worker thread, heavy ones on one thread.
 
-A 160 KB PNG can decode to 150 MB and take seconds of CPU. Decoded in the request's worker thread, as small
-uploads are, eight of them at once took both cores of a 2-core machine and pushed the p99 of small requests
-from 0.5 s to 2.2 s (`benchmarks/serve_load.py`); each also left its 150 MB in the freed but unreturned memory
-of its thread's malloc arena, so the server's RSS grew from 0.6 to 3.8 GB and stayed there. So an upload whose
+A small PNG can decode to hundreds of megabytes and take seconds of CPU. Decoded in the request's worker thread,
+as small uploads are, a few of them at once took every core from small requests, and each left its decoded size
+in its thread's malloc arena, so the server's RSS grew and stayed grown (docs/guide/serving.md). So an upload whose
 header says it decodes to more than HEAVY_DECODE_BYTES goes to `HeavyDecoder`: one server-wide thread, so heavy
 decodes run one at a time (the others queue; their requests wait, which is the price of sending them), at a
 lower scheduling priority on Linux, so the cores go to small requests first; after each heavy decode the
 freed memory is handed back to the system (`release_memory`).
 
 The queue in front of that thread is bounded (`max_waiting`, `realfake serve --heavy-queue`): a caller waits in
-a request's worker thread, and there are only 40 of those (anyio's default), so 48 clients each sending one
-121 KB 16-bit PNG that decodes to 125 MB once took every one of them and made small requests wait 24-29 s.
+a request's worker thread, and there are only 40 of those (anyio's default), so a flood of small 16-bit PNGs
+once took every one of them and stalled small requests for seconds (docs/guide/serving.md).
 Over the bound an upload is refused at once (`HeavyQueueFull`; the server answers 503 with Retry-After), so
 heavy uploads never hold more than 1 + max_waiting of those threads. The wait stays in the worker thread,
 bounded, rather than moving to the event loop: whether an upload is heavy is known only from its header, which
@@ -48,8 +47,8 @@ HEAVY_DECODE_BYTES = 16 * 2**20
 # speed. Pillow releases the GIL while it inflates, unfilters and resamples, so the thread rarely holds it.
 HEAVY_DECODE_NICE = 10
 # Heavy uploads that may wait for the heavy-decode thread while one is decoded. Each waits in one of the 40
-# request threads, so this many still leaves 31 for everyone else; and 8 waiting is ~12 s for the issue's
-# 16-bit PNG (1-1.6 s each), ~2-3 s for 12-megapixel phone photos (0.2-0.3 s each). A request decodes its
+# request threads, so this many still leaves 31 for everyone else, and bounds a heavy upload's wait to seconds
+# (docs/performance.md#serving). A request decodes its
 # uploads one at a time, so it takes one place at a time, however many heavy files it holds.
 DEFAULT_HEAVY_QUEUE = 8
 # The most `max_waiting` may be: half of anyio's 40 request threads, so heavy uploads can never again take
@@ -90,7 +89,7 @@ def release_memory() -> bool:
     """Hand freed heap memory back to the system (glibc `malloc_trim(0)`, all arenas); True if any was.
 
     glibc keeps what a thread freed in that thread's arena for reuse, and large freed blocks below its
-    (self-raising) mmap threshold stay mapped: after a 150 MB decode the RSS does not come down by itself.
+    (self-raising) mmap threshold stay mapped: after a large decode the RSS does not come down by itself.
     Safe to call anywhere, any time; a no-op (False) where there is no malloc_trim, or where the process did not
     opt in to process-wide tricks (realfake.tuning: `realfake serve` does).
     """

@@ -2,7 +2,7 @@
 of it. Re-fit the run's calibration on them, and optionally fine-tune the model's head, into a NEW run folder.
 
 Why this and not retraining: on a generator it never saw, a detector's *ranking* usually transfers while its
-*decision* does not (README "Generators it never saw": ROC AUC 0.998, yet 41.5% of the unseen generator's
+*decision* does not (docs/guide/generalization.md: ROC AUC 0.998, yet 41.5% of the unseen generator's
 fakes called REAL, ECE 0.24). The threshold, the temperature and the OOD quantiles (`calibration.Typicality`)
 were all fitted on the old generator's validation logits; re-fitting them on a small labelled set of the new
 one is cheap (no gradient), needs few images, and leaves the weights exactly as they were. When the ranking

@@ -190,7 +190,7 @@ def read_csv_items(csv_path: Path) -> list[Item]:
 
 
 def bundled_sample() -> Path:
-    """The 2,000-image demo sample shipped inside the package (see README for provenance)."""
+    """The 2,000-image demo sample shipped inside the package (provenance: docs/guide/data.md)."""
     return Path(str(resources.files("realfake") / "assets" / "demo-sample.zip"))
 
 

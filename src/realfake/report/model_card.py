@@ -275,7 +275,7 @@ def model_card(run_dir: str | Path) -> str:
         "## Model",
         "",
         _table(["", ""], [
-            ["Architecture", f"`{model}` (see the realfake README's model table)"],
+            ["Architecture", f"`{model}` (see the realfake docs: docs/guide/models.md)"],
             ["Starting weights", run.get("weights_used") or cfg.get("weights")],
             ["Epochs run (best epoch kept)", f"{_cell(run.get('epochs_run'))} ({_cell(run.get('best_epoch'))})"],
             ["Trained on", f"{_cell(run.get('device'))}, {_cell(run.get('created'))}"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -15,6 +16,7 @@ from tests.serve.servetools import image_bytes, read_reply, serving, upload
 
 import realfake.data.images as images_module
 from realfake.detector import Detector
+from realfake.errors import RealfakeError
 from realfake.serve.app import create_app
 
 SLOW_BODY = (
@@ -122,3 +124,31 @@ def test_upload_names_are_never_paths(detector: Detector, tmp_path: Path) -> Non
     assert [x["filename"] for x in results] == [*names, str(on_disk)]
     assert {x["p_fake"] for x in results[:-1]} == {detector.predict(data).p_fake}
     assert results[-1]["error"] == "not an image"  # the bytes sent, not the file that name points to
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--max-upload-mb", "0"), "--max-upload-mb (max_upload_bytes) must be above 0"),
+    (("--max-images", "0"), "--max-images must be at least 1"),
+    (("--body-timeout", "inf"), "--body-timeout (body_timeout_s) must be a finite number above 0"),
+    (("--batch-wait-ms", "-1"), "--batch-wait-ms must be a finite number, at least 0"),
+    (("--heavy-queue", "99"), "--heavy-queue must be 0.."),
+    (("--max-decode-mb", "nan"), "--max-upload-mb and --max-decode-mb must be finite numbers"),
+])
+def test_serve_limits_are_checked_in_one_place_with_the_options_name(flags, message, tmp_path) -> None:
+    """`realfake serve` and `create_app` share one check (serve.app.check_limits): the same line either way, before
+    any model loads (the run folder here does not exist)."""
+    from tests.clitools import assert_one_line_error, cli_inline
+
+    assert_one_line_error(cli_inline("serve", tmp_path / "no-run", *flags), message)
+    if flags[0] != "--max-decode-mb":  # the CLI turns MB into bytes; a NaN never reaches create_app
+        with pytest.raises(RealfakeError, match=re.escape(message)):
+            create_app(tmp_path / "no-run", **{_ARG[flags[0]]: _value(flags)})
+
+
+_ARG = {"--max-upload-mb": "max_upload_bytes", "--max-images": "max_images", "--body-timeout": "body_timeout_s",
+        "--batch-wait-ms": "batch_wait_ms", "--heavy-queue": "heavy_queue"}
+
+
+def _value(flags: tuple[str, str]) -> float:
+    v = float(flags[1])
+    return int(v) if flags[0] in ("--max-upload-mb", "--max-images", "--heavy-queue") else v

@@ -19,6 +19,7 @@ __side__ = "predicting"  # see tests/test_layers.py
 
 import base64
 import io
+import math
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -552,6 +553,24 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.service.close()  # the batcher's thread finishes its queue and stops
 
 
+def check_limits(max_upload_bytes: int, max_images: int, body_timeout_s: float, max_decode_bytes: int,
+                 batch_wait_ms: float, max_batch: int, heavy_queue: int) -> None:
+    """The server's limits, checked in this one place (for `realfake serve` and `create_app` alike): a bad one is
+    one line naming the command's option and the argument, before anything loads."""
+    bad = [name for name, ok in (
+        ("--max-upload-mb (max_upload_bytes) must be above 0", max_upload_bytes >= 1),
+        ("--max-images must be at least 1", max_images >= 1),
+        ("--body-timeout (body_timeout_s) must be a finite number above 0", 0 < body_timeout_s < math.inf),
+        ("--max-decode-mb (max_decode_bytes) must be above 0", max_decode_bytes >= 1),
+        ("--batch-wait-ms must be a finite number, at least 0", 0 <= batch_wait_ms < math.inf),
+        ("--max-batch must be at least 1", max_batch >= 1),
+        (f"--heavy-queue must be 0..{MAX_HEAVY_QUEUE} (each waiting upload holds one of the server's 40 request "
+         f"threads)", 0 <= heavy_queue <= MAX_HEAVY_QUEUE),
+    ) if not ok]
+    if bad:
+        raise RealfakeError("; ".join(bad))
+
+
 def create_app(
     run_dir_or_detector: str | Path | Detector,
     *,
@@ -575,13 +594,7 @@ def create_app(
     trained run (or its files are damaged) or a limit is out of range, so a bad setting fails before the
     server starts.
     """
-    if max_upload_bytes < 1 or max_images < 1 or body_timeout_s <= 0 or max_decode_bytes < 1:
-        raise RealfakeError("the upload size, image count, body timeout and decode budget must all be above 0")
-    if batch_wait_ms < 0 or max_batch < 1:
-        raise RealfakeError("the batch wait must be at least 0 ms and the batch size at least 1")
-    if not 0 <= heavy_queue <= MAX_HEAVY_QUEUE:
-        raise RealfakeError(f"the heavy-decode queue must be 0..{MAX_HEAVY_QUEUE} (each waiting upload holds one of "
-                            f"the server's 40 request threads); got {heavy_queue}")
+    check_limits(max_upload_bytes, max_images, body_timeout_s, max_decode_bytes, batch_wait_ms, max_batch, heavy_queue)
     if isinstance(run_dir_or_detector, Detector):
         detector = run_dir_or_detector
     else:

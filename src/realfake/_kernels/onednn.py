@@ -59,11 +59,16 @@ def post_ops_work(dtype: torch.dtype) -> bool:
     """Whether `conv_act` may run in `dtype`: switched on, and on a tiny probe the kernel gives the public
     convolution and activation's values for every post-op realfake fuses (a build without oneDNN, or one without
     the op, has not)."""
-    if not enabled("onednn_post_ops"):
+    return _passes("onednn_post_ops", _post_ops_probe, dtype)
+
+
+def _passes(piece: str, probe: Callable[[torch.dtype], str | None], dtype: torch.dtype) -> bool:
+    """A piece may run when it is switched on and its probe finds nothing wrong; why not is logged once."""
+    if not enabled(piece):
         return False
-    why = _post_ops_probe(dtype)
+    why = probe(dtype)
     if why is not None:
-        turned_off("onednn_post_ops", f"{dtype}: {why}")
+        turned_off(piece, f"{dtype}: {why}")
     return why is None
 
 
@@ -90,12 +95,7 @@ def _post_ops_probe(dtype: torch.dtype) -> str | None:
 def packed_kernel_agrees(dtype: torch.dtype) -> bool:
     """Whether weights packed by `reorder_weight` may be used in `dtype`: switched on, and on a tiny probe the packed
     kernel gives the plain convolution's values bit for bit at a batch of five and of one."""
-    if not enabled("onednn_packing"):
-        return False
-    why = _packing_probe(dtype)
-    if why is not None:
-        turned_off("onednn_packing", f"{dtype}: {why}")
-    return why is None
+    return _passes("onednn_packing", _packing_probe, dtype)
 
 
 @functools.cache

@@ -1,5 +1,7 @@
 """Running the real `realfake` command from tests, and checking its one-line errors."""
 
+import re
+import shlex
 import subprocess
 import sys
 import traceback
@@ -65,3 +67,19 @@ def parse_command_line(words):
         path.append(name)
     with command.make_context(" ".join(path), words) as ctx:
         return ctx.params
+
+
+def command_lines(markdown: str) -> list[list[str]]:
+    """The words after `realfake` of each command line in the Markdown's fenced code blocks (comments dropped,
+    backslash continuations joined)."""
+    out = []
+    for block in re.findall(r"^```[^\n]*\n(.*?)^```", markdown, flags=re.M | re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if not (line.lstrip().startswith("realfake ") or " -m realfake " in line):
+                continue  # prose in a block (a folder tree, a layout) is not shell
+            words = shlex.split(line, comments=True)
+            if "-m" in words and words[words.index("-m") + 1 :][:1] == ["realfake"]:  # torchrun ... -m realfake
+                words = words[words.index("-m") + 1 :]
+            if words[:1] == ["realfake"]:
+                out.append(words[1:])
+    return out

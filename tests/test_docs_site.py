@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from tests.clitools import parse_command_line
+from tests.clitools import command_lines, parse_command_line
 
 from realfake.cli import app
 from realfake.config import RunConfig
@@ -101,22 +101,6 @@ def test_readme_results_table_is_regenerated_from_committed_results():
     from benchmarks.readme_table import table
 
     assert table() in README.read_text(), "README's results table differs from `python -m benchmarks.readme_table`"
-
-
-def command_lines(markdown: str) -> list[list[str]]:
-    """The words after `realfake` of each command line in the Markdown's fenced code blocks (comments dropped,
-    backslash continuations joined)."""
-    out = []
-    for block in re.findall(r"^```[^\n]*\n(.*?)^```", markdown, flags=re.M | re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            if not (line.lstrip().startswith("realfake ") or " -m realfake " in line):
-                continue  # prose in a block (a folder tree, a layout) is not shell
-            words = shlex.split(line, comments=True)
-            if "-m" in words and words[words.index("-m") + 1 :][:1] == ["realfake"]:  # torchrun ... -m realfake
-                words = words[words.index("-m") + 1 :]
-            if words[:1] == ["realfake"]:
-                out.append(words[1:])
-    return out
 
 
 def test_command_lines_are_found_with_comments_and_continuations():

@@ -11,7 +11,7 @@ ResNet50's stride-2 7x7 conv + max-pool throws that band away in its first two l
 net halves the resolution three times (16, 8, 4) while widening, with one residual conv at 16x16 and 8x8,
 and pools globally by max and mean (an artefact anywhere in the image is evidence).
 
-Cost (torch.utils.flop_counter, see tests/test_fast_model.py): about 17 MFLOP per image forward and about
+Cost (torch.utils.flop_counter, see tests/benchmarks/test_bench_flops.py): about 17 MFLOP per image forward and about
 51 MFLOP per training image (forward + backward), against about 0.17 and 0.5 GFLOP for ResNet50 at 32x32.
 Measured on 16,800 stand-in training images, 3 epochs: 99.4% test accuracy; widths (16, 24, 48, 96) gave
 98.0%; (24, 32, 64, 128) without the 16x16 residual, 99.0%; and the same net with a stride-2 stem

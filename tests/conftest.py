@@ -69,3 +69,34 @@ def trained_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         cfg = RunConfig(data=str(mini_zip), limit=200, epochs=1, batch_size=32, weights="none", device="cpu",
                         seed=3, out=str(out))
         return run.train(cfg, progress=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def bf16_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny `fast` run trained with --precision bf16 on this CPU (whatever it has), report left out: the
+    precision tests and the precision parity benchmark's test read it."""
+    from realfake import training
+    from realfake.config import RunConfig
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REALFAKE_CACHE_DIR", str(tmp_path_factory.mktemp("bf16-cache")))
+        mp.setattr(training.report, "build", lambda run_dir: run_dir)  # plots are not what is tested here
+        cfg = RunConfig(data=str(mini_zip), limit=40, epochs=1, model="fast", batch_size=16, weights="none",
+                        device="cpu", seed=1, precision="bf16", out=str(tmp_path_factory.mktemp("bf16") / "run"))
+        return training.train(cfg, progress=False, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def quantize_run(mini_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `fast` run on 400 images with a 40-image test split: the int8 tests quantize it, and the int8 parity
+    benchmark's test reads it (and must leave it as it was)."""
+    from realfake import training
+    from realfake.config import RunConfig
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REALFAKE_CACHE_DIR", str(tmp_path_factory.mktemp("fast-run-cache")))
+        mp.setattr(training.report, "build", lambda run_dir: Path(run_dir) / "report.html")  # plots: not needed here
+        out = tmp_path_factory.mktemp("quantize") / "run"
+        cfg = RunConfig(data=str(mini_zip), model="fast", limit=400, epochs=1, batch_size=64, augment="flips",
+                        device="cpu", seed=3, out=str(out))
+        return training.train(cfg, progress=False, log=lambda m: None)

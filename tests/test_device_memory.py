@@ -39,6 +39,7 @@ print(json.dumps({"said": said, "faults": [faults() for _ in range(30)]}))
 """
 
 
+@pytest.mark.slow  # training steps, each counted for page faults
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_a_training_steps_feature_maps_come_back_without_page_faults():
     def steps(mode: str) -> dict:

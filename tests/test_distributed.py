@@ -21,6 +21,8 @@ from realfake.data.placement import Resident, Shard, Streamed, choose, place
 from realfake.distributed import SINGLE, World, check_global_batch, shard_rows, world_from_env
 from realfake.errors import RealfakeError
 
+pytestmark = pytest.mark.slow  # torchrun: several processes, each training
+
 N, B = 203, 32  # an odd training set: a last, smaller batch that splits unevenly across ranks
 
 
@@ -133,7 +135,6 @@ def _torchrun(nproc: int, args: list[str], env: dict[str, str], timeout: int = 6
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_one_and_only_rank0_writes(mini_zip, tmp_path):
     """The same seed and global batch on 1 and 2 CPU processes (gloo). BatchNorm sees each rank's half of the
     batch (SyncBatchNorm is GPU-only), so the runs are close, not bit-identical: each epoch's mean training
@@ -195,7 +196,6 @@ def _rank_pid(rank: int, out: Path) -> int | None:
     return None
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc")
 def test_a_killed_rank_ends_the_run_and_its_checkpoint_resumes(mini_zip, tmp_path):
     """torchrun's agent, not realfake, supervises: when one process dies (SIGKILL, as the OOM killer would), the

@@ -27,7 +27,8 @@ from tests.data.childproc import SRC
 
 from realfake.rundir import RunDir
 
-pytestmark = pytest.mark.skipif(os.name == "nt", reason="SIGKILL, flock, RLIMIT_FSIZE")
+pytestmark = [pytest.mark.skipif(os.name == "nt", reason="SIGKILL, flock, RLIMIT_FSIZE"),
+              pytest.mark.slow]  # fault injection: children killed, disks filled, reruns
 
 SEED = 7
 TRAIN_FLAGS = ["--limit", "200", "--epochs", "3", "--batch-size", "32", "--weights", "none", "--device", "cpu",
@@ -224,7 +225,6 @@ def test_train_out_under_a_read_only_folder(tmp_path, mini_zip, cache):
         shutil.rmtree(base)
 
 
-@pytest.mark.slow
 def test_export_out_with_a_file_in_the_way(ref_copy, tmp_path):
     """In-process (the CLI prints any RealfakeError in one line); it fails before the model is even loaded."""
     from realfake.errors import RealfakeError
@@ -261,7 +261,6 @@ def test_write_errors_are_one_line_and_leave_no_temporary(tmp_path, monkeypatch)
     assert sorted(p.name for p in run.path.iterdir()) == [RunDir.METRICS]
 
 
-@pytest.mark.slow
 def test_disk_full_saving_the_weights_then_resume(ref_copy, reference):
     from realfake import training
 
@@ -275,7 +274,6 @@ def test_disk_full_saving_the_weights_then_resume(ref_copy, reference):
     assert debris(ref_copy) == []
 
 
-@pytest.mark.slow
 def test_disk_full_writing_the_report_then_report(ref_copy):
     from realfake import report
 
@@ -336,7 +334,6 @@ def _images(root: Path, shade: int) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_failed_evaluation_leaves_the_previous_one_intact(ref_copy, tmp_path, monkeypatch):
     from realfake import evaluation
 
@@ -372,7 +369,6 @@ def test_run_folder_writes_remove_dead_writers_temporaries_only(tmp_path):
         assert not dead.exists() and live.is_dir()
 
 
-@pytest.mark.slow
 def test_kill_and_full_disk_mid_training_then_resume_gives_the_same_model(tmp_path, mini_zip, cache, reference):
     """One bad day, in the order a user would meet it (one chain: each step starts from the last one's run):
     killed while swapping in epoch 2's checkpoint; resumed, but the disk is full when epoch 2's history.csv

@@ -138,6 +138,7 @@ def test_training_runs_the_small_map_kernels_and_hands_back_plain_layers(mini_zi
     assert {type(m) for m in built[0].modules() if isinstance(m, nn.Conv2d)} == {nn.Conv2d}
 
 
+@pytest.mark.slow  # trains beside busy child processes until the governor has switched threads
 def test_training_beside_busy_processes_records_its_thread_switches_and_hands_back_every_thread(
         mini_zip, tmp_path, monkeypatch):
     """fit drives device.ThreadGovernor where the call opts in (realfake.tuning): a window per step here, and

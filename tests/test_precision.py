@@ -114,19 +114,6 @@ def test_bad_precision_values_are_one_line_errors(tmp_path):
         assert len(result.output.strip().splitlines()) == 1, result.output
 
 
-@pytest.fixture(scope="module")
-def bf16_run(mini_zip, tmp_path_factory):
-    """A tiny `fast` run trained with --precision bf16 on this CPU (whatever it has), report left out."""
-    from realfake import training
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REALFAKE_CACHE_DIR", str(tmp_path_factory.mktemp("bf16-cache")))
-        mp.setattr(training.report, "build", lambda run_dir: run_dir)  # plots are not what is tested here
-        cfg = RunConfig(data=str(mini_zip), limit=40, epochs=1, model="fast", batch_size=16, weights="none",
-                        device="cpu", seed=1, precision="bf16", out=str(tmp_path_factory.mktemp("bf16") / "run"))
-        return training.train(cfg, progress=False, log=lambda m: None)
-
-
 def test_forced_bf16_trains_on_any_cpu_and_the_run_says_so(bf16_run):
     run = RunDir(bf16_run)
     info = run.info()
@@ -154,19 +141,6 @@ def test_run_json_records_the_automatic_choice(trained_run):
     info = RunDir(trained_run).info()
     assert info["precision"] == ("bf16" if dev.native_bf16_cpu() else "fp32")
     assert info["precision_reason"].startswith("auto:") and dev.cpu_info()["model"] in info["precision_reason"]
-
-
-@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
-def test_precision_parity_benchmark_compares_a_runs_verdicts(bf16_run):
-    from benchmarks.precision_parity import parity
-
-    out = parity(bf16_run)
-    assert set(out["by_precision"]) == {"fp32", "bf16"} and out["n"] > 0
-    assert out["by_precision"]["bf16"]["precision"] == "bf16" and out["by_precision"]["fp32"]["precision"] == "fp32"
-    assert 0 <= out["verdicts_differ"] <= out["n"] and 0 < out["max_abs_logit_diff"] < 1
-    fused = out["fused_vs_unfused"]
-    assert fused["fp32"]["layers"]["batchnorm_folded"] > 0 and fused["fp32"]["max_abs_logit_diff"] < 1e-3
-    assert fused["fp32"]["verdicts_differ"] <= 1 and 0 <= fused["bf16"]["verdicts_differ"] <= out["n"]
 
 
 def test_bf16_prediction_holds_its_weights_in_bf16_and_answers_near_autocast():

@@ -21,7 +21,8 @@ import pytest
 
 from realfake.atomic import remove_stale_temporaries
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc"),
+              pytest.mark.slow]  # children started and killed, and waited on
 
 WORKERS = 2
 COPIES = 24  # of the 2,500-image mini zip: a minute or more of work on 2 cores, killed after a few seconds

@@ -26,8 +26,9 @@ from realfake.predict_ray import (
     require_ray,
 )
 
-ray = pytest.importorskip("ray")  # `make test` installs the ray extra: skipped only where it is left out
 pq = pytest.importorskip("pyarrow.parquet")
+
+pytestmark = pytest.mark.slow  # Ray: `make test-slow` installs the ray extra, `make test` leaves it out
 
 BAD = {"050b-empty.jpg": "empty file", "120b-text.png": "not an image", "170b-cut.jpg": "unreadable image",
        "more.zip::broken.png": "not an image", "missing.jpg": "unreadable file (FileNotFoundError"}
@@ -35,7 +36,9 @@ BAD = {"050b-empty.jpg": "empty file", "120b-text.png": "not an image", "170b-cu
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray of 2 CPUs with a small object store and no dashboard: a few seconds to start, once."""
+    """A Ray of 2 CPUs with a small object store and no dashboard: a few seconds to start, once. Ray is imported
+    here, not at the top: collecting the fast tier must not import it (or skip the module where it is missing)."""
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     yield ray

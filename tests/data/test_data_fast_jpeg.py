@@ -13,22 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from tests.conftest import SHARED_DATA
+from tests.data.jpegtools import jpeg, picture
 
 from realfake._kernels import jpeg as kernel
 from realfake._kernels.jpeg import jpeg_header
 from realfake.data import images
 from realfake.data.images import BadImage, decode_bytes
-
-
-def jpeg(img: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", **kw)
-    return buf.getvalue()
-
-
-def picture(w: int = 32, h: int = 32, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray((np.cumsum(rng.integers(-20, 21, (h, w, 3)), axis=0) % 256).astype(np.uint8))
 
 
 @pytest.fixture(autouse=True)
@@ -163,16 +153,6 @@ def test_the_header_reader_takes_any_bytes(tail: bytes, cut: int) -> None:
         assert head is None or (len(head) == 3 and all(isinstance(v, int) for v in head))
         with contextlib.suppress(BadImage):
             assert decode_bytes(data).shape == (32, 32, 3)
-
-
-@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
-def test_the_decoding_benchmark_compares_like_with_like(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.jpeg_codec import decode_files
-
-    files = [jpeg(picture(seed=s), quality=60 + s) for s in range(6)] + [jpeg(picture(40, 40))]
-    decode_files(files, rounds=2)
-    line = capsys.readouterr().out
-    assert "6 of 7 through torchvision" in line and "identical: True" in line
 
 
 _GATE = """

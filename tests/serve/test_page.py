@@ -25,6 +25,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000  # generous: the test machine may be busy; nothing here asserts on speed
 
+pytestmark = pytest.mark.slow  # every test here drives Chromium (Playwright), seconds each
+
 
 @pytest.fixture(scope="module")
 def server(trained_run: Path) -> Iterator[str]:

@@ -3,6 +3,8 @@
 import pytest
 from benchmarks.time_to_accuracy import RunSpec, parse_runs, summarize
 
+pytestmark = pytest.mark.slow  # a benchmark's harness, not the product's behaviour
+
 
 def test_run_names_parse_and_bad_ones_are_named():
     assert parse_runs("bf16x3, fp32x1,torchrun2:autox1") == [

@@ -9,6 +9,8 @@ import pytest
 from benchmarks.generalization import build_heldout, main, parse_args, table
 from tests.conftest import SHARED_DATA
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke runs, not the product's behaviour
+
 GANC_ZIP = SHARED_DATA / "ganC-fake.zip"
 
 SHARES = [
@@ -25,7 +27,6 @@ def ganc_zip() -> Path:
     return GANC_ZIP
 
 
-@pytest.mark.slow
 def test_generalization_benchmark_writes_rows_in_range(mini_zip, ganc_zip, tmp_path, capsys, monkeypatch):
     import realfake.report
 
@@ -76,7 +77,6 @@ def test_missing_data_and_unknown_method_are_one_line_errors(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow
 def test_lofo_holds_each_family_out_of_its_fold(mini_zip, ganc_zip, tmp_path, capsys, monkeypatch):
     """Two tiny families, one epoch on 200 images: the split and the JSON's shape, not the figures' values."""
     import numpy as np

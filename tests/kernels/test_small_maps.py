@@ -85,7 +85,8 @@ def test_a_small_batch_keeps_the_convolution(monkeypatch):
 
 def test_the_swap_is_undone_and_leaves_the_state_dict_alone():
     if not small_maps_work():
-        pytest.skip("the swap is off here (REALFAKE_KERNELS=0, or its probe failed): tests/test_kernels.py covers that")
+        pytest.skip("the swap is off here (REALFAKE_KERNELS=0, or its probe failed): "
+                    "tests/kernels/test_kernels.py covers that")
     model = build("seed-resnet50", "none").model.eval()
     keys = list(model.state_dict())
     plain = sum(type(m) is nn.Conv2d for m in model.modules())
@@ -117,23 +118,6 @@ def test_resnet50_at_32x32_uses_the_products_where_the_maps_are_small():
         h.remove()
     small = [hw for hw in seen if hw[0] * hw[1] <= MAX_PIXELS]
     assert len(small) >= 6  # layer3's 3x3s at 2x2 and layer4's at 1x1: the ones that were slow
-
-
-@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
-def test_the_benchmark_times_every_setting_and_layer(tmp_path):
-    """benchmarks.small_maps, on a tiny budget: a row per (kernels, fused Adam, precision) and per layer shape."""
-    import json
-
-    from benchmarks.small_maps import LAYERS, SETTINGS, main
-
-    out = main(["--batch", str(MIN_BATCH), "--steps", "1", "--rounds", "1", "--out", str(tmp_path / "s.json")])
-    r = json.loads(out.read_text())
-    assert len(r["training_step"]) == 2 * len(SETTINGS) and all(s["images_per_s"] > 0 for s in r["training_step"])
-    plain = [s for s in r["training_step"] if s["kernels"] == "conv" and not s["fused_adam"]]
-    assert [s["vs_conv_loop_adam_same_precision"] for s in plain] == [1.0, 1.0]
-    assert len(r["layers_fwd_bwd"]) == len(LAYERS)
-    assert all(row[f"{k}_{p}_ms"] > 0 for row in r["layers_fwd_bwd"] for k in ("conv", "small_maps")
-               for p in ("fp32", "bf16"))
 
 
 def test_prediction_keeps_the_convolutions(monkeypatch):

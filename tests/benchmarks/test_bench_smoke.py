@@ -12,6 +12,8 @@ from benchmarks.run import main, table
 
 from realfake.device import ISA_FLAGS, cpu_info
 
+pytestmark = pytest.mark.slow  # benchmark smoke runs (the Keras reference among them), not the product's behaviour
+
 REQUIRED = [
     ("ratios", "seed_resnet50_train_throughput"),
     ("ratios", "fast_train_throughput"),
@@ -57,7 +59,6 @@ def test_performance_page_speed_table_is_regenerated_from_the_json_it_names():
         assert generated in page, f"docs/performance.md's table differs from `benchmarks.run --table {source}`"
 
 
-@pytest.mark.slow
 def test_benchmark_compares_precisions_side_by_side(mini_zip, tmp_path, capsys, monkeypatch):
     # The fp32-only extras (ONNX export: over a minute on a busy 2-core machine; the FLOP counter; TorchScript)
     # are covered by the test below: here they are stand-ins, so that only the precisions are timed.
@@ -112,7 +113,6 @@ BUSY = {
 }
 
 
-@pytest.mark.slow
 def test_benchmark_runs_at_tiny_size_and_writes_valid_json(mini_zip, tmp_path):
     # find_spec, not import: TensorFlow loaded into this process makes a later torch/triton import crash, which
     # is also why the harness runs the reference in a child process.

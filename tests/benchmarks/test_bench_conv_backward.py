@@ -4,10 +4,12 @@ import json
 import math
 
 import pytest
+
 from benchmarks import conv_backward
 
+pytestmark = pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
 
-@pytest.mark.slow  # a benchmark's smoke run, not the product's behaviour
+
 def test_every_case_is_timed_in_both_frameworks(tmp_path, capsys):
     path = conv_backward.main(["--batch", "2", "--repeat", "1", "--out-dir", str(tmp_path)])
     assert path.parent == tmp_path / "conv-backward"
@@ -16,7 +18,7 @@ def test_every_case_is_timed_in_both_frameworks(tmp_path, capsys):
     cases = [conv_backward.BACKBONE, *conv_backward.LAYERS]
     frameworks = ["torch"]
     try:
-        import tensorflow  # noqa: F401  # the bench extra, installed by `make test`
+        import tensorflow  # noqa: F401  # the bench extra, installed by `make test-slow`
         frameworks.append("tensorflow")
     except ImportError:
         assert r["tensorflow"] == {} and r["tensorflow_error"]

@@ -5,6 +5,7 @@ import re
 from datetime import date
 
 import pytest
+
 from benchmarks import common
 
 RESULTS = common.RESULTS

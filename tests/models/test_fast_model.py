@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from benchmarks.run import flops_per_image
 from safetensors.torch import save_file
 
 from realfake import training as run
@@ -26,12 +25,6 @@ def test_fast_is_registered_and_returns_one_logit_per_image():
     cl = m.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out, cl, atol=1e-5)
     assert built.recipe == RECIPE and built.recipe is not RECIPE  # a copy: callers may not change the defaults
-
-
-def test_fast_stays_within_its_flop_budget():
-    flops = flops_per_image(FastNet())  # the benchmark's own counter, so the test checks what it reports
-    assert 5 < flops["forward_mflop"] < 25  # ~17 MFLOP; ResNet50 at 32x32 is ~168
-    assert flops["train_mflop"] < 80  # "a few tens of MFLOP per training image"; ResNet50 is ~500
 
 
 def test_stem_keeps_full_resolution_and_grad_cam_reads_an_8x8_map():

@@ -16,7 +16,7 @@ from torch import nn
 import realfake._kernels as kernels
 from realfake._kernels import jpeg, onednn, small_maps, state_dict
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "realfake"
+SRC = Path(__file__).resolve().parents[2] / "src" / "realfake"
 # What only realfake._kernels may write: private ops, torch's C extension, a class swap, a private registration.
 PRIVATE = re.compile(r"torch\.ops\.|torch\._C\b|__class__\s*=(?!=)|_register_")
 

@@ -97,8 +97,6 @@ def test_readme_is_at_most_200_lines():
     assert n <= README_MAX_LINES, f"README.md has {n} lines; move detail to docs/"
 
 
-
-
 def test_command_lines_are_found_with_comments_and_continuations():
     md = ("```bash\nrealfake train --out x   # a comment\n"
           "torchrun --nproc-per-node 2 -m realfake \\\n  predict r a.png\npip install x\n```\n"

@@ -11,8 +11,9 @@ ResNet50's stride-2 7x7 conv + max-pool throws that band away in its first two l
 net halves the resolution three times (16, 8, 4) while widening, with one residual conv at 16x16 and 8x8,
 and pools globally by max and mean (an artefact anywhere in the image is evidence).
 
-It costs about a tenth of ResNet50's arithmetic at 32x32 (torch.utils.flop_counter, tests/benchmarks/test_bench_flops.py),
-and narrower widths, no 16x16 residual or a stride-2 stem each cost accuracy (docs/guide/models.md).
+It costs about a tenth of ResNet50's arithmetic at 32x32 (torch.utils.flop_counter,
+tests/benchmarks/test_bench_flops.py), and narrower widths, no 16x16 residual or a stride-2 stem each cost
+accuracy (docs/guide/models.md).
 """
 
 from __future__ import annotations

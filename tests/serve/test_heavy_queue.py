@@ -84,7 +84,7 @@ def test_the_queue_admits_one_running_and_max_waiting_then_refuses_at_once(
 
 @pytest.mark.parametrize("bound", [-1, decoding.MAX_HEAVY_QUEUE + 1])
 def test_a_bound_that_could_take_the_request_threads_is_refused(detector: Detector, bound: int) -> None:
-    with pytest.raises(RealfakeError, match="heavy-decode queue"):
+    with pytest.raises(RealfakeError, match="--heavy-queue must be 0..20"):
         create_app(detector, heavy_queue=bound)
     with pytest.raises(ValueError):
         decoding.HeavyDecoder(bound)

@@ -98,7 +98,7 @@ def test_lofo_holds_each_family_out_of_its_fold(mini_zip, ganc_zip, tmp_path, ca
         "--limit", "200", "--epochs", "1", "--n-heldout", "12", "--zoo-n", "30", "--device", "cpu",
         "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "results"), "--work-dir", str(work),
     ])
-    assert path.name.startswith("generalization-lofo-") and not list(path.parent.glob(".*.tmp"))
+    assert path.parent.name == "generalization-lofo" and not list(path.parent.glob(".*.tmp"))
     results = json.loads(path.read_text())
     lofo = results["lofo"]
     assert results["complete"] is True and lofo["families"] == families

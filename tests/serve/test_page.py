@@ -163,6 +163,17 @@ def test_summary_is_at_the_top(page: Any, server: str) -> None:
     assert box < page.eval_on_selector("#model-info", "e => e.getBoundingClientRect().top")
 
 
+def stubbed_page(browser: Any, server: str, info: dict, answer: list[dict]) -> Any:
+    """The page, loaded, with /v1/model and /v1/predict answered by `info` and `answer`: every case on demand."""
+    pg = browser.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.route("**/v1/model", lambda route: route.fulfill(json=info))
+    pg.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    pg.goto(server + "/")
+    pg.wait_for_selector("#model-info b")
+    return pg
+
+
 def test_uncertain_result_says_why(browser: Any, server: str, tmp_path: Path) -> None:
     """An 'uncertain' label out of distribution shows its ood and the reason (answers stubbed: a small trained run
     rarely meets such an image on demand)."""
@@ -171,13 +182,8 @@ def test_uncertain_result_says_why(browser: Any, server: str, tmp_path: Path) ->
                 "on other data it was measured on: ganC-fake 79.2% (41.5% of fakes called REAL).")
     answer = [{"filename": "odd.png", "p_fake": 0.2, "label": "uncertain", "threshold": 0.5, "ood": 0.991,
                "error": None, "heatmap_png": None}]
-    pg = browser.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.route("**/v1/model", lambda route: route.fulfill(json=info))
-    pg.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    pg = stubbed_page(browser, server, info, answer)
     try:
-        pg.goto(server + "/")
-        pg.wait_for_selector("#model-info b")
         assert "ganC-fake 79.2%" in pg.inner_text("#summary")
         pg.set_input_files("#file-input", str(write_image(tmp_path / "odd.png", (32, 32), 4)))
         assert pg.wait_for_selector(".result .verdict").inner_text() == "UNCERTAIN"
@@ -254,13 +260,8 @@ def test_label_and_number_never_contradict(browser: Any, server: str, tmp_path: 
               {**base, "filename": "close.png", "p_fake": 0.52, "label": "uncertain", "reason": "band"},
               {**base, "filename": "fake.png", "p_fake": 0.004, "label": "FAKE", "reason": None},
               {**base, "filename": "real.png", "p_fake": 0.00119, "label": "REAL", "reason": None}]
-    pg = browser.new_page()
-    pg.set_default_timeout(TIMEOUT_MS)
-    pg.route("**/v1/model", lambda route: route.fulfill(json=info))
-    pg.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    pg = stubbed_page(browser, server, info, answer)
     try:
-        pg.goto(server + "/")
-        pg.wait_for_selector("#model-info b")
         assert "threshold 0.0012" in pg.inner_text("#model-info")
         files = [str(write_image(tmp_path / r["filename"], (32, 32), i)) for i, r in enumerate(answer)]
         pg.set_input_files("#file-input", files)

@@ -214,3 +214,41 @@ def test_a_step_observer_is_told_of_every_training_step(mini_zip, tmp_path):
     assert len(seen.epochs) == 2
     for steps in seen.epochs:
         assert sum(steps) == n_train and max(steps) <= 32 and len(steps) == -(-n_train // 32)
+
+
+def test_train_epoch_is_the_one_loop_fit_and_adapt_share(monkeypatch):
+    """`train_epoch` steps once per batch and sums each batch's loss, hits and images; adapt's head fine-tuning
+    runs through it (one training loop, not two)."""
+    import realfake.adapt as adapt_module
+    from realfake.fit import train_epoch
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    x = torch.randn(10, 4)
+    y = (torch.arange(10) % 2).float()
+    batches = [(x[:6], y[:6]), (x[6:], y[6:])]
+    before = net.weight.detach().clone()
+    seen_steps, losses = [], []
+
+    def loss_of(logits, yb, step):
+        loss_sum = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), yb, reduction="sum")
+        losses.append(float(loss_sum.detach()))
+        return loss_sum / len(yb), loss_sum
+
+    sums = train_epoch(net, ((a, b.unsqueeze(1)) for a, b in batches), torch.optim.SGD(net.parameters(), lr=0.1),
+                       lambda lg, yb, s: loss_of(lg, yb.squeeze(1), s), device=torch.device("cpu"),
+                       after_step=lambda step, n, s: seen_steps.append((step, n)))
+    assert seen_steps == [(0, 6), (1, 4)]
+    assert sums[2].item() == 10 and sums[0].item() == pytest.approx(sum(losses), rel=1e-6)
+    assert not torch.equal(net.weight, before)
+
+    calls = []
+    real = adapt_module.train_epoch
+    monkeypatch.setattr(adapt_module, "train_epoch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = torch.nn.Sequential()
+    model.add_module("body", torch.nn.Flatten())
+    model.add_module("head", torch.nn.Linear(3 * 8 * 8, 1))
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    model.forward = lambda t: model.head(model.body(t)).squeeze(1)  # type: ignore[method-assign]
+    out = adapt_module.finetune(model, images, np.arange(12) % 2, torch.device("cpu"), epochs=2, batch_size=4)
+    assert len(calls) == 2 and len(out) == 2 and all(np.isfinite(out))

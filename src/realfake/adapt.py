@@ -43,13 +43,13 @@ from realfake.atomic import WriteError, atomic_dir, check_writable
 from realfake.calibration import Calibration, calibrate, parse_policy
 from realfake.config import MAX_LR, RunConfig
 from realfake.contract import CLASS_NAMES, __version__
-from realfake.data.batches import random_flips
+from realfake.data.batches import train_batches
 from realfake.data.cache import load_dataset
-from realfake.data.tensors import to_device_uint8, to_float
+from realfake.data.tensors import to_device_uint8
 from realfake.device import select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, log_to_stderr, metrics_line, rescore_predictions
-from realfake.fit import check_finite, state_to_cpu
+from realfake.fit import check_finite, state_to_cpu, train_epoch
 from realfake.infer import TorchBackend
 from realfake.models import load_weights
 from realfake.rundir import RunDir
@@ -309,19 +309,16 @@ def finetune(
     pos_weight = torch.tensor((len(y) - n_fake) / max(n_fake, 1.0), device=device)  # a lopsided set still balances
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
+
+    def loss_of(logits: torch.Tensor, yb: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, yb, pos_weight=pos_weight)
+        return loss, loss.detach() * len(yb)
+
     losses = []
-    for _ in range(epochs):
-        order = torch.randperm(len(y), generator=gen).to(device)
-        total = 0.0
-        for start in range(0, len(y), batch_size):
-            idx = order[start : start + batch_size]
-            xb = random_flips(to_float(x[idx]), gen)
-            loss = nn.functional.binary_cross_entropy_with_logits(model(xb).float(), y[idx], pos_weight=pos_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(y))
+    for _ in range(epochs):  # training's own batch stream (shuffle, random flips) and step, without its BatchNorm
+        sums = train_epoch(model, train_batches(x, y, batch_size, gen), opt, loss_of, device=device)
+        total, _, seen = sums.tolist()
+        losses.append(total / max(seen, 1))
     for p in model.parameters():
         p.requires_grad_(True)
     return losses

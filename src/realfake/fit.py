@@ -15,7 +15,7 @@ import math
 import sys
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -225,6 +225,15 @@ def fit(
     observers: list[StepObserver] = [o for o in (governor, opts.step_observer) if o is not None]
     t_start = time.perf_counter()
     stopped_early = early.should_stop
+
+    def loss_of(logits: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
+        target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+        # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
+        # gradient of the global batch's mean loss, however the batch is shared out.
+        loss_sum = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+        return loss_sum * (world.size / n_global), loss_sum
+
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if early.should_stop:
@@ -232,7 +241,6 @@ def fit(
                 break
             t0 = time.perf_counter()
             net.train()
-            sums = torch.zeros(3, device=device)  # loss, correct, images: this rank's, on the device (no sync per step)
             bar = tqdm(
                 total=n_train, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img",
                 disable=not (opts.progress and world.is_main), file=sys.stderr, leave=True,
@@ -241,34 +249,19 @@ def fit(
                                     size=world.size)
             for o in observers:
                 o.restart()
-            for step, (x, y) in enumerate(batches):
-                n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
-                with autocast(device, cfg.precision):
-                    logits = net(x)
-                target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-                # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
-                # gradient of the global batch's mean loss, however the batch is shared out.
-                loss_sum = nn.functional.binary_cross_entropy_with_logits(logits.float(), target, reduction="sum")
-                loss = loss_sum * (world.size / n_global)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+
+            def after_step(step: int, n_mine: int, sums: torch.Tensor, bar: tqdm = bar) -> None:
                 if per_step:
                     scheduler.step()
-                sums[0] += loss_sum.detach()
-                sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
-                sums[2] += len(y)
-                bar.update(n_global)
+                bar.update(min(cfg.batch_size, n_train - step * cfg.batch_size))
                 for o in observers:
-                    o.observe(len(y))
+                    o.observe(n_mine)
                 if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step
                     s_loss, s_correct, s_seen = sums.tolist()
                     bar.set_postfix(loss=f"{s_loss / s_seen:.4f}", acc=f"{s_correct / s_seen:.3f}")
+
+            sums = train_epoch(net, batches, optimizer, loss_of, device=device, precision=cfg.precision,
+                               scaler=scaler, after_step=after_step)
             loss_total, correct_total, seen = all_sum(sums.tolist(), world)
             val_logits = _validation_logits(model, images, my_val, x_val, device, cfg)
             val_logits = gather_interleaved(val_logits, len(val_rows), world)
@@ -322,6 +315,44 @@ def fit(
     if governor is not None and governor.switches:
         info["training_threads"] = governor.switches
     return FitResult(history, early.best_epoch, stopped_early, time.perf_counter() - t_start, info)
+
+
+def train_epoch(
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_of: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    after_step: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """One pass of gradient steps over `batches`, the one training loop `fit` and `adapt`'s head fine-tuning share.
+
+    `loss_of(fp32 logits, labels, step)` gives the loss to descend and its sum over the batch's images;
+    `after_step(step, images, sums)` follows each step. Returns this process's [loss sum, correct, images] on the
+    device: summed there, so no step waits for the device to report.
+    """
+    sums = torch.zeros(3, device=device)
+    for step, (x, y) in enumerate(batches):
+        with autocast(device, precision):
+            logits = net(x)
+        loss, loss_sum = loss_of(logits.float(), y, step)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        sums[0] += loss_sum.detach()
+        sums[1] += ((logits.detach() > 0) == (y > 0.5)).sum()
+        sums[2] += len(y)
+        if after_step is not None:
+            after_step(step, len(y), sums)
+    return sums
 
 
 def check_sync_batchnorm(cfg: RunConfig, device: torch.device) -> None:

@@ -188,3 +188,12 @@ def test_adapted_run_reports_where_it_comes_from_and_its_own_test_figures(traine
     page = unescape((child / RunDir.REPORT).read_text())
     assert "adapted on (not a test)" in page and "On newgen (adapted on these images, so not a test)" in page
     assert "| newgen | adapted on (not a test) | 60 |" in (child / RunDir.MODEL_CARD).read_text()
+    # /v1/model serves the same figures, the provenance as the same keys and values as before
+    from fastapi.testclient import TestClient
+
+    from realfake.serve.app import create_app
+
+    figures = TestClient(create_app(child, device="cpu")).get("/v1/model").json()["summary_figures"]
+    assert figures == {k: v for k, v in s.to_dict().items() if k != "text"}
+    assert (figures["adapted_from"]["parent"], figures["adapted_from"]["refit"], figures["fitted_on"][0]["kind"]) == (
+        trained_run.name, ["temperature", "threshold", "ood"], ADAPTED_ON)

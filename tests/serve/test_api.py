@@ -137,6 +137,9 @@ def test_model_info_names_measured_other_data(detector: Detector, trained_run: P
     ganc, old = info["summary_figures"]["measured"]
     assert (ganc["name"], ganc["kind"], ganc["ood"]["n_flagged"]) == ("ganC-fake", "other data", 7)
     assert old["ood"] is None and old["fakes_called_real"] is None
+    # The figures are the summary itself, served (its sentence is `summary`): the two cannot drift apart.
+    assert info["summary_figures"] == {k: v for k, v in run_summary(tmp_path).to_dict().items() if k != "text"}
+    assert ganc["fakes_called_real"] == 0.415
 
 
 def test_predict_one_png_matches_the_detector(client: TestClient, detector: Detector, images: dict) -> None:

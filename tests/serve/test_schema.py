@@ -72,6 +72,35 @@ def test_files_are_required_and_every_error_is_one_string(app: FastAPI) -> None:
     assert "HTTPValidationError" not in schema["components"]["schemas"]
 
 
+def test_model_info_documents_the_summary_figures(app: FastAPI) -> None:
+    """/v1/model's figures are served as the summary types themselves; their field descriptions and enums still
+    reach /openapi.json, and the sentence, served once as `summary`, is not promised again among them."""
+    schemas = TestClient(app).get("/openapi.json").json()["components"]["schemas"]
+
+    def named(prop: dict[str, Any]) -> dict[str, Any]:
+        """The component a property refers to (directly, as a list's items, or as the non-null choice)."""
+        for choice in [prop, prop.get("items", {}), *prop.get("anyOf", []), *prop.get("allOf", [])]:
+            if "$ref" in choice:
+                return schemas[choice["$ref"].split("/")[-1]]
+            if "$ref" in choice.get("items", {}):
+                return schemas[choice["items"]["$ref"].split("/")[-1]]
+        raise AssertionError(f"no reference in {prop}")
+
+    figures = named(schemas["ModelInfo"]["properties"]["summary_figures"])
+    assert "text" not in figures["properties"]
+    assert "held-out source" in figures["properties"]["test_accuracy"]["description"]
+    measured = named(figures["properties"]["measured"])
+    assert "FAKE images labelled REAL" in measured["properties"]["fakes_called_real"]["description"]
+    assert measured["properties"]["kind"]["enum"] == ["other data", "held-out source", "adapted on", "training data"]
+    shares = named(measured["properties"]["labels"])
+    assert shares["properties"]["true_class"]["enum"] == ["REAL", "FAKE"]
+    assert shares["properties"]["uncertain"]["description"] == "share labelled 'uncertain', 0..1"
+    assert "realfake adapt" in figures["properties"]["adapted_from"]["description"]
+    ood, adaptation = named(measured["properties"]["ood"]), named(figures["properties"]["adapted_from"])
+    for component in (figures, measured, shares, ood, adaptation):  # every field documented
+        assert all(p.get("description") for p in component["properties"].values()), component["title"]
+
+
 @pytest.mark.parametrize(
     ("params", "files", "needle"),
     [

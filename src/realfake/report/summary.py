@@ -4,7 +4,8 @@ A test accuracy of 99.9% reads as "this detector works"; it only says so for ima
 The same run scored 79.2% on a generator it never saw (see shared/data/README.md), and only figures measured
 on such data say anything about them. So the report, the model card and the web page (through /v1/model) all
 open with this sentence, made here once from the run's metrics.json and its evaluations, and the figures it is
-made from travel with it (`Summary.to_dict`).
+made from travel with it (`Summary.to_dict`). These types are also the server's response schema for those
+figures (/v1/model's `summary_figures`), so each field's description is the one the API documents: one copy.
 
 Where other data comes from: `realfake evaluate RUN --data OTHER` (RUN/evaluations/<name>/), and the held-out
 source of `--protocol holdout:SOURCE` (a source in the test metrics' per_source that was not in training).
@@ -23,7 +24,9 @@ __side__ = "shared"  # see tests/test_layers.py
 
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from realfake.calibration import UNCERTAIN
 from realfake.contract import CLASS_NAMES
@@ -36,6 +39,7 @@ OTHER_DATA = "other data"
 HELD_OUT = "held-out source"
 ADAPTED_ON = "adapted on"  # the adaptation set of an adapted run: its calibration was fitted there, not a test
 TRAINING_DATA = "training data"  # the run's own training data set, training images included: not a test
+KINDS = (OTHER_DATA, HELD_OUT, ADAPTED_ON, TRAINING_DATA)  # Measured.kind: what the data is to the run
 _WHAT = {OTHER_DATA: "never trained on", HELD_OUT: "held out of training",
          ADAPTED_ON: "adapted on these images, so not a test", TRAINING_DATA: "its training data, so not a test"}
 _TABLE_KIND = {HELD_OUT: "held out of training", ADAPTED_ON: "adapted on (not a test)",
@@ -52,11 +56,12 @@ _REFIT = {"temperature": "temperature", "threshold": "decision threshold", "ood"
 class LabelShares:
     """Of one true class's images, the share that got each label users see (metrics.json `labels`)."""
 
-    true_class: str  # FAKE or REAL
-    n: int
-    fake: float
-    uncertain: float
-    real: float
+    true_class: Annotated[Literal[CLASS_NAMES], Field(  # type: ignore[valid-type]  # named once, in contract.py
+        description="the true class of the images these shares are of")]
+    n: Annotated[int, Field(description="images of this true class")]
+    fake: Annotated[float, Field(description="share labelled FAKE, 0..1")]
+    uncertain: Annotated[float, Field(description="share labelled 'uncertain', 0..1")]
+    real: Annotated[float, Field(description="share labelled REAL, 0..1")]
 
     @property
     def right(self) -> float:
@@ -118,15 +123,19 @@ def _shares(counts: dict[str, dict[str, int]] | None) -> list[LabelShares] | Non
 class Adaptation:
     """Where an adapted run (`realfake adapt`) comes from: run.json's `parent` and `adapted_on`."""
 
-    parent: str  # the parent run's folder name
-    parent_path: str | None
-    data: str  # the adaptation set, as recorded (a path, or the name given to adapt_arrays)
-    n_images: int | None
-    per_class: dict[str, int]
-    refit: list[str]  # run.json's names: temperature, threshold, ood
-    finetuned_epochs: int | None  # None: the weights are the parent's, unchanged
-    finetuned_images: int | None
-    calibration_images: int | None
+    parent: Annotated[str, Field(description="the parent run's folder name")]
+    parent_path: Annotated[str | None, Field(description="the parent run's path, as recorded; null when not")]
+    data: Annotated[str, Field(description="the adaptation set, as recorded (a path, or the name given to "
+                                           "adapt_arrays)")]
+    n_images: Annotated[int | None, Field(description="labelled images in the adaptation set")]
+    per_class: Annotated[dict[str, int], Field(description="the adaptation set's images per class")]
+    refit: Annotated[list[str], Field(description="what was re-fitted on it, by run.json's names: temperature, "
+                                                  "threshold, ood")]
+    finetuned_epochs: Annotated[int | None, Field(description="epochs the model's head was fine-tuned for; null: "
+                                                              "the weights are the parent's, unchanged")]
+    finetuned_images: Annotated[int | None, Field(description="adaptation images the head was fine-tuned on")]
+    calibration_images: Annotated[int | None, Field(description="adaptation images the calibration was re-fitted "
+                                                                "on (all of them, or the rest after fine-tuning)")]
 
     @property
     def name(self) -> str:
@@ -173,17 +182,25 @@ class Adaptation:
 
 @dataclass(frozen=True)
 class OodFigures:
-    """The `ood` block of a metrics.json, as counts a person can read: how many images "I don't know" caught."""
+    """The `ood` block of a metrics.json, as counts a person can read: how many images "I don't know" caught.
 
-    n: int | None
-    level: float | None
-    n_flagged: int | None
-    fraction_flagged: float | None
-    fraction_flagged_real: float | None
-    fraction_flagged_fake: float | None
-    fraction_uncertain: float | None
-    confidently_wrong: float | None
-    accuracy_decided: float | None
+    A held-out source's figures carry only its uncertain and confidently wrong shares; the rest are null there.
+    """
+
+    n: Annotated[int | None, Field(description="images evaluated")]
+    level: Annotated[float | None, Field(description="ood score above which an image was labelled 'uncertain'")]
+    n_flagged: Annotated[int | None, Field(description="images flagged out of distribution")]
+    fraction_flagged: Annotated[float | None, Field(description="n_flagged / n")]
+    fraction_flagged_real: Annotated[float | None, Field(description="share of the REAL images flagged; null "
+                                                                     "without any")]
+    fraction_flagged_fake: Annotated[float | None, Field(description="share of the FAKE images flagged; null "
+                                                                     "without any")]
+    fraction_uncertain: Annotated[float | None, Field(description="share labelled 'uncertain' for any reason (OOD "
+                                                                  "or band)")]
+    confidently_wrong: Annotated[float | None, Field(description="share of all images that still got a wrong "
+                                                                 "REAL/FAKE label")]
+    accuracy_decided: Annotated[float | None, Field(description="accuracy on the images that got a REAL/FAKE "
+                                                                "label")]
 
     @staticmethod
     def from_metrics(metrics: dict[str, Any]) -> OodFigures | None:
@@ -202,17 +219,27 @@ class OodFigures:
 class Measured:
     """One figure measured on data unlike the training data: another data set, or a held-out source."""
 
-    name: str  # for people: "ganC-fake", not ".../ganC-fake.zip"
-    kind: str  # OTHER_DATA or HELD_OUT; in Summary.fitted_on, ADAPTED_ON or TRAINING_DATA
-    n: int | None
-    accuracy: float | None
-    fakes_called_real: float | None  # share of its FAKE images labelled REAL; None when it has none
-    reals_called_fake: float | None  # share of its REAL images labelled FAKE; None when it has none
-    roc_auc: float | None = None
-    ece: float | None = None
-    ood: OodFigures | None = None  # None: measured before the OOD score existed
-    labels: list[LabelShares] | None = None  # None: measured before label shares were recorded
-    ece_equal_mass: float | None = None
+    name: Annotated[str, Field(description="the data's name for people, e.g. 'ganC-fake' (no path, no .zip)")]
+    kind: Annotated[Literal[KINDS], Field(  # type: ignore[valid-type]  # named once, above
+        description="'other data': `realfake evaluate RUN --data OTHER`; 'held-out source': a source kept out of "
+        "training by `--protocol holdout:SOURCE`, measured in the test split; 'adapted on' / 'training data': data "
+        "the run was fitted on (only in `fitted_on`), so not a test")]
+    n: Annotated[int | None, Field(description="images measured")]
+    accuracy: Annotated[float | None, Field(description="share labelled right at the threshold, 0..1")]
+    fakes_called_real: Annotated[float | None, Field(description="share of its FAKE images labelled REAL at the "
+                                                                 "threshold; null without any")]
+    reals_called_fake: Annotated[float | None, Field(description="share of its REAL images labelled FAKE at the "
+                                                                 "threshold; null without any")]
+    roc_auc: Annotated[float | None, Field(description="ROC AUC of p(FAKE), FAKE the positive class; null "
+                                                       "without both classes")] = None
+    ece: Annotated[float | None, Field(description="calibration error over 15 equal-width bins of p(FAKE)")] = None
+    ood: Annotated[OodFigures | None, Field(description="out-of-distribution flags; null when measured without an "
+                                                        "OOD score")] = None
+    labels: Annotated[list[LabelShares] | None, Field(description="per true class, the share of each label users "
+                                                                  "get; null when measured before label shares "
+                                                                  "were recorded")] = None
+    ece_equal_mass: Annotated[float | None, Field(description="calibration error over 15 bins of equal image "
+                                                              "counts")] = None
 
     @property
     def what(self) -> str:
@@ -237,17 +264,30 @@ class Summary:
     the adaptation set or on the training data go to `fitted_on`, said to be so.
     """
 
-    text: str
-    test_accuracy: float | None
-    test_n: int | None
-    test_ood: OodFigures | None
-    measured: list[Measured] = field(default_factory=list)
-    test_labels: list[LabelShares] | None = None  # None: a run made before label shares were recorded
-    test_ece_equal_mass: float | None = None
-    test_split: str = "its test split"  # where the home figures come from, for people
-    fitted_on: list[Measured] = field(default_factory=list)
-    adapted_from: Adaptation | None = None
-    demo: bool = False  # trained on the bundled demo sample: the pipeline working, not a detector's skill
+    # The sentence: the server sends it on its own (/v1/model's `summary`), so not again among the figures.
+    text: Annotated[str, Field(exclude=True)]
+    test_accuracy: Annotated[float | None, Field(description="accuracy on the test images like the training data "
+                                                             "(without a held-out source's images), 0..1")]
+    test_n: Annotated[int | None, Field(description="test images that figure is measured on")]
+    test_ood: Annotated[OodFigures | None, Field(description="out-of-distribution flags on the test split; null for "
+                                                             "a run made before the OOD score existed")]
+    measured: Annotated[list[Measured], Field(description="every other data set and held-out source measured; "
+                                                          "empty: performance on generators it was not trained on "
+                                                          "is unknown")] = field(default_factory=list)
+    test_labels: Annotated[list[LabelShares] | None, Field(description="per true class, the share of each label "
+                                                                       "users get on the test split; null for a run "
+                                                                       "made before label shares were "
+                                                                       "recorded")] = None
+    test_ece_equal_mass: Annotated[float | None, Field(description="calibration error on the test split, 15 bins of "
+                                                                   "equal image counts")] = None
+    test_split: Annotated[str, Field(description="where the home figures come from, for people")] = "its test split"
+    fitted_on: Annotated[list[Measured], Field(description="data the run was fitted on and evaluated on too (an "
+                                                           "adaptation set, its training data): shown, never as a "
+                                                           "test")] = field(default_factory=list)
+    adapted_from: Annotated[Adaptation | None, Field(description="the parent run and adaptation set of a run made by "
+                                                                 "`realfake adapt`; null for one `train` made")] = None
+    demo: Annotated[bool, Field(description="trained on the bundled demo sample: shows the pipeline working, not a "
+                                            "detector's skill")] = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -119,77 +119,11 @@ class Limits(BaseModel):
                              "with Retry-After, or that item's error in a request with others)")
 
 
-class OodFigures(BaseModel):
-    """How many images of one evaluation "I don't know" flagged (its metrics.json's `ood` block)."""
-
-    n: int | None = Field(description="images evaluated")
-    level: float | None = Field(description="ood score above which an image was labelled 'uncertain'")
-    n_flagged: int | None = Field(description="images flagged out of distribution")
-    fraction_flagged: float | None = Field(description="n_flagged / n")
-    fraction_flagged_real: float | None = Field(description="share of the REAL images flagged; null without any")
-    fraction_flagged_fake: float | None = Field(description="share of the FAKE images flagged; null without any")
-    fraction_uncertain: float | None = Field(description="share labelled 'uncertain' for any reason (OOD or band)")
-    confidently_wrong: float | None = Field(description="share of all images that still got a wrong REAL/FAKE label")
-    accuracy_decided: float | None = Field(description="accuracy on the images that got a REAL/FAKE label")
-
-
-class LabelShareFigure(BaseModel):
-    """Of one true class's images, the share that got each label users see."""
-
-    true_class: Literal["REAL", "FAKE"]
-    n: int
-    fake: float = Field(description="share labelled FAKE, 0..1")
-    uncertain: float = Field(description="share labelled 'uncertain', 0..1")
-    real: float = Field(description="share labelled REAL, 0..1")
-
-
-class MeasuredFigure(BaseModel):
-    """One figure measured on data unlike the training data (or, in `fitted_on`, on data the run was fitted on)."""
-
-    name: str = Field(description="the data's name for people, e.g. 'ganC-fake' (no path, no .zip)")
-    kind: Literal["other data", "held-out source", "adapted on", "training data"] = Field(
-        description="'other data': `realfake evaluate RUN --data OTHER`; 'held-out source': a source kept out of "
-        "training by `--protocol holdout:SOURCE`, measured in the test split; 'adapted on' / 'training data': data "
-        "the run was fitted on, so not a test")
-    n: int | None = Field(description="images measured")
-    accuracy: float | None = Field(description="share labelled right at the threshold, 0..1")
-    fakes_called_real: float | None = Field(description="share of its FAKE images labelled REAL; null without any")
-    reals_called_fake: float | None = Field(description="share of its REAL images labelled FAKE; null without any")
-    roc_auc: float | None
-    ece: float | None
-    ood: OodFigures | None = Field(description="out-of-distribution flags; null when measured without an OOD score")
-    labels: list[LabelShareFigure] | None = Field(None, description="per true class, the share of each label users "
-                                                  "get; null when measured before label shares were recorded")
-    ece_equal_mass: float | None = Field(None, description="calibration error over bins of equal image counts")
-
-
-class RunSummary(BaseModel):
-    """The figures the `summary` sentence is made from (realfake.report.summary)."""
-
-    test_accuracy: float | None = Field(description="accuracy on the test images like the training data (without "
-                                        "a held-out source's images), 0..1")
-    test_n: int | None = Field(description="test images that figure is measured on")
-    test_ood: OodFigures | None = Field(description="out-of-distribution flags on the test split; null for a run "
-                                        "made before the OOD score existed")
-    measured: list[MeasuredFigure] = Field(description="every other data set and held-out source measured; empty: "
-                                           "performance on generators it was not trained on is unknown")
-    test_labels: list[LabelShareFigure] | None = Field(None, description="per true class, the share of each label "
-                                                       "users get on the test split")
-    test_ece_equal_mass: float | None = Field(None, description="calibration error on the test split, bins of equal "
-                                              "image counts")
-    test_split: str = Field("its test split", description="where the home figures come from, for people")
-    fitted_on: list[MeasuredFigure] = Field(default_factory=list, description="data the run was fitted on and "
-                                            "evaluated on too (an adaptation set): shown, never as a test")
-    adapted_from: dict[str, Any] | None = Field(None, description="the parent run and adaptation set of a run made "
-                                                "by `realfake adapt`")
-    demo: bool = Field(False, description="trained on the bundled demo sample: shows the pipeline, not skill")
-
-
 class ModelInfo(BaseModel):
     summary: str = Field(description="one plain sentence for people: the test accuracy on images like the training "
                          "data beside every figure measured on other data or a held-out generator, or that "
                          "performance there is unknown; the same sentence opens the run's report and model card")
-    summary_figures: RunSummary = Field(description="the figures `summary` is made from")
+    summary_figures: Summary = Field(description="the figures `summary` is made from (realfake.report.summary)")
     model: str
     threshold: float
     uncertain_band: list[float] | None = Field(description="p_fake range labelled 'uncertain', if the run has one")
@@ -342,10 +276,9 @@ class Service:
     def model_info(self) -> ModelInfo:
         det = self.detector
         band = det.calibration.uncertain_band
-        figures = self.summary.to_dict()
         return ModelInfo(
             summary=self.summary.text,
-            summary_figures=RunSummary(**{k: v for k, v in figures.items() if k != "text"}),
+            summary_figures=self.summary,
             model=str(det.info.get("model", "unknown")),
             threshold=det.threshold,
             uncertain_band=list(band) if band else None,

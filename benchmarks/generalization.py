@@ -80,6 +80,9 @@ METHODS: dict[str, dict[str, Any]] = {
         "note": "the original notebook's model, random init; limited subset (slow on CPU)",
     },
     "fast-long": {"overrides": {"model": "fast"}, "limit": None, "epochs_x": 2, "note": "twice the epochs"},
+    # --lofo only: no zoo fakes in training (one run per seed, judged on every family): what the zoo must beat.
+    "recipe-no-zoo": {"overrides": {"model": "fast"}, "limit": None, "epochs_x": 1, "zoo": False,
+                      "note": "fast's recipe trained on the stand-in alone (the baseline: no zoo fakes)"},
 }
 DEFAULT_METHODS = "fast,fast-balanced,fast-robust,seed-resnet50"
 
@@ -394,13 +397,20 @@ def lofo_summary(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_SHARED_RUNS: dict[Path, tuple[Any, float]] = {}  # run folder -> (config, training wall time), for run_fold
+
+
 def run_fold(method: str, args: argparse.Namespace, seed: int, family: str, extras: Path, held: Path,
              ganc: Path, work: Path) -> dict[str, Any]:
     """One method trained on the stand-in + every zoo family but `family`, judged on `family`'s fakes and ganC."""
     from realfake.rundir import RunDir
 
-    run_dir = work / "runs" / f"{method}-s{seed}-{family}"
-    cfg, train_wall = train_method(method, args, run_dir, seed, extras)
+    with_zoo = METHODS[method].get("zoo", True)
+    run_dir = work / "runs" / (f"{method}-s{seed}-{family}" if with_zoo else f"{method}-s{seed}")
+    # The no-zoo baseline is the same run for every family of a seed: trained once, judged on each.
+    if with_zoo or run_dir not in _SHARED_RUNS:
+        _SHARED_RUNS[run_dir] = train_method(method, args, run_dir, seed, extras if with_zoo else None)
+    cfg, train_wall = _SHARED_RUNS[run_dir] if not with_zoo else _SHARED_RUNS.pop(run_dir)
     run = RunDir(run_dir)
     report = run.read_json(RunDir.DATA_REPORT)
     sources = {k: sorted(report.get("split_sources", {}).get(k, {})) for k in ("train", "val", "test")}
@@ -460,6 +470,9 @@ def main_lofo(args: argparse.Namespace, work: Path, path: Path, results: dict[st
                 atomic_write_json(path, results)
                 if args.work_dir is None:
                     shutil.rmtree(work / "runs" / f"{method}-s{seed}-{family}", ignore_errors=True)
+        if args.work_dir is None:
+            for method in args.methods:
+                shutil.rmtree(work / "runs" / f"{method}-s{seed}", ignore_errors=True)
 
 
 def lofo_table(results: dict[str, Any]) -> str:

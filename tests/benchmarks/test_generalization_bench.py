@@ -97,12 +97,19 @@ def test_lofo_holds_each_family_out_of_its_fold(mini_zip, ganc_zip, tmp_path, ca
         "--lofo", "--zoo", str(tmp_path / "zoo"), "--data", str(mini_zip), "--heldout", str(ganc_zip),
         "--limit", "200", "--epochs", "1", "--n-heldout", "12", "--zoo-n", "30", "--device", "cpu",
         "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "results"), "--work-dir", str(work),
+        "--methods", "fast,recipe-no-zoo",
     ])
     assert path.parent.name == "generalization-lofo" and not list(path.parent.glob(".*.tmp"))
     results = json.loads(path.read_text())
     lofo = results["lofo"]
     assert results["complete"] is True and lofo["families"] == families
-    assert sorted(lofo["folds"]) == [f"fast/s42/{f}" for f in families]
+    assert sorted(lofo["folds"]) == [f"{m}/s42/{f}" for m in ("fast", "recipe-no-zoo") for f in families]
+    # the baseline: one run per seed without any zoo fakes, judged on every family
+    baseline = [lofo["folds"][f"recipe-no-zoo/s42/{f}"] for f in families]
+    assert baseline[0]["run"] == baseline[1]["run"] and all(r["trained_families"] == [] for r in baseline)
+    assert "extra_fakes" not in RunDir(baseline[0]["run"]).read_yaml(RunDir.CONFIG) or \
+        RunDir(baseline[0]["run"]).read_yaml(RunDir.CONFIG)["extra_fakes"] is None
+    assert all(r["heldout"]["n_fake"] == 12 for r in baseline)
     for fam in families:
         other = next(f for f in families if f != fam)
         row = lofo["folds"][f"fast/s42/{fam}"]

@@ -46,7 +46,7 @@ from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.batches import random_flips
 from realfake.data.cache import load_dataset
 from realfake.data.tensors import to_device_uint8, to_float
-from realfake.device import select_device
+from realfake.device import seeded, select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, log_to_stderr, metrics_line, rescore_predictions
 from realfake.fit import check_finite, state_to_cpu
@@ -117,8 +117,9 @@ def adapt_arrays(
     finetuned: dict[str, Any] | None = None
     state: dict[str, torch.Tensor] | None = None
     if tune_idx is not None:
-        torch.manual_seed(o.seed)
-        losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr, seed=o.seed)
+        with seeded(o.seed, torch_device):  # the seed repeats the fine-tuning; the caller's random state is left alone
+            losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr,
+                              seed=o.seed)
         state = state_to_cpu(model)  # checked here, written as is with the child
         check_finite(state, f"the fine-tuned weights (lr {o.lr:g})")
         finetuned = {"layers": "head", "epochs": o.epochs, "lr": o.lr, "batch_size": FINETUNE_BATCH,

@@ -55,6 +55,26 @@ def select_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's random generators for the CPU and `device` seeded with `seed` inside, and put back as the caller had
+    them after: a library call repeats its seed without reseeding (or using up) its caller's random numbers.
+
+    Inside, the numbers are those of `torch.manual_seed(seed)` on the generators a run draws from (the CPU's,
+    `device`'s); the generators of devices the run does not use are not touched at all.
+    """
+    accelerator = device.type not in ("cpu", "meta")
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else "cpu"):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):  # its index, or the current device where it names none
+                torch.cuda.manual_seed(seed)
+        elif accelerator:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
+
+
 # ---------------------------------------------------------------- what the CPU can do
 
 

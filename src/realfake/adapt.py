@@ -2,13 +2,12 @@
 of it. Re-fit the run's calibration on them, and optionally fine-tune the model's head, into a NEW run folder.
 
 Why this and not retraining: on a generator it never saw, a detector's *ranking* usually transfers while its
-*decision* does not (docs/guide/generalization.md: ROC AUC 0.998, yet 41.5% of the unseen generator's
-fakes called REAL, ECE 0.24). The threshold, the temperature and the OOD quantiles (`calibration.Typicality`)
-were all fitted on the old generator's validation logits; re-fitting them on a small labelled set of the new
-one is cheap (no gradient), needs few images, and leaves the weights exactly as they were. When the ranking
-itself is off, `finetune_head` also trains the model's last layers (`model.head`; every other weight, and
-every BatchNorm statistic, stays frozen) on part of the set and calibrates on the rest, so the calibration is
-never fitted on the images the head was just trained on.
+*decision* does not (docs/performance.md#figures-behind-the-code). The threshold, the temperature and the OOD
+quantiles (`calibration.Typicality`) were all fitted on the old generator's validation logits; re-fitting them
+on a small labelled set of the new one is cheap (no gradient), needs few images, and leaves the weights exactly
+as they were. When the ranking itself is off, `finetune_head` also trains the model's last layers
+(`model.head`; every other weight, and every BatchNorm statistic, stays frozen) on part of the set and
+calibrates on the rest, so the calibration is never fitted on the images the head was just trained on.
 
 The parent run is only read. The child is written whole into a temporary sibling folder and swapped in at
 the end (`atomic_dir`, every file through `RunDir`), so a failure leaves no half run. It holds what a trained

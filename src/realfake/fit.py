@@ -206,8 +206,8 @@ def _fit(
     x_val = to_device_uint8(images[my_val], device) if choice.placement == "device" else None
     y_val = labels[val_rows]
 
-    # The fused kernel updates every tensor in one pass (the per-tensor loop took 77 of a step's 540 ms for
-    # seed-resnet50's 25M parameters on a 2-core Xeon, fused 26): the same update, one kernel.
+    # The fused kernel updates every tensor in one pass where the per-tensor loop took a large share of a step
+    # (docs/performance.md#figures-behind-the-code): the same update, one kernel.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in FUSED_ADAM_DEVICES)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(y_train) / cfg.batch_size))
     per_step = cfg.schedule == "onecycle"  # stepped after every batch; plateau steps on each epoch's val loss

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tests.clitools import assert_one_line_error, cli, cli_inline
 
 from realfake.adapt import AdaptOptions, adapt, adapt_arrays
@@ -98,8 +99,12 @@ def test_fake_logits_shifted_down_move_the_threshold_down(trained_run, mini_zip,
 
 
 def test_finetune_head_changes_only_the_head(trained_run, new_set, tmp_path):
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
     child = adapt(trained_run, new_set, tmp_path / "tuned", AdaptOptions(finetune_head=True, epochs=2, device="cpu"),
                   progress=False, log=lambda m: None)
+    assert torch.equal(torch.rand(3), want)  # its seed is the fine-tuning's own: the caller's random numbers are not
     before, after = read_state_dict(trained_run / RunDir.WEIGHTS), read_state_dict(child / RunDir.WEIGHTS)
     assert before.keys() == after.keys()
     changed = sorted(k for k in before if not np.array_equal(before[k].numpy(), after[k].numpy()))

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from realfake.detector import Detector, Prediction, check_images
@@ -77,6 +78,15 @@ def test_temperature_from_run_json_is_applied(trained_run, detector, tmp_path):
     x = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     logits = detector.predict_logits(x)
     np.testing.assert_allclose(calibrated.predict_proba(x), 1 / (1 + np.exp(-logits / 2.0)), rtol=1e-6)
+
+
+def test_loading_leaves_the_callers_random_numbers_alone(trained_run):
+    """The model's random initialisation, overwritten by its weights, does not use up the caller's random numbers."""
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
+    Detector.load(trained_run, device="cpu")
+    assert torch.equal(torch.rand(3), want)
 
 
 def test_load_errors_are_one_line(trained_run, tmp_path):

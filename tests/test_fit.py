@@ -7,6 +7,7 @@ from realfake import training as run
 from realfake.config import RunConfig
 from realfake.data.batches import random_flips, train_batches
 from realfake.data.tensors import to_device_uint8
+from realfake.device import seeded
 from realfake.errors import RealfakeError
 from realfake.fit import EarlyStopping
 
@@ -96,12 +97,34 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(mini_zip, tmp_path)
 
 
 def test_same_seed_same_cpu_run(mini_zip, tmp_path):
+    """Two trainings with one seed give the same weights, and neither touches the caller's random numbers: a draw
+    after a training is the draw the caller would have had without it (the seed is the run's alone)."""
     quiet = dict(progress=False, log=lambda m: None)
+    torch.manual_seed(11)
+    want = torch.rand(3)
+    torch.manual_seed(11)
     a = run.train(small_cfg(mini_zip, tmp_path / "a", epochs=1), **quiet)
+    assert torch.equal(torch.rand(3), want)
     b = run.train(small_cfg(mini_zip, tmp_path / "b", epochs=1), **quiet)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert (a / "split.json").read_text().replace("/a", "") == (b / "split.json").read_text().replace("/b", "")
+
+
+def test_seeded_draws_what_manual_seed_draws_and_puts_the_callers_state_back():
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        torch.manual_seed(0)
+        torch.manual_seed(5)
+        want = [torch.rand(4, device=d) for d in {torch.device("cpu"), device}]
+        torch.manual_seed(123)
+        before = torch.get_rng_state(), torch.cuda.get_rng_state() if device.type == "cuda" else None
+        with seeded(5, device):
+            got = [torch.rand(4, device=d) for d in {torch.device("cpu"), device}]
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), device
+        assert torch.equal(torch.get_rng_state(), before[0])
+        if device.type == "cuda":
+            assert torch.equal(torch.cuda.get_rng_state(), before[1])
 
 
 def test_existing_run_dir_is_refused(mini_zip, tmp_path):

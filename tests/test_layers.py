@@ -30,6 +30,7 @@ LAYERS = [
     "realfake._kernels.jpeg",
     "realfake._kernels.small_maps",
     "realfake._kernels.state_dict",
+    "realfake._kernels.cpu_caps",
     "realfake.atomic",
     "realfake.contract",
     "realfake.calibration",

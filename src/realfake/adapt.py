@@ -2,13 +2,12 @@
 of it. Re-fit the run's calibration on them, and optionally fine-tune the model's head, into a NEW run folder.
 
 Why this and not retraining: on a generator it never saw, a detector's *ranking* usually transfers while its
-*decision* does not (docs/guide/generalization.md: ROC AUC 0.998, yet 41.5% of the unseen generator's
-fakes called REAL, ECE 0.24). The threshold, the temperature and the OOD quantiles (`calibration.Typicality`)
-were all fitted on the old generator's validation logits; re-fitting them on a small labelled set of the new
-one is cheap (no gradient), needs few images, and leaves the weights exactly as they were. When the ranking
-itself is off, `finetune_head` also trains the model's last layers (`model.head`; every other weight, and
-every BatchNorm statistic, stays frozen) on part of the set and calibrates on the rest, so the calibration is
-never fitted on the images the head was just trained on.
+*decision* does not (docs/performance.md#figures-behind-the-code). The threshold, the temperature and the OOD
+quantiles (`calibration.Typicality`) were all fitted on the old generator's validation logits; re-fitting them
+on a small labelled set of the new one is cheap (no gradient), needs few images, and leaves the weights exactly
+as they were. When the ranking itself is off, `finetune_head` also trains the model's last layers
+(`model.head`; every other weight, and every BatchNorm statistic, stays frozen) on part of the set and
+calibrates on the rest, so the calibration is never fitted on the images the head was just trained on.
 
 The parent run is only read. The child is written whole into a temporary sibling folder and swapped in at
 the end (`atomic_dir`, every file through `RunDir`), so a failure leaves no half run. It holds what a trained
@@ -46,7 +45,7 @@ from realfake.contract import CLASS_NAMES, __version__
 from realfake.data.batches import train_batches
 from realfake.data.cache import load_dataset
 from realfake.data.tensors import to_device_uint8
-from realfake.device import select_device
+from realfake.device import seeded, select_device
 from realfake.errors import RealfakeError
 from realfake.evaluation import Log, log_to_stderr, metrics_line, rescore_predictions
 from realfake.fit import check_finite, state_to_cpu, train_epoch
@@ -117,8 +116,9 @@ def adapt_arrays(
     finetuned: dict[str, Any] | None = None
     state: dict[str, torch.Tensor] | None = None
     if tune_idx is not None:
-        torch.manual_seed(o.seed)
-        losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr, seed=o.seed)
+        with seeded(o.seed, torch_device):  # the seed repeats the fine-tuning; the caller's random state is left alone
+            losses = finetune(model, images[tune_idx], y[tune_idx], torch_device, epochs=o.epochs, lr=o.lr,
+                              seed=o.seed)
         state = state_to_cpu(model)  # checked here, written as is with the child
         check_finite(state, f"the fine-tuned weights (lr {o.lr:g})")
         finetuned = {"layers": "head", "epochs": o.epochs, "lr": o.lr, "batch_size": FINETUNE_BATCH,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from realfake import tuning
+from realfake._kernels import cpu_caps
 from realfake.contract import check_precision
 from realfake.errors import RealfakeError
 
@@ -52,6 +53,26 @@ def select_device(spec: str = "auto") -> torch.device:
     if spec == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RealfakeError("--device mps asked for, but MPS is not available here; use --device auto")
     return torch.device(spec)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's random generators for the CPU and `device` seeded with `seed` inside, and put back as the caller had
+    them after: a library call repeats its seed without reseeding (or using up) its caller's random numbers.
+
+    Inside, the numbers are those of `torch.manual_seed(seed)` on the generators a run draws from (the CPU's,
+    `device`'s); the generators of devices the run does not use are not touched at all.
+    """
+    accelerator = device.type not in ("cpu", "meta")
+    with torch.random.fork_rng(devices=[device] if accelerator else [],
+                               device_type=device.type if accelerator else "cpu"):
+        torch.random.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):  # its index, or the current device where it names none
+                torch.cuda.manual_seed(seed)
+        elif accelerator:
+            torch.get_device_module(device.type).manual_seed(seed)
+        yield
 
 
 # ---------------------------------------------------------------- what the CPU can do
@@ -89,27 +110,13 @@ def _torch_capabilities() -> dict[str, Any] | None:
     return caps if isinstance(caps, dict) else None
 
 
-def _torch_private_flags() -> dict[str, bool]:
-    """The older torch.cpu._is_*_supported probes, for a torch without get_capabilities."""
-    probes = {
-        "avx2": "_is_avx2_supported", "avx512f": "_is_avx512_supported", "avx512_bf16": "_is_avx512_bf16_supported",
-        "amx_tile": "_is_amx_tile_supported", "avx512_vnni": "_is_vnni_supported",
-    }
-    out = {}
-    for flag, name in probes.items():
-        fn = getattr(torch.cpu, name, None)
-        with contextlib.suppress(Exception):
-            if fn is not None:
-                out[flag] = bool(fn())
-    return out
-
-
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
     """The CPU's model, its ISA_FLAGS (True/False; None where no source could tell), where they were read,
     ATen's dispatch level, logical cores, and whether it has native bf16.
 
-    /proc/cpuinfo first (Linux), then torch.cpu.get_capabilities(), then torch's older private probes.
+    /proc/cpuinfo first (Linux), then torch.cpu.get_capabilities(), then torch's older private probes
+    (realfake._kernels.cpu_caps, where private APIs live).
     """
     model, flags = _proc_cpuinfo()
     caps = _torch_capabilities()
@@ -121,8 +128,8 @@ def cpu_info() -> dict[str, Any]:
         source = "torch.cpu.get_capabilities"
         isa = {f: bool(caps[k]) if (k := _TORCH_CAPABILITY_NAMES.get(f, f)) in caps else None for f in ISA_FLAGS}
     else:
-        source = "torch.cpu probes"
-        probed = _torch_private_flags()
+        probed = cpu_caps.probed_flags()
+        source = "torch.cpu probes" if probed else "none"
         isa = {f: probed.get(f) for f in ISA_FLAGS}
     if model is None and caps is not None and caps.get("cpu_name"):
         model = str(caps["cpu_name"])

@@ -33,7 +33,7 @@ from realfake.config import RunConfig
 from realfake.data.batches import ArtefactSimulation, RobustAugment, train_batches
 from realfake.data.placement import choose, place
 from realfake.data.tensors import to_device_uint8
-from realfake.device import ThreadGovernor, amp_dtype, autocast, keep_freed_memory
+from realfake.device import ThreadGovernor, amp_dtype, autocast, keep_freed_memory, seeded
 from realfake.distributed import (
     SINGLE,
     World,
@@ -177,14 +177,22 @@ def fit(
     is wrapped in DistributedDataParallel, each global batch of `cfg.batch_size` is shared out across the
     ranks, validation is shared out and gathered, the validation loss that early stopping and the scheduler
     act on is rank 0's, broadcast, and only rank 0 writes (history, TensorBoard, checkpoint).
+
+    The random numbers it draws come from `cfg.seed` (device.seeded): the caller's random state is as it was after.
     """
-    opts = options or FitOptions()
+    with seeded(cfg.seed, device):
+        return _fit(model, images, labels, split, cfg, run_dir, device, options or FitOptions())
+
+
+def _fit(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, split: dict[str, np.ndarray], cfg: RunConfig,
+    run_dir: Path, device: torch.device, opts: FitOptions,
+) -> FitResult:
     world = opts.world
     check_global_batch(cfg.batch_size, world)
     with opted_in(opts.tuning):
         keep_freed_memory()  # each step's feature maps reuse the last step's pages (device.keep_freed_memory)
         may_govern = tricks_enabled()
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
     net = _distributed(model, cfg, device, world)
@@ -198,8 +206,8 @@ def fit(
     x_val = to_device_uint8(images[my_val], device) if choice.placement == "device" else None
     y_val = labels[val_rows]
 
-    # The fused kernel updates every tensor in one pass (the per-tensor loop took 77 of a step's 540 ms for
-    # seed-resnet50's 25M parameters on a 2-core Xeon, fused 26): the same update, one kernel.
+    # The fused kernel updates every tensor in one pass where the per-tensor loop took a large share of a step
+    # (docs/performance.md#figures-behind-the-code): the same update, one kernel.
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in FUSED_ADAM_DEVICES)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=math.ceil(len(y_train) / cfg.batch_size))
     per_step = cfg.schedule == "onecycle"  # stepped after every batch; plateau steps on each epoch's val loss

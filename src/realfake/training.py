@@ -31,7 +31,7 @@ from realfake.data.cache import Dataset
 from realfake.data.extra import check_extra_fakes, check_protocol_against, mix_into_split, own_part, saved_form
 from realfake.data.splits import make_split, split_from_json, split_to_json
 from realfake.detector import Detector
-from realfake.device import Precision, resolve_precision, select_device
+from realfake.device import Precision, resolve_precision, seeded, select_device
 from realfake.distributed import (
     SINGLE,
     World,
@@ -104,8 +104,8 @@ def _train(
             split, extra_info = mix_into_split(ds, split, cfg.extra_fakes_share, cfg.seed, cfg.extra_fakes)
             log(f"extra fakes: {extra_info['n_used']:,} in training ({extra_info['share']:.0%} of its FAKE images), "
                 f"families {', '.join(extra_info['per_family'])}; validation and test: {own.source_name} alone")
-        torch.manual_seed(cfg.seed)  # the model's random initialisation is part of what --seed repeats
-        built = build(cfg.model, cfg.weights)
+        with seeded(cfg.seed, device):  # the model's initialisation is part of what --seed repeats; not the caller's
+            built = build(cfg.model, cfg.weights)
         cfg = apply_recipe(cfg, built.recipe)  # the model's training defaults, for options the user left unset
         check_global_batch(cfg.batch_size, world)  # before the run folder is written
         check_sync_batchnorm(cfg, device)

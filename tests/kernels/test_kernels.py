@@ -14,11 +14,19 @@ import torch
 from torch import nn
 
 import realfake._kernels as kernels
-from realfake._kernels import jpeg, onednn, small_maps, state_dict
+from realfake import device
+from realfake._kernels import cpu_caps, jpeg, onednn, small_maps, state_dict
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "realfake"
-# What only realfake._kernels may write: private ops, torch's C extension, a class swap, a private registration.
-PRIVATE = re.compile(r"torch\.ops\.|torch\._C\b|__class__\s*=(?!=)|_register_")
+# What only realfake._kernels may write: private ops, torch's C extension, a class swap, a private registration, and
+# any private attribute of torch or torchvision (`torch.cpu._is_avx2_supported`, `torch._dynamo`,
+# `from torch.utils._pytree import ...`, `getattr(torch.cpu, "_x")`); dunders such as `torch.__version__` are public.
+PRIVATE = re.compile(
+    r"torch\.ops\.|__class__\s*=(?!=)|_register_"
+    r"|\btorch(?:vision)?(?:\.[A-Za-z]\w*)*\._[A-Za-z]"
+    r"|\bfrom\s+torch(?:vision)?(?:\.\w+)*\s+import\s+\(?\s*_[A-Za-z]"
+    r"|getattr\(\s*torch(?:vision)?[\w.]*\s*,\s*[\"']_[A-Za-z]"
+)
 
 
 def _hits(files: list[Path]) -> list[str]:
@@ -33,6 +41,26 @@ def test_only_the_kernels_package_touches_private_apis() -> None:
     inside = _hits(sorted((SRC / "_kernels").glob("*.py")))  # the pattern finds what it is for
     assert {h.split(":")[0] for h in inside} >= {"_kernels/onednn.py", "_kernels/jpeg.py", "_kernels/small_maps.py",
                                                  "_kernels/state_dict.py"}
+
+
+@pytest.mark.parametrize("line", [
+    "torch.ops.mkldnn._convolution_pointwise(x)", "torch._C._set_something()", "ok = torch.cpu._is_avx2_supported()",
+    "torch._dynamo.reset()", "torch.nn.modules.conv._ConvNd", "from torch.utils._pytree import tree_map",
+    "from torch._subclasses import FakeTensor", "import torch._inductor",
+    "fn = getattr(torch.cpu, '_is_vnni_supported')",
+    "torchvision.io._load_library()", "m.__class__ = Fast", "m._register_load_state_dict_pre_hook(h)",
+])
+def test_the_private_api_pattern_catches(line: str) -> None:
+    assert PRIVATE.search(line)
+
+
+@pytest.mark.parametrize("line", [
+    "torch.__version__", "torch.cpu.get_capabilities()", "torch.backends.cpu.get_cpu_capability()",
+    "torch.nn.functional.conv2d(x, w)", "from torch.utils.data import DataLoader", "my_torch._private",
+    "if m.__class__ == Fast:",
+])
+def test_the_private_api_pattern_leaves_public_apis(line: str) -> None:
+    assert not PRIVATE.search(line)
 
 
 # --- the switch -------------------------------------------------------------------------------------------------
@@ -58,14 +86,16 @@ def test_with_the_switch_off_every_piece_runs_its_fallback_and_says_why_once(
         assert not small_maps.small_maps_work()
         assert jpeg.decoder(lambda data: np.zeros(1)) is None
         assert jpeg.roundtrip_codec(lambda img, q: np.zeros(1)) is not jpeg.roundtrip_direct
+        assert cpu_caps.probed_flags() == {}  # nothing known: the private probes are not asked
     model = nn.Sequential(nn.Conv2d(3, 4, 1))
     with small_maps.small_map_kernels(model) as n:
         assert n == 0 and type(model[0]) is nn.Conv2d
     off = kernels.pieces_off()
-    assert set(off) == {"onednn_post_ops", "onednn_packing", "small_maps", "jpeg_decode", "jpeg_roundtrip"}
+    assert set(off) == {"onednn_post_ops", "onednn_packing", "small_maps", "jpeg_decode", "jpeg_roundtrip",
+                        "cpu_probes"}
     assert set(off.values()) == {"REALFAKE_KERNELS=0"}
     lines = [r.getMessage() for r in caplog.records if r.name == "realfake.kernels"]
-    assert len(lines) == 5 and all(r.levelno == logging.DEBUG for r in caplog.records)  # one line a piece
+    assert len(lines) == 6 and all(r.levelno == logging.DEBUG for r in caplog.records)  # one line a piece
 
 
 def test_prediction_with_the_switch_off_gives_the_fused_copys_logits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -222,6 +252,59 @@ def test_small_map_kernels_give_the_convolutions_outputs_and_gradients(monkeypat
     torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-5, atol=1e-5)
     for (name, pf), (_, pr) in zip(fast.named_parameters(), ref.named_parameters(), strict=True):
         torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-5, atol=1e-4, msg=name)
+
+
+# --- cpu caps -----------------------------------------------------------------------------------------------------
+
+def test_cpu_probes_agree_with_the_public_sources_on_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each flag torch's private probes answer is what /proc/cpuinfo and torch.cpu.get_capabilities say, where this
+    machine has them (the probes are the last source realfake.device asks, so their answers must mean the same)."""
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    probed = cpu_caps.probed_flags()
+    if not probed:
+        pytest.skip(f"this torch has none of torch.cpu's private probes ({kernels.pieces_off().get('cpu_probes')})")
+    _, flags = device._proc_cpuinfo()
+    caps = device._torch_capabilities()
+    if flags is None and caps is None:
+        pytest.skip("no public source of CPU flags here to compare with")
+    if flags is not None:
+        assert probed == {f: f in flags for f in probed}
+    if caps is not None:
+        public = {f: bool(caps[k]) for f in probed if (k := device._TORCH_CAPABILITY_NAMES.get(f, f)) in caps}
+        assert public and probed.items() >= public.items()
+
+
+def test_cpu_info_falls_back_to_the_probes_then_to_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "_proc_cpuinfo", lambda: (None, None))
+    monkeypatch.setattr(device, "_torch_capabilities", lambda: None)
+    monkeypatch.setattr(kernels, "_off", {})
+    monkeypatch.setattr(cpu_caps, "_probe", lambda: ({"avx2": True, "avx512_bf16": True}, None))
+    device.cpu_info.cache_clear()
+    try:
+        info = device.cpu_info()
+        assert info["isa_source"] == "torch.cpu probes" and info["isa"]["avx2"] and info["native_bf16"]
+        assert info["isa"]["amx_bf16"] is None  # no probe for it: unknown, not False
+        monkeypatch.setenv(kernels.ENV, "0")
+        device.cpu_info.cache_clear()
+        info = device.cpu_info()
+        assert info["isa_source"] == "none" and set(info["isa"].values()) == {None} and not info["native_bf16"]
+    finally:
+        device.cpu_info.cache_clear()
+
+
+def test_a_missing_cpu_probe_tells_nothing_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "_off", {})
+    monkeypatch.delattr(torch.cpu, cpu_caps.PROBES["avx2"], raising=False)
+    monkeypatch.setattr(torch.cpu, cpu_caps.PROBES["amx_tile"], lambda: 1 / 0, raising=False)
+    cpu_caps._probe.cache_clear()
+    try:
+        probed = cpu_caps.probed_flags()
+        assert "avx2" not in probed and "amx_tile" not in probed
+        why = kernels.pieces_off()["cpu_probes"]
+        assert cpu_caps.PROBES["avx2"] in why and cpu_caps.PROBES["amx_tile"] in why
+    finally:
+        cpu_caps._probe.cache_clear()
 
 
 # --- state dict ---------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ rest), and each piece is behind a capability check with a public fallback:
   time of training; fallback: the nn.Conv2d as it is.
 - `state_dict`: a module's hook run before its weights load, through the public registration where torch has it
   (2.5 on) and the private one before; not a fast path (it is how old weights load), so the switch below leaves it.
+- `cpu_caps`: the CPU's ISA flags from torch's private `torch.cpu._is_*_supported` probes, the last source
+  `realfake.device.cpu_info` asks (after /proc/cpuinfo and the public `get_capabilities`); fallback: not known.
 
 The range tested is pinned in pyproject.toml (torch and torchvision, an upper bound below the next minor
 release). Outside it nothing is assumed: each check runs on a probe the first time its piece is asked for in a

@@ -76,7 +76,7 @@ def _passes(piece: str, probe: Callable[[torch.dtype], str | None], dtype: torch
 def _post_ops_probe(dtype: torch.dtype) -> str | None:
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            torch.manual_seed(0)
+            torch.random.default_generator.manual_seed(0)  # the CPU's alone: the one fork_rng puts back
             conv = nn.Conv2d(4, 8, 3, padding=1)
             x = torch.randn(2, 4, 5, 5)
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)
@@ -102,7 +102,7 @@ def packed_kernel_agrees(dtype: torch.dtype) -> bool:
 def _packing_probe(dtype: torch.dtype) -> str | None:
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            torch.manual_seed(0)
+            torch.random.default_generator.manual_seed(0)  # the CPU's alone: the one fork_rng puts back
             conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
             x = torch.randn(5, 8, 6, 6).to(dtype)
         weight = conv.weight.detach().to(dtype).contiguous(memory_format=torch.channels_last)

@@ -112,7 +112,7 @@ def small_maps_work() -> bool:
 def _probe() -> str | None:
     try:
         with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
-            torch.manual_seed(0)
+            torch.random.default_generator.manual_seed(0)  # the CPU's alone: the one fork_rng puts back
             pairs = [(nn.Conv2d(8, 12, k, padding=k // 2), torch.randn(MIN_BATCH, 8, 2, 2)) for k in (1, 3)]
         for ref, x in pairs:  # with gradients and in fp32, whatever the caller's context
             probe = copy.deepcopy(ref)

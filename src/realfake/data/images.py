@@ -286,7 +286,7 @@ def _pillow_region(data: bytes, size: int) -> tuple[np.ndarray, Region]:
 # one that has not (an ONNX Runtime job) stays with Pillow unless it is about to decode FAST_JPEG_MIN_IMAGES,
 # enough to repay the import (`prepare_jpeg_decoding`: the data cache, batch prediction). torchvision itself is
 # never imported for it: its image library (libjpeg's operators) is loaded straight from torchvision's folder
-# (realfake._kernels.jpeg) in milliseconds, where `import torchvision` (its ops pull in torch._dynamo) costs
+# (realfake._kernels.jpeg) in milliseconds, where `import torchvision` (its ops pull in torch's dynamo compiler) costs
 # seconds and, in forked workers, was paid again by each, making small jobs slower than Pillow alone
 # (docs/performance.md, Speed). Until that was found, jobs under 100,000 images decoded with Pillow to spare it.
 FAST_JPEG_MIN_IMAGES = 100_000

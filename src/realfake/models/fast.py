@@ -37,8 +37,8 @@ BN_MOMENTUM = 0.4
 
 # Training defaults for this model (see realfake.models.Built.recipe); any option the user sets wins.
 # Batch 128 rather than airbench's 1024: on a CPU a bigger batch buys no speed for a net this small, and a
-# quick run on a few thousand images needs the steps (2,100 images x 3 epochs: batch 256 gave 71% test
-# accuracy, 128 gave 71-74%, 64 gave 74%, with lr 2e-3). One-cycle + label smoothing 0.1 as in airbench.
+# quick run on a few thousand images needs the steps (docs/performance.md#figures-behind-the-code).
+# One-cycle + label smoothing 0.1 as in airbench.
 # Two choices made for generators the model never saw (docs/guide/generalization.md; full stand-in, 3
 # epochs, judged on the held-out ganC generator): the threshold is set by the REAL photos (at most 0.5% of
 # validation REAL called FAKE; `real:0.005`, never stricter than `balanced`, which a weak model of a quick run

@@ -106,6 +106,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
 
 def load_weights(name: str, path: str | Path) -> nn.Module:
     """Model `name` with every weight from `path` (a run's model.safetensors): what a Detector runs."""
-    model = build(name, "none").model
+    with torch.random.fork_rng(devices=[], device_type="cpu"):  # the random initialisation, overwritten next, must
+        model = build(name, "none").model  # not use up the caller's random numbers
     load_state(model, read_state_dict(path), path, f"the {name} model")
     return model

@@ -1,21 +1,22 @@
 """The one sentence a user reads first: the home test figure beside every figure measured on data unlike it.
 
-A test accuracy of 99.9% reads as "this detector works"; it only says so for images like its training data.
-The same run scored 79.2% on a generator it never saw (see shared/data/README.md), and only figures measured
-on such data say anything about them. So the report, the model card and the web page (through /v1/model) all
-open with this sentence, made here once from the run's metrics.json and its evaluations, and the figures it is
-made from travel with it (`Summary.to_dict`). These types are also the server's response schema for those
-figures (/v1/model's `summary_figures`), so each field's description is the one the API documents: one copy.
+A high test accuracy reads as "this detector works"; it only says so for images like its training data. The
+same run can score far lower on a generator it never saw (docs/performance.md#figures-behind-the-code), and
+only figures measured on such data say anything about them. So the report, the model card and the web page
+(through /v1/model) all open with this sentence, made here once from the run's metrics.json and its
+evaluations, and the figures it is made from travel with it (`Summary.to_dict`). These types are also the
+server's response schema for those figures (/v1/model's `summary_figures`), so each field's description is the
+one the API documents: one copy.
 
 Where other data comes from: `realfake evaluate RUN --data OTHER` (RUN/evaluations/<name>/), and the held-out
 source of `--protocol holdout:SOURCE` (a source in the test metrics' per_source that was not in training).
 
 What a user acts on is the label (FAKE / uncertain / REAL), not accuracy at the threshold, which counts an
-image labelled `uncertain` as right or wrong by its p_fake. On an unseen generator the two part ways (98.9%
-"accuracy" while 87.5% of its fakes were labelled uncertain), so wherever metrics.json holds its `labels`
-block the sentence gives the label shares per true class first and the threshold accuracy beside them.
-An evaluation on data the run was fitted on (an adapted run's adaptation set, or its own training data) is
-said to be so, and never counts as evidence about unseen data.
+image labelled `uncertain` as right or wrong by its p_fake. On an unseen generator the two can part ways: a
+high "accuracy" while most of its fakes are labelled uncertain (same link). So wherever metrics.json holds its
+`labels` block the sentence gives the label shares per true class first and the threshold accuracy beside
+them. An evaluation on data the run was fitted on (an adapted run's adaptation set, or its own training data)
+is said to be so, and never counts as evidence about unseen data.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def train_generator(
     in the header, so sampling uses them too. The host's global random state is left as it was (the run draws
     from its own seeded generators).
     """
-    from realfake.device import select_device
+    from realfake.device import seeded, select_device
 
     fam = get_family(family)
     unknown = sorted(set(settings or {}) - set(fam.settings))
@@ -91,8 +91,7 @@ def train_generator(
     out = _check_out(Path(out))
     dev = select_device(device)
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded(seed, dev):  # the caller's random state is left as it was
         loop = {"gan": _train_gan, "vae": _train_vae, "ddpm": _train_ddpm}[fam.kind]
         net, losses = loop(fam, _Batches(images, batch_size, seed, dev), steps, progress)
     seconds = time.perf_counter() - started

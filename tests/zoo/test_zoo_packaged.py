@@ -44,3 +44,8 @@ def test_packaged_generators_draw_finite_varied_images(shipped: list) -> None:
         assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
         assert images.std() > 5  # not a constant or collapsed output
         assert not np.array_equal(images[0], images[1])  # different noise, different images
+
+
+def test_every_family_ships(shipped: list) -> None:
+    """`--extra-fakes zoo` and `--lofo` use the whole zoo offline: one packaged generator per family, no more."""
+    assert sorted(m.family for m in shipped) == sorted(FAMILIES)

@@ -397,20 +397,23 @@ def lofo_summary(folds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_SHARED_RUNS: dict[Path, tuple[Any, float]] = {}  # run folder -> (config, training wall time), for run_fold
-
-
 def run_fold(method: str, args: argparse.Namespace, seed: int, family: str, extras: Path, held: Path,
-             ganc: Path, work: Path) -> dict[str, Any]:
-    """One method trained on the stand-in + every zoo family but `family`, judged on `family`'s fakes and ganC."""
+             ganc: Path, work: Path, baselines: dict[Path, tuple[Any, float]]) -> dict[str, Any]:
+    """One method trained on the stand-in + every zoo family but `family`, judged on `family`'s fakes and ganC.
+
+    A method without the zoo (`"zoo": False`) is the same run for every family of a seed: trained once, kept in
+    `baselines` (run folder -> config and training time), judged on each family.
+    """
     from realfake.rundir import RunDir
 
-    with_zoo = METHODS[method].get("zoo", True)
-    run_dir = work / "runs" / (f"{method}-s{seed}-{family}" if with_zoo else f"{method}-s{seed}")
-    # The no-zoo baseline is the same run for every family of a seed: trained once, judged on each.
-    if with_zoo or run_dir not in _SHARED_RUNS:
-        _SHARED_RUNS[run_dir] = train_method(method, args, run_dir, seed, extras if with_zoo else None)
-    cfg, train_wall = _SHARED_RUNS[run_dir] if not with_zoo else _SHARED_RUNS.pop(run_dir)
+    if METHODS[method].get("zoo", True):
+        run_dir = work / "runs" / f"{method}-s{seed}-{family}"
+        cfg, train_wall = train_method(method, args, run_dir, seed, extras)
+    else:
+        run_dir = work / "runs" / f"{method}-s{seed}"
+        if run_dir not in baselines:
+            baselines[run_dir] = train_method(method, args, run_dir, seed)
+        cfg, train_wall = baselines[run_dir]
     run = RunDir(run_dir)
     report = run.read_json(RunDir.DATA_REPORT)
     sources = {k: sorted(report.get("split_sources", {}).get(k, {})) for k in ("train", "val", "test")}
@@ -446,6 +449,7 @@ def main_lofo(args: argparse.Namespace, work: Path, path: Path, results: dict[st
         "zoo_n": args.zoo_n, "extra_fakes_share": args.extra_fakes_share, "heldout_seed": "10000 + seed",
         "folds": {}, "summary": {},
     }
+    baselines: dict[Path, tuple[Any, float]] = {}
     for seed in args.seeds:
         ganc = work / f"heldout-{HELDOUT_NAME}-s{seed}"
         results["heldout"][str(seed)] = build_heldout(args.data, args.heldout, args.n_heldout, seed, ganc)
@@ -460,7 +464,7 @@ def main_lofo(args: argparse.Namespace, work: Path, path: Path, results: dict[st
             link_tree(ganc / "REAL" / "standin-test", held / "REAL" / "standin-test")
             link_tree(held_samples[family], held / "FAKE" / family)
             for method in args.methods:
-                row = run_fold(method, args, seed, family, fold / "extra-fakes", held, ganc, work)
+                row = run_fold(method, args, seed, family, fold / "extra-fakes", held, ganc, work, baselines)
                 results["lofo"]["folds"][f"{method}/s{seed}/{family}"] = row
                 results["lofo"]["summary"] = lofo_summary(results["lofo"]["folds"])
                 f = row["figures"]

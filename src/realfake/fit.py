@@ -234,13 +234,15 @@ def _fit(
     t_start = time.perf_counter()
     stopped_early = early.should_stop
 
+    def n_global(step: int) -> int:  # the images of global batch `step`, over every rank
+        return min(cfg.batch_size, n_train - step * cfg.batch_size)
+
     def loss_of(logits: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n_global = min(cfg.batch_size, n_train - step * cfg.batch_size)
         target = y if cfg.label_smoothing == 0 else y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
         # The sum over this rank's images / the global batch (x ranks, which DDP's gradient mean undoes): the
         # gradient of the global batch's mean loss, however the batch is shared out.
         loss_sum = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
-        return loss_sum * (world.size / n_global), loss_sum
+        return loss_sum * (world.size / n_global(step)), loss_sum
 
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -261,7 +263,7 @@ def _fit(
             def after_step(step: int, n_mine: int, sums: torch.Tensor, bar: tqdm = bar) -> None:
                 if per_step:
                     scheduler.step()
-                bar.update(min(cfg.batch_size, n_train - step * cfg.batch_size))
+                bar.update(n_global(step))
                 for o in observers:
                     o.observe(n_mine)
                 if step % 10 == 0 and bar.disable is False:  # reading the loss syncs the device: not every step

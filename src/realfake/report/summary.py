@@ -31,6 +31,7 @@ from pydantic import Field
 
 from realfake.calibration import UNCERTAIN
 from realfake.contract import CLASS_NAMES
+from realfake.metrics import METRIC_LABELS
 from realfake.rundir import RunDir
 
 # Data-file endings dropped from a name shown to people: "ganC-fake.zip" reads as "ganC-fake".
@@ -233,14 +234,13 @@ class Measured:
                                                                  "threshold; null without any")]
     roc_auc: Annotated[float | None, Field(description="ROC AUC of p(FAKE), FAKE the positive class; null "
                                                        "without both classes")] = None
-    ece: Annotated[float | None, Field(description="calibration error over 15 equal-width bins of p(FAKE)")] = None
+    ece: Annotated[float | None, Field(description=METRIC_LABELS["ece"])] = None
     ood: Annotated[OodFigures | None, Field(description="out-of-distribution flags; null when measured without an "
                                                         "OOD score")] = None
     labels: Annotated[list[LabelShares] | None, Field(description="per true class, the share of each label users "
                                                                   "get; null when measured before label shares "
                                                                   "were recorded")] = None
-    ece_equal_mass: Annotated[float | None, Field(description="calibration error over 15 bins of equal image "
-                                                              "counts")] = None
+    ece_equal_mass: Annotated[float | None, Field(description=METRIC_LABELS["ece_equal_mass"])] = None
 
     @property
     def what(self) -> str:
@@ -279,8 +279,8 @@ class Summary:
                                                                        "users get on the test split; null for a run "
                                                                        "made before label shares were "
                                                                        "recorded")] = None
-    test_ece_equal_mass: Annotated[float | None, Field(description="calibration error on the test split, 15 bins of "
-                                                                   "equal image counts")] = None
+    test_ece_equal_mass: Annotated[float | None, Field(description=METRIC_LABELS["ece_equal_mass"]
+                                                                   + ", on the test split")] = None
     test_split: Annotated[str, Field(description="where the home figures come from, for people")] = "its test split"
     fitted_on: Annotated[list[Measured], Field(description="data the run was fitted on and evaluated on too (an "
                                                            "adaptation set, its training data): shown, never as a "
